@@ -1,0 +1,1 @@
+# rules: augment (being written)

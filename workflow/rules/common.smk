@@ -1,0 +1,25 @@
+# Paths and helpers shared by the rules. One dataset per configuration file.
+from pathlib import Path
+
+DATASET = config["dataset"]["name"]
+RUN = config["run"]
+RESOURCES = f"resources/{DATASET}"
+RESULTS = f"results/{DATASET}"
+DATA = f"{RESULTS}/data.zarr"
+RUN_DIR = f"{RESULTS}/{RUN}"
+LOGS = f"logs/{DATASET}"
+
+
+def section(name):
+    """A config section as a rule's params: changing it reruns that rule and what follows."""
+    return config[name]
+
+
+def rule_resources(rule_name, **defaults):
+    """Resources of a rule: the defaults overridden by config['resources'][rule_name]."""
+    return {**defaults, **config["resources"].get(rule_name, {})}
+
+
+def all_targets():
+    """What `snakemake` builds by default: every stage, ending with the report."""
+    return [f"{DATA}/labels"]

@@ -1,0 +1,1 @@
+# rules: evaluate (being written)

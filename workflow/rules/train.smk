@@ -1,0 +1,1 @@
+# rules: train (being written)
