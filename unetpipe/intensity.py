@@ -13,7 +13,7 @@ import numpy as np
 
 
 def dataset_statistics(array: Any, slices: Sequence[int]) -> dict[str, float]:
-    """Mean and standard deviation over the given z-slices of a (z, y, x) array, read slice by slice."""
+    """Mean and standard deviation over z-slices of a (z, y, x) array, read one slice at a time."""
     if len(slices) == 0:
         raise ValueError("dataset_statistics needs at least one slice")
     count, total, total_sq = 0, 0.0, 0.0

@@ -57,7 +57,8 @@ def _valid_extents(depth: int, padding: str, limit: int) -> list[int]:
         size = bottom + 4
         for _ in range(depth - 1):
             size = 2 * size + 4
-        extents.append(size)
+        if _output_extent(size, depth, padding) is not None:
+            extents.append(size)
         if size > limit:
             return extents
         bottom += 1
@@ -79,7 +80,7 @@ def valid_input_size(min_output_size: int, depth: int = 5, padding: str = "valid
     if min_output_size < 1:
         raise ValueError(f"min_output_size must be positive, got {min_output_size}")
     for extent in _valid_extents(depth, padding, min_output_size + 200 * 2**depth):
-        if (_output_extent(extent, depth, padding) or 0) >= min_output_size:
+        if _output_extent(extent, depth, padding) >= min_output_size:
             return extent
     raise AssertionError("unreachable: valid extents grow without bound")
 
@@ -111,7 +112,7 @@ def output_size(input_size: Size, depth: int = 5, padding: str = "valid") -> Siz
 
 def _center_crop(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     slices = [slice(None), slice(None)]
-    for have, want in zip(x.shape[2:], shape):
+    for have, want in zip(x.shape[2:], shape, strict=True):
         start = (have - want) // 2
         slices.append(slice(start, start + want))
     return x[tuple(slices)]
@@ -129,7 +130,7 @@ class _DoubleConv(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """The U-Net (Fig. 1). Defaults give the paper's network: 23 convolutions, 31,030,658 parameters."""
+    """The U-Net of Fig. 1; the defaults give the paper's 23-conv, 31,030,658-parameter net."""
 
     def __init__(
         self,
@@ -187,7 +188,7 @@ class UNet(nn.Module):
             nn.init.zeros_(module.bias)
 
     def output_size(self, input_size: Size) -> Size:
-        """Output size for an input size (int or tuple); ValueError names the nearest valid sizes."""
+        """Output size for an input size (int or tuple); ValueError names nearest valid sizes."""
         return output_size(input_size, self.config["depth"], self.config["padding"])
 
     def valid_input_size(self, min_output_size: int) -> int:
@@ -202,7 +203,7 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = self.dropout(skips.pop())
-        for upconv, block in zip(self.upconv, self.up):
+        for upconv, block in zip(self.upconv, self.up, strict=True):
             x = upconv(x)
             x = block(torch.cat([_center_crop(skips.pop(), x.shape[2:]), x], dim=1))
         return self.head(x)
@@ -221,7 +222,7 @@ def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
-    """Rebuild a network exported by :func:`save_model`; returns ``(model in eval mode, metadata)``."""
+    """Rebuild a network exported by :func:`save_model`: ``(model in eval mode, metadata)``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")

@@ -1,0 +1,139 @@
+"""The U-Net's architecture facts from the paper (Section 2, Fig. 1) and its size arithmetic."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unetpipe.model import UNet, load_model, output_size, save_model, valid_input_size
+
+
+def _convs(model: nn.Module) -> list[nn.Module]:
+    kinds = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def test_paper_network_has_23_convolutions_and_31030658_parameters():
+    model = UNet()
+    assert len(_convs(model)) == 23
+    assert sum(p.numel() for p in model.parameters()) == 31_030_658
+
+
+@pytest.mark.parametrize(("size", "expected"), [(572, 388), (700, 516), (1084, 900), (188, 4)])
+def test_paper_output_sizes(size, expected):
+    assert output_size(size) == expected
+    assert UNet(base_channels=2).output_size((size, size)) == (expected, expected)
+
+
+def test_forward_shape_matches_output_size():
+    model = UNet(base_channels=2, depth=5).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 572, 188))
+    assert out.shape == (1, 2, 388, 4)
+
+
+def test_invalid_size_names_nearest_valid_sizes():
+    with pytest.raises(ValueError, match=r"nearest valid sizes: \[556, 572\]"):
+        output_size(570)
+    with pytest.raises(ValueError, match=r"\[188\]"):
+        output_size(100)
+
+
+def test_valid_input_size_is_smallest_covering_input():
+    assert valid_input_size(388) == 572
+    assert valid_input_size(389) == 588
+    assert valid_input_size(1) == 188
+    for request in range(1, 300, 7):
+        size = valid_input_size(request, depth=4)
+        assert output_size(size, depth=4) >= request
+        smaller = [s for s in range(size - 1, 0, -1) if _is_valid(s, 4)]
+        assert not smaller or output_size(smaller[0], depth=4) < request
+
+
+def _is_valid(size: int, depth: int) -> bool:
+    try:
+        output_size(size, depth=depth)
+    except ValueError:
+        return False
+    return True
+
+
+def test_valid_inputs_of_paper_net_are_16k_plus_12():
+    valid = [s for s in range(150, 1100) if _is_valid(s, 5)]
+    assert valid == list(range(188, 1100, 16))
+
+
+def test_same_padding_keeps_size_and_needs_divisibility():
+    model = UNet(depth=3, base_channels=2, padding="same").eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 36, 20)).shape == (1, 2, 36, 20)
+    assert model.output_size(36) == 36
+    with pytest.raises(ValueError, match="nearest valid sizes: \\[32, 36\\]"):
+        model.output_size(34)
+
+
+def test_3d_unet_forward():
+    model = UNet(dims=3, depth=3, base_channels=2, n_classes=3).eval()
+    size = valid_input_size(4, depth=3)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, size, size, size))
+    assert out.shape == (1, 3, 4, 4, 4)
+    assert model.output_size((size, size, size)) == (4, 4, 4)
+
+
+def test_init_is_gaussian_with_std_sqrt_2_over_fan_in():
+    torch.manual_seed(0)
+    model = UNet()
+    for conv in _convs(model):
+        weight = conv.weight.detach().numpy().ravel()
+        if isinstance(conv, nn.ConvTranspose2d):
+            fan_in = conv.in_channels
+        else:
+            fan_in = conv.in_channels * math.prod(conv.kernel_size)
+        expected = math.sqrt(2.0 / fan_in)
+        # Relative standard error of a sample std is 1/sqrt(2n): allow 5 of them (at least 1%).
+        tolerance = max(5 / math.sqrt(2 * weight.size), 0.01)
+        assert abs(weight.std() / expected - 1) < tolerance
+        assert abs(weight.mean()) < 5 * expected / math.sqrt(weight.size)
+        assert np.all(conv.bias.detach().numpy() == 0)
+    # The example of the paper: 3x3 convolution with 64 input channels, N = 576.
+    conv64 = next(c for c in _convs(model) if c.in_channels == 64 and c.kernel_size == (3, 3))
+    assert abs(conv64.weight.std().item() - math.sqrt(2 / 576)) < 0.01 * math.sqrt(2 / 576)
+
+
+def test_dropout_sits_at_end_of_contracting_path():
+    model = UNet(base_channels=2, depth=3, dropout=0.5)
+    assert isinstance(model.dropout, nn.Dropout2d)
+    assert isinstance(UNet(base_channels=2, depth=3, dropout=0).dropout, nn.Identity)
+    x = torch.randn(1, 1, 92, 92)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="dims"):
+        UNet(dims=4)
+    with pytest.raises(ValueError, match="padding"):
+        UNet(padding="reflect")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = UNet(depth=3, base_channels=4, n_classes=3).eval()
+    path = tmp_path / "model.pt"
+    save_model(path, model, normalization={"mean": 1.5, "std": 2.0})
+    loaded, metadata = load_model(path)
+    assert loaded.config == model.config
+    assert metadata == {"normalization": {"mean": 1.5, "std": 2.0}}
+    x = torch.randn(1, 1, 92, 92)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # Loads without unpickling code.
+    assert "state_dict" in torch.load(path, weights_only=True)
+
+
+def test_load_missing_model_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "nope.pt")
