@@ -59,8 +59,8 @@ def _valid_extents(depth: int, padding: str, limit: int) -> list[int]:
             size = 2 * size + 4
         if _output_extent(size, depth, padding) is not None:
             extents.append(size)
-        if size > limit:
-            return extents
+            if size > limit:
+                return extents
         bottom += 1
 
 
