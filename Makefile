@@ -17,9 +17,12 @@ $(BIN)/unetpipe: pyproject.toml
 
 install: $(BIN)/unetpipe
 
+SNAKEMAKE := PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --snakefile workflow/Snakefile
+
 demo: install
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --snakefile workflow/Snakefile \
-		--configfile config/demo.yaml --cores 2 --rerun-incomplete
+	$(SNAKEMAKE) --configfile config/demo.yaml --cores 2
+	$(SNAKEMAKE) --configfile config/demo.yaml --report results/demo/demo/report.html
+	$(BIN)/unetpipe summary results/demo/demo
 
 test: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
@@ -27,7 +30,7 @@ test: install
 lint: install
 	$(BIN)/ruff check unetpipe tests benchmarks workflow/scripts
 	$(BIN)/ruff format --check unetpipe tests benchmarks workflow/scripts
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo.yaml --lint
+	$(SNAKEMAKE) --configfile config/demo.yaml --lint
 
 format: install
 	$(BIN)/ruff format unetpipe tests benchmarks workflow/scripts

@@ -1,4 +1,4 @@
-"""The ``unetpipe`` command line: one sub-command per pipeline stage.
+"""The unetpipe command line: one sub-command per pipeline stage.
 
 Each module of this package defines ``register(subparsers)``, which adds its sub-commands and sets
 ``func`` (called with the parsed arguments, returning an exit status) as their default.

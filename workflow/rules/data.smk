@@ -1,1 +1,68 @@
-# rules: data (being written)
+# rules: data -- the built-in synthetic dataset, or a download (or local folder) converted to Zarr.
+# All write the dataset's Zarr group; the weights rule later adds its own array to the same group,
+# so the group's metadata and arrays are the outputs, not the whole folder.
+SOURCE = config["dataset"]["source"]
+DATA_OUTPUTS = {
+    "group": f"{DATA}/zarr.json",
+    "raw": directory(f"{DATA}/raw"),
+    "labels": directory(f"{DATA}/labels"),
+}
+
+
+if SOURCE == "synthetic":
+
+    rule synth:
+        output:
+            **DATA_OUTPUTS,
+        params:
+            cfg=section("synth"),
+            dataset=section("dataset"),
+        log:
+            f"{LOGS}/synth.log",
+        benchmark:
+            f"{LOGS}/benchmarks/synth.tsv"
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources("synth", mem_mb=2000, runtime=10),
+        script:
+            "../scripts/synth.py"
+
+else:
+
+    if SOURCE != "local":
+
+        rule download:
+            output:
+                f"{RESOURCES}/{SOURCE}.zip",
+            params:
+                cfg=section("dataset"),
+            log:
+                f"{LOGS}/download.log",
+            benchmark:
+                f"{LOGS}/benchmarks/download.tsv"
+            conda:
+                "../envs/data.yaml"
+            resources:
+                **rule_resources("download", mem_mb=500, runtime=60),
+            retries: 2
+            script:
+                "../scripts/download.py"
+
+    rule convert:
+        input:
+            config["dataset"]["local_dir"] if SOURCE == "local" else f"{RESOURCES}/{SOURCE}.zip",
+        output:
+            **DATA_OUTPUTS,
+        params:
+            cfg=section("dataset"),
+        log:
+            f"{LOGS}/convert.log",
+        benchmark:
+            f"{LOGS}/benchmarks/convert.tsv"
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources("convert", mem_mb=4000, runtime=30),
+        script:
+            "../scripts/convert.py"

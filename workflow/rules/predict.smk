@@ -1,1 +1,26 @@
-# rules: predict (being written)
+# rules: predict -- overlap-tile inference (Fig. 2) over each array of config predict.arrays, in
+# Dask blocks. The output folder appears only when complete (written as <output>.partial, renamed);
+# the .partial folder survives a killed job and the rerun resumes from its finished blocks.
+
+
+rule predict:
+    input:
+        model=f"{RUN_DIR}/model.pt",
+        group=f"{DATA}/zarr.json",
+    output:
+        directory(f"{RUN_DIR}/predictions/{{array}}.zarr"),
+    wildcard_constraints:
+        array="|".join(config["predict"]["arrays"]),
+    params:
+        cfg=section("predict"),
+    log:
+        f"{LOGS}/predict_{{array}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/predict_{{array}}.tsv"
+    threads: config["resources"].get("predict", {}).get("threads", 2)
+    resources:
+        **rule_resources("predict", mem_mb=8000, runtime=120),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/predict.py"

@@ -1,1 +1,39 @@
-# rules: train (being written)
+# Training (Section 3): the weighted loss of Eq. 1, SGD with momentum 0.99, checkpoints and resume.
+# checkpoints/ is not an output: it survives a failed or killed job, and the rerun resumes from it.
+
+
+def train_bank(wildcards):
+    """The augmented bank's shards when training reads from it (train.data: bank)."""
+    return augment_shards() if config["train"]["data"] == "bank" else []
+
+
+rule train:
+    input:
+        raw=f"{DATA}/raw",
+        labels=f"{DATA}/labels",
+        weights=f"{DATA}/weights",
+        bank=train_bank,
+    output:
+        model=f"{RUN_DIR}/model.pt",
+        log=f"{RUN_DIR}/train/log.csv",
+        curves=f"{RUN_DIR}/train/curves.png",
+    params:
+        cfg=section("train"),
+        model=section("model"),
+        augment=section("augment"),
+    log:
+        f"{LOGS}/train.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train.tsv"
+    threads: config["resources"].get("train", {}).get("threads", 2)
+    resources:
+        **rule_resources(
+            "train",
+            gpu=0 if config["train"]["device"] == "cpu" else config["train"]["gpus"],
+            mem_mb=16000,
+            runtime=720,
+        ),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,1 +1,22 @@
-# rules: weights (being written)
+# rules: weights -- the weight map of Eq. 2 for every labelled slice, added to the dataset's group.
+
+
+rule weights:
+    input:
+        group=f"{DATA}/zarr.json",
+        labels=f"{DATA}/labels",
+    output:
+        directory(f"{DATA}/weights"),
+    params:
+        cfg=section("weights"),
+    log:
+        f"{LOGS}/weights.log",
+    benchmark:
+        f"{LOGS}/benchmarks/weights.tsv"
+    threads: config["resources"].get("weights", {}).get("threads", 8)
+    resources:
+        **rule_resources("weights", mem_mb=4000, runtime=60),
+    conda:
+        "../envs/preprocess.yaml"
+    script:
+        "../scripts/weights.py"

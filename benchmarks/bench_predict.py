@@ -1,0 +1,230 @@
+"""Overlap-tile inference: speed and memory, measured side by side in one run.
+
+1. Throughput: end-to-end ``predict_zarr`` (read, tile, forward, write) over the bare forward
+   passes of the very same tiles, on a SIZE^2 image with the CPU demo net (base 16, depth 4).
+2. FLOP efficiency: achieved GFLOP/s of the network over the measured peak of a 3x3 convolution.
+3. Against MONAI's ``sliding_window_inference`` (roi 512, overlap 0.25) with a same-padded U-Net of
+   the paper's width (base 64) on a MONAI_SIZE^2 image (skipped when MONAI is absent:
+   ``pip install --no-deps monai``).
+4. Memory: peak RSS of ``predict_zarr`` when the volume grows 4x (each size in a subprocess).
+
+    python benchmarks/bench_predict.py                 # full size (several minutes on 2 cores)
+    python benchmarks/bench_predict.py --size 1024 --monai-size 512 --mem-size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from unetpipe.model import UNet, save_model
+from unetpipe.predict import DEFAULT_MEMORY_GB, _block_shape, _max_tile, predict_zarr
+from unetpipe.tiling import Geometry, plan_axis
+
+STATS = {"mean": 128.0, "std": 50.0}
+
+
+def make_input(path: Path, slices: int, size: int) -> zarr.Array:
+    """A uint8 volume (slices, size, size), chunks of at most 1024^2, written slice by slice."""
+    chunk = min(size, 1024)
+    array = zarr.create_array(
+        str(path), shape=(slices, size, size), chunks=(1, chunk, chunk), dtype="uint8"
+    )
+    rng = np.random.default_rng(0)
+    for z in range(slices):
+        array[z] = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+    return array
+
+
+def tiles_of_run(model: UNet, shape: tuple[int, ...], memory_gb: float) -> list[tuple[int, int]]:
+    """The tile shapes ``predict_zarr`` runs over a (1, y, x) volume (same planning code)."""
+    geometry = Geometry.of(model)
+    max_tile = _max_tile(model, None, 1, memory_gb)
+    block = _block_shape(shape, 2, max_tile, geometry)[1:]
+    tiles = []
+    for origin_y in range(0, shape[1], block[0]):
+        for origin_x in range(0, shape[2], block[1]):
+            sizes = (min(block[0], shape[1] - origin_y), min(block[1], shape[2] - origin_x))
+            plans = [plan_axis(s, t, geometry) for s, t in zip(sizes, max_tile, strict=True)]
+            tiles += [(plans[0].tile, plans[1].tile)] * len(plans[0].starts) * len(plans[1].starts)
+    return tiles
+
+
+def warm_up(model: UNet, tiles: list[tuple[int, int]]) -> None:
+    """One untimed forward per tile shape: oneDNN builds its kernels on first use of a shape."""
+    model = model.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for tile in set(tiles):
+            model(torch.zeros(1, 1, *tile).contiguous(memory_format=torch.channels_last))
+
+
+def bare_forward(model: UNet, tiles: list[tuple[int, int]]) -> tuple[float, int]:
+    """Seconds and FLOPs of the forward passes alone (channels_last, inference mode)."""
+    model = model.to(memory_format=torch.channels_last)
+    flops, seconds = 0, 0.0
+    with torch.inference_mode():
+        for tile in tiles:
+            x = torch.randn(1, 1, *tile).contiguous(memory_format=torch.channels_last)
+            start = time.perf_counter()
+            torch.softmax(model(x), 1)
+            seconds += time.perf_counter() - start
+    for tile in set(tiles):
+        flops += tiles.count(tile) * exact_flops(model, tile)
+    return seconds, flops
+
+
+def exact_flops(model: UNet, tile: tuple[int, int]) -> int:
+    """2 x multiply-adds of the (transposed) convolutions for one tile, counted on meta tensors."""
+    flops = 0
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal flops
+        kernel = int(np.prod(module.kernel_size))
+        pixels = inputs[0].shape[2:].numel() if module.transposed else output.shape[2:].numel()
+        flops += 2 * module.in_channels * module.out_channels * kernel * pixels
+
+    with torch.device("meta"):
+        meta = UNet(**model.config).eval()
+        for module in meta.modules():
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.register_forward_hook(count)
+        meta(torch.zeros(1, 1, *tile))
+    return flops
+
+
+def conv_peak(channels: int = 64, size: int = 512, repeats: int = 5) -> float:
+    """GFLOP/s of one 3x3 convolution, channels_last, best of ``repeats``."""
+    conv = torch.nn.Conv2d(channels, channels, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+    flops = 2 * channels * channels * 9 * (size - 2) ** 2
+    best = float("inf")
+    with torch.inference_mode():
+        conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def throughput(folder: Path, size: int, base: int, depth: int, memory_gb: float) -> None:
+    torch.manual_seed(0)
+    model = UNet(base_channels=base, depth=depth).eval()
+    save_model(folder / "demo.pt", model, normalization=STATS)
+    array = make_input(folder / "in.zarr", 1, size)
+    tiles = tiles_of_run(model, (1, size, size), memory_gb)
+    warm_up(model, tiles)
+    result = predict_zarr(
+        folder / "demo.pt", array, folder / "out.zarr", memory_gb=memory_gb, progress=False
+    )
+    bare, flops = bare_forward(model, tiles)
+    peak = conv_peak()
+    pixels = size * size / 1e6
+    print(f"[1] throughput, {size}^2, base {base} depth {depth}, blocks {result['block']}:")
+    seconds = result["seconds"]
+    print(f"    end-to-end predict_zarr {seconds:.1f} s ({pixels / seconds:.2f} MPix/s)")
+    print(f"    bare forward, same tiles {bare:.1f} s ({pixels / bare:.2f} MPix/s)")
+    print(f"    ratio bare / end-to-end = {bare / result['seconds']:.2f}  (target >= 0.90)")
+    print(f"[2] FLOP efficiency: 3x3 conv peak (64 ch, channels_last) {peak:.0f} GFLOP/s")
+    achieved = flops / bare / 1e9
+    print(f"    demo net forward {achieved:.0f} GFLOP/s = {achieved / peak:.0%} of peak")
+
+
+def against_monai(folder: Path, size: int, depth: int, memory_gb: float) -> None:
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        print("[3] MONAI comparison skipped: pip install --no-deps monai")
+        return
+    torch.manual_seed(0)
+    model = UNet(base_channels=64, depth=depth).eval()
+    save_model(folder / "paper.pt", model, normalization=STATS)
+    array = make_input(folder / "in2.zarr", 1, size)
+    tiles = tiles_of_run(model, (1, size, size), memory_gb)
+    warm_up(model, tiles)
+    ours = predict_zarr(
+        folder / "paper.pt", array, folder / "out2.zarr", memory_gb=memory_gb, progress=False
+    )
+    flops = sum(exact_flops(model, t) for t in tiles)
+    same = UNet(base_channels=64, depth=depth, padding="same").eval()
+    warm_up(same, [(512, 512)])
+    image = torch.from_numpy((array[0].astype(np.float32) - STATS["mean"]) / STATS["std"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        sliding_window_inference(
+            image[None, None].contiguous(memory_format=torch.channels_last),
+            roi_size=(512, 512),
+            sw_batch_size=1,
+            predictor=lambda x: torch.softmax(same(x), 1),
+            overlap=0.25,
+        )
+    monai = time.perf_counter() - start
+    print(f"[3] vs MONAI sliding_window_inference, {size}^2, base 64 depth {depth}:")
+    print(f"    overlap-tile predict_zarr {ours['seconds']:.1f} s, tiles {sorted(set(tiles))}")
+    print(f"    network {flops / ours['seconds'] / 1e9:.0f} GFLOP/s end-to-end")
+    print(f"    MONAI (roi 512, overlap 0.25, same-padded) {monai:.1f} s")
+    print(f"    speed-up = {monai / ours['seconds']:.2f}x  (target >= 1.25)")
+
+
+def peak_rss_child(model_path: str, input_path: str, output_path: str, memory_gb: float) -> None:
+    predict_zarr(model_path, input_path, output_path, memory_gb=memory_gb, progress=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def memory(folder: Path, size: int, slices: int, base: int, depth: int, memory_gb: float) -> None:
+    torch.manual_seed(0)
+    save_model(folder / "mem.pt", UNet(base_channels=base, depth=depth).eval(), normalization=STATS)
+    rss = {}
+    for n in (slices, 4 * slices):
+        make_input(folder / f"mem{n}.zarr", n, size)
+        args = [folder / "mem.pt", folder / f"mem{n}.zarr", folder / f"memout{n}.zarr", memory_gb]
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", *map(str, args)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rss[n] = int(out.stdout.split()[-1]) / 2**20
+    small, large = rss[slices], rss[4 * slices]
+    print(f"[4] peak RSS, {size}^2 slices, base {base}: {slices} slices {small:.2f} GiB,")
+    growth = large / small - 1
+    print(f"    {4 * slices} slices {large:.2f} GiB: growth {growth:+.1%}  (target <= +10%)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096, help="throughput image size")
+    parser.add_argument("--monai-size", type=int, default=2048, help="MONAI comparison image size")
+    parser.add_argument("--mem-size", type=int, default=4096, help="slice size for the RSS test")
+    parser.add_argument("--mem-slices", type=int, default=4, help="slices of the smaller volume")
+    parser.add_argument("--base", type=int, default=16, help="demo net width")
+    parser.add_argument("--depth", type=int, default=4, help="demo net depth")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB, help="forward budget")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["1", "3", "4"])
+    parser.add_argument("--rss-child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        peak_rss_child(*args.rss_child[:3], float(args.rss_child[3]))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (shared machine: noisy)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if "1" not in args.skip:
+            throughput(folder, args.size, args.base, args.depth, args.memory_gb)
+        if "3" not in args.skip:
+            against_monai(folder, args.monai_size, 5, args.memory_gb)
+        if "4" not in args.skip:
+            memory(folder, args.mem_size, args.mem_slices, args.base, args.depth, args.memory_gb)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Overlap-tile inference: exact against one whole-image pass, TTA, Zarr/Dask, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import unetpipe
+from unetpipe.cli import main
+from unetpipe.intensity import normalize
+from unetpipe.model import UNet, save_model
+from unetpipe.predict import predict_image, predict_zarr, slurm_cluster_options
+from unetpipe.tiling import Geometry
+
+
+def whole_image_pass(model: UNet, image: np.ndarray, mode: str = "reflect") -> np.ndarray:
+    """The reference: the network applied once to the whole mirror-padded image (np.pad)."""
+    geometry = Geometry.of(model)
+    halo = geometry.halo
+    padded_size = [geometry.smallest_tile(n) for n in image.shape]
+    padded = np.pad(
+        image,
+        [(halo, p - n - halo) for p, n in zip(padded_size, image.shape, strict=True)],
+        mode=mode,
+    )
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(padded)[None, None]), 1)[0].numpy()
+    first = halo if geometry.padding == "same" else 0
+    return probs[(slice(None), *(slice(first, first + n) for n in image.shape))]
+
+
+def make_net(depth: int, padding: str = "valid", dims: int = 2, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(base_channels=4, depth=depth, padding=padding, dims=dims).eval()
+
+
+NETS = {(d, p): make_net(d, p) for d in (2, 3) for p in ("valid", "same")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 150),
+    width=st.integers(1, 150),
+    depth=st.sampled_from([2, 3]),
+    padding=st.sampled_from(["valid", "same"]),
+    steps=st.integers(1, 12),
+    mode=st.sampled_from(["reflect", "symmetric"]),
+    seed=st.integers(0, 2**16),
+)
+def test_tiled_equals_one_pass_over_the_mirror_padded_image(
+    height: int, width: int, depth: int, padding: str, steps: int, mode: str, seed: int
+) -> None:
+    model = NETS[depth, padding]
+    geometry = Geometry.of(model)
+    tile = geometry.smallest_tile(geometry.align) + steps * geometry.align
+    image = np.random.default_rng(seed).normal(size=(height, width)).astype(np.float32)
+    tiled = predict_image(model, image, tile=tile, mirror=mode)
+    assert tiled.shape == (2, height, width) and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole_image_pass(model, image, mode), atol=1e-5, rtol=0)
+
+
+def test_many_tiles_in_batches_on_the_paper_depth() -> None:
+    model = make_net(5)
+    image = np.random.default_rng(1).normal(size=(70, 45)).astype(np.float32)
+    # Tiles of 204 predict 20 px and step by 16: 5 x 3 tiles, the outputs overlapping by 4 px.
+    tiled = predict_image(model, image, tile=204, batch_size=4)
+    np.testing.assert_allclose(tiled, whole_image_pass(model, image), atol=1e-5, rtol=0)
+
+
+def test_stepping_by_the_output_size_would_shift_the_pooling_grid() -> None:
+    """Why tiles start on multiples of 2**(depth-1): tiles stepped by their output size (20 px,
+    not a multiple of 16) disagree with the whole-image pass."""
+    model = make_net(5)
+    image = np.random.default_rng(2).normal(size=(20, 40)).astype(np.float32)
+    padded = np.pad(image, ((92, 92), (92, 112)), mode="reflect")
+    with torch.no_grad():
+        shifted = torch.softmax(model(torch.from_numpy(padded[:, 20:224])[None, None]), 1)[0]
+    second_tile = shifted.numpy()[:, :, :20]
+    reference = predict_image(model, image, tile=204)[:, :, 20:40]
+    assert np.abs(second_tile - reference).max() > 1e-3
+
+
+def test_3d_net_on_a_volume() -> None:
+    model = make_net(2, dims=3)
+    volume = np.random.default_rng(3).normal(size=(9, 30, 23)).astype(np.float32)
+    tiled = predict_image(model, volume, tile=32)
+    np.testing.assert_allclose(tiled, whole_image_pass(model, volume), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-6)
+
+
+def _dihedral(image: np.ndarray, k: int, flip: bool) -> tuple:
+    def forward(a: np.ndarray) -> np.ndarray:
+        return np.rot90(np.flip(a, -1) if flip else a, k, axes=(-2, -1))
+
+    def backward(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, -k, axes=(-2, -1))
+        return np.flip(a, -1) if flip else a
+
+    return forward, backward
+
+
+def test_tta_averages_the_eight_flips_and_rotations() -> None:
+    model = NETS[3, "valid"]
+    image = np.random.default_rng(4).normal(size=(37, 61)).astype(np.float32)
+    expected = np.zeros((2, 37, 61), dtype=np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            forward, backward = _dihedral(image, k, flip)
+            expected += backward(predict_image(model, forward(image).copy(), tile=60))
+    tta = predict_image(model, image, tile=60, tta=True)
+    np.testing.assert_allclose(tta, expected / 8, atol=1e-5, rtol=0)
+    assert np.abs(tta - predict_image(model, image, tile=60)).max() > 1e-3
+
+
+def test_auto_tile_and_channels_last_leave_the_model_unchanged() -> None:
+    model = NETS[2, "same"]
+    image = np.random.default_rng(5).normal(size=(33, 50)).astype(np.float32)
+    np.testing.assert_allclose(
+        predict_image(model, image), whole_image_pass(model, image), atol=1e-5, rtol=0
+    )
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 5, 6), np.float32), "must have 2 axes"),
+        (np.zeros((0, 5), np.float32), "empty"),
+        (np.array([[0.0, np.nan]], np.float32), "NaN"),
+    ],
+)
+def test_predict_image_rejects_bad_images(image: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        predict_image(NETS[2, "valid"], image)
+
+
+def test_predict_image_rejects_bad_settings() -> None:
+    image = np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError, match="nearest valid tiles"):
+        predict_image(NETS[2, "valid"], image, tile=31)
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_image(NETS[2, "valid"], image, batch_size=0)
+    training = make_net(2).train()
+    with pytest.raises(ValueError, match="eval"):
+        predict_image(training, image)
+
+
+# --- predict_zarr --------------------------------------------------------------------------------
+
+STATS = {"mean": 100.0, "std": 40.0}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(path, NETS[3, "valid"], normalization=STATS)
+    return path
+
+
+def make_volume(path: Path, shape: tuple[int, ...], dtype: str = "uint8", seed: int = 0) -> Any:
+    data = np.random.default_rng(seed).integers(0, 255, size=shape).astype(dtype)
+    array = zarr.create_array(str(path), shape=shape, chunks=(1, 64, 64), dtype=dtype)
+    array[:] = data
+    array.attrs["made_by"] = "test"
+    return array
+
+
+def per_slice_reference(model: UNet, raw: np.ndarray, tile: int) -> np.ndarray:
+    return np.stack([predict_image(model, normalize(s, STATS), tile=tile) for s in raw], axis=1)
+
+
+def test_predict_zarr_equals_predict_image_per_slice(model_file: Path, tmp_path: Path) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (2, 90, 130))
+    output = tmp_path / "pred.zarr"
+    result = predict_zarr(model_file, raw, output, tile=76, progress=False)
+    probs = zarr.open_array(str(output), mode="r")
+    # Tile 76 predicts 36 px: 90 = 3 blocks of 30 -> 32 (4 px pooling grid), 130 = 4 x 36.
+    assert result["block"] == (1, 32, 36) and result["blocks"] == 2 * 3 * 4
+    assert probs.shape == (2, 2, 90, 130) and probs.chunks == (2, 1, 32, 36)
+    assert probs.dtype == np.float16
+    expected = per_slice_reference(NETS[3, "valid"], raw[:], 76)
+    np.testing.assert_allclose(probs[:].astype(np.float32), expected, atol=1e-3, rtol=0)
+    assert probs.attrs["normalization"] == STATS and probs.attrs["input_attrs"] == {
+        "made_by": "test"
+    }
+    assert probs.attrs["model_sha256"] and probs.attrs["tile"] == [76, 76]
+    assert not (tmp_path / "pred.zarr.partial").exists() and not (output / ".done").exists()
+
+    result = predict_zarr(
+        model_file, str(tmp_path / "raw.zarr"), output, dtype="uint8", progress=False
+    )
+    as_bytes = zarr.open_array(str(output), mode="r")[:]
+    assert as_bytes.dtype == np.uint8 and result["blocks"] == 2  # auto tile: one block per slice
+    np.testing.assert_allclose(as_bytes / 255, expected, atol=0.5 / 255 + 1e-5, rtol=0)
+
+
+def test_predict_zarr_3d_net_and_tta(tmp_path: Path) -> None:
+    path = tmp_path / "model3d.pt"
+    model = make_net(2, dims=3)
+    save_model(path, model, normalization=STATS)
+    raw = make_volume(tmp_path / "raw.zarr", (10, 20, 24))
+    predict_zarr(path, raw, tmp_path / "p.zarr", tile=32, block=(8, 8, 8), progress=False)
+    expected = predict_image(model, normalize(raw[:], STATS), tile=32)
+    probs = zarr.open_array(str(tmp_path / "p.zarr"), mode="r")
+    assert probs.chunks == (2, 8, 8, 8)
+    np.testing.assert_allclose(probs[:].astype(np.float32), expected, atol=1e-3, rtol=0)
+    predict_zarr(path, raw, tmp_path / "t.zarr", tile=32, tta=True, progress=False)
+    tta = predict_image(model, normalize(raw[:], STATS), tile=32, tta=True)
+    tiled = zarr.open_array(str(tmp_path / "t.zarr"), mode="r")[:].astype(np.float32)
+    np.testing.assert_allclose(tiled, tta, atol=1e-3, rtol=0)
+
+
+def test_local_cluster_gives_the_same_output(model_file: Path, tmp_path: Path) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (2, 40, 50))
+    predict_zarr(model_file, raw, tmp_path / "a.zarr", tile=60, progress=False)
+    predict_zarr(model_file, raw, tmp_path / "b.zarr", tile=60, scheduler="local", progress=False)
+    a, b = (zarr.open_array(str(tmp_path / n), mode="r")[:] for n in ("a.zarr", "b.zarr"))
+    assert np.array_equal(a, b)
+
+
+RUN = """
+import sys
+from unetpipe.predict import predict_zarr
+predict_zarr(sys.argv[1], sys.argv[2], sys.argv[3], tile=60, batch_size=1, progress=False)
+"""
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(
+    model_file: Path, tmp_path: Path
+) -> None:
+    make_volume(tmp_path / "raw.zarr", (24, 60, 60))  # 24 x 9 blocks of 20 px
+    output = tmp_path / "pred.zarr"
+    done = tmp_path / "pred.zarr.partial" / ".done"
+    env = {**os.environ, "PYTHONPATH": str(Path(unetpipe.__file__).parents[1])}
+    args = [sys.executable, "-c", RUN, str(model_file), str(tmp_path / "raw.zarr"), str(output)]
+    process = subprocess.Popen(args, env=env)
+    try:
+        while not (done.is_dir() and len(list(done.iterdir())) >= 5):
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+    finished = len(list(done.iterdir()))
+    assert 5 <= finished < 24 * 9 and not output.exists()
+
+    result = predict_zarr(model_file, tmp_path / "raw.zarr", output, tile=60, progress=False)
+    assert result["computed"] == 24 * 9 - finished
+    predict_zarr(
+        model_file, tmp_path / "raw.zarr", tmp_path / "again.zarr", tile=60, progress=False
+    )
+    resumed = zarr.open_array(str(output), mode="r")[:]
+    assert np.array_equal(resumed, zarr.open_array(str(tmp_path / "again.zarr"), mode="r")[:])
+
+
+def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (1, 30, 30))
+    partial = tmp_path / "p.zarr.partial"
+    partial.mkdir()
+    (partial / "zarr.json").write_text('{"attributes": {"fingerprint": "other"}}')
+    assert predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False)["computed"] == 1
+
+
+def test_bad_input_leaves_no_output(model_file: Path, tmp_path: Path) -> None:
+    output = tmp_path / "pred.zarr"
+    flat = zarr.create_array(str(tmp_path / "flat.zarr"), shape=(30, 30), dtype="uint8")
+    with pytest.raises(ValueError, match=r"\(z, y, x\)"):
+        predict_zarr(model_file, flat, output, progress=False)
+    empty = zarr.create_array(str(tmp_path / "empty.zarr"), shape=(0, 30, 30), dtype="uint8")
+    with pytest.raises(ValueError, match="empty"):
+        predict_zarr(model_file, empty, output, progress=False)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        predict_zarr(tmp_path / "missing.pt", empty, output, progress=False)
+    nan = make_volume(tmp_path / "nan.zarr", (2, 30, 30), dtype="float32")
+    nan[1, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        predict_zarr(model_file, nan, output, progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        predict_zarr(model_file, nan, output, dtype="int16", progress=False)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        predict_zarr(model_file, nan, output, block=(1, 30, 30), progress=False)
+    unnormalised = tmp_path / "raw_model.pt"
+    save_model(unnormalised, NETS[3, "valid"])
+    with pytest.raises(ValueError, match="normalization"):
+        predict_zarr(unnormalised, nan, output, progress=False)
+    assert not output.exists()
+
+
+def test_slurm_options_make_a_job_script() -> None:
+    from dask_jobqueue import SLURMCluster
+
+    options = slurm_cluster_options(
+        {
+            "queue": "gpu",
+            "cores": 8,
+            "memory": "32GB",
+            "walltime": "02:00:00",
+            "job_extra_directives": ["--gres=gpu:1"],
+        }
+    )
+    with SLURMCluster(**options) as cluster:
+        script = cluster.job_script()
+    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00"):
+        assert line in script
+    assert "#SBATCH --gres=gpu:1" in script and "--nthreads 8" in script  # one worker per job
+
+
+def test_command_line(model_file: Path, tmp_path: Path) -> None:
+    make_volume(tmp_path / "raw.zarr", (1, 30, 40))
+    args = ["predict", str(model_file), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
+    assert main([*args, "--tile", "60", "--dtype", "uint8", "--no-progress"]) == 0
+    assert zarr.open_array(str(tmp_path / "p.zarr"), mode="r").shape == (2, 1, 30, 40)
+    assert main(["predict", str(tmp_path / "none.pt"), *args[2:]]) == 1

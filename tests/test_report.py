@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+
+from unetpipe import metrics
+from unetpipe.report import (
+    PAPER,
+    evaluate_run,
+    fit_baseline,
+    format_table,
+    read_log,
+    summary,
+    write_report,
+)
+from unetpipe.segment import segment_zarr
+
+
+def voronoi_cells(shape, rng, spacing=16):
+    """EM-like instances: Voronoi cells of jittered grid points, 0 on 2-px membranes."""
+    seeds = np.zeros(shape, bool)
+    ys = np.arange(spacing // 2, shape[0], spacing)
+    xs = np.arange(spacing // 2, shape[1], spacing)
+    for y in ys:
+        for x in xs:
+            dy, dx = rng.integers(-spacing // 4, spacing // 4 + 1, 2)
+            seeds[min(y + dy, shape[0] - 1), min(x + dx, shape[1] - 1)] = True
+    markers = ndimage.label(seeds)[0]
+    nearest = ndimage.distance_transform_edt(~seeds, return_indices=True)[1]
+    cells = markers[tuple(nearest)].astype(np.uint32)
+    cells[find_boundaries(cells, mode="thick")] = 0
+    return cells
+
+
+def make_run(tmp_path, dark_cells=False):
+    """A tiny dataset, a 'network' prediction (blurred truth + noise), instances and a log."""
+    rng = np.random.default_rng(1)
+    labels = np.stack([voronoi_cells((64, 64), rng) for _ in range(5)])
+    test_labels = np.stack([voronoi_cells((80, 80), rng) for _ in range(2)])
+
+    def image(lab):
+        bright = np.where(lab > 0, 170.0, 70.0)
+        if dark_cells:
+            bright = 240.0 - bright
+        return np.clip(bright + rng.normal(0, 45, lab.shape), 0, 255).astype(np.uint8)
+
+    data = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
+    data.attrs.update(dataset="tiny", splits={"train": [0, 1, 2], "val": [3, 4]})
+    for name, array in [
+        ("raw", image(labels)),
+        ("labels", labels),
+        ("weights", 1.0 + 5.0 * (labels == 0).astype(np.float32)),
+        ("test", image(test_labels)),
+        ("test_labels", test_labels),
+    ]:
+        data.create_array(name, data=array, chunks=(1, *array.shape[1:]))
+    paths = {}
+    for name, lab in [("raw", labels), ("test", test_labels)]:
+        cell = ndimage.gaussian_filter((lab > 0).astype(np.float32), (0, 0.7, 0.7))
+        cell = np.clip(cell + rng.normal(0, 0.05, cell.shape), 0, 1)
+        pred = np.stack([1 - cell, cell]).astype(np.float16)
+        paths[name] = tmp_path / "predictions" / f"{name}.zarr"
+        zarr.create_array(str(paths[name]), data=pred, chunks=(2, 1, *lab.shape[1:]))
+        segment_zarr(paths[name], tmp_path / "segmentation" / f"{name}.zarr", {"min_size": 4})
+    (tmp_path / "train").mkdir()
+    rows = ["iteration,loss,lr,val_vrand,val_pixel_error"]
+    for i in range(1, 201):
+        val = f"{0.5 + i / 500:.3f},{0.3 - i / 1000:.3f}" if i % 50 == 0 else ","
+        rows.append(f"{i},{1 / (1 + 0.05 * i) + 0.05 * rng.random():.4f},0.01,{val}")
+    (tmp_path / "train" / "log.csv").write_text("\n".join(rows) + "\n")
+    return data, paths
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    data, predictions = make_run(tmp)
+    segmentations = {k: tmp / "segmentation" / f"{k}.zarr" for k in predictions}
+    report = evaluate_run(
+        tmp / "data.zarr", predictions, segmentations, tmp / "metrics.json", {"thinning": True}
+    )
+    return tmp, data, report
+
+
+def test_metrics_json(run):
+    tmp, data, report = run
+    assert json.loads((tmp / "metrics.json").read_text()) == report
+    assert set(report["results"]) == {"val", "test"} and report["paper"] == PAPER
+    val = report["results"]["val"]
+    assert val["slices"] == [3, 4]
+    truth = np.asarray(data["labels"][3:5])
+    prob = np.asarray(zarr.open_array(str(tmp / "predictions/raw.zarr"))[1, 3:5], np.float32)
+    unet = val["unet"]
+    assert unet["pixel_error"] == pytest.approx(metrics.pixel_error(prob, truth))
+    assert unet["v_rand"] == pytest.approx(metrics.isbi_scores(prob, truth)["v_rand"])
+    assert unet["rand_error"] == pytest.approx(1 - unet["v_rand"])
+    for key in ("pixel_error", "rand_error"):
+        assert unet[key] < val["baseline"][key]  # the network beats thresholding
+    assert val["baseline"]["v_rand_threshold"] == report["baseline"]["threshold"]
+    assert report["results"]["test"]["slices"] == [0, 1]
+
+
+def test_baseline_polarity(tmp_path):
+    data, _ = make_run(tmp_path, dark_cells=True)
+    raw, labels = np.asarray(data["raw"][:3]), np.asarray(data["labels"][:3])
+    dark = fit_baseline(raw, labels, sigma=2.0)
+    bright = fit_baseline(255 - raw, labels, sigma=2.0)
+    assert dark["inverted"] and not bright["inverted"]
+    assert dark["train_f1"] == pytest.approx(bright["train_f1"], abs=0.02)
+    assert 0.8 < dark["train_f1"] <= 1.0
+
+
+def test_report_and_summary(run):
+    tmp, _, report = run
+    out = tmp / "report"
+    write_report(
+        tmp / "metrics.json",
+        tmp / "data.zarr",
+        tmp / "predictions/raw.zarr",
+        tmp / "segmentation/raw.zarr",
+        tmp / "train/log.csv",
+        out,
+        {"overlays": 2},
+    )
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "curves.png",
+        "metrics.png",
+        "overlay_003.png",
+        "overlay_004.png",
+        "summary.txt",
+    ]
+    text = summary(tmp)
+    assert "0.0382" in text and str(out.resolve()) in text
+    assert f"{report['results']['val']['unet']['pixel_error']:.4f}" in text
+
+
+def test_log_tolerates_missing_columns(tmp_path):
+    (tmp_path / "log.csv").write_text("iteration,loss,time\n1,0.7,12:00\n2,0.6,12:01\n")
+    columns = read_log(tmp_path / "log.csv")
+    assert sorted(columns) == ["iteration", "loss"]
+    assert read_log(tmp_path / "missing.csv") == {}
+
+
+def test_format_table_and_errors(run, tmp_path):
+    _, _, report = run
+    table = format_table(report["results"])
+    assert table.splitlines()[0].split() == [
+        "measure",
+        "val",
+        "u-net",
+        "val",
+        "baseline",
+        "test",
+        "u-net",
+        "test",
+        "baseline",
+        "paper",
+        "u-net",
+    ]
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        summary(tmp_path)
+    with pytest.raises(ValueError, match="unknown evaluate parameters"):
+        evaluate_run(tmp_path / "data.zarr", {}, {}, tmp_path / "m.json", {"thinnning": False})
+
+
+def test_cli_summary(run, tmp_path, capsys):
+    from unetpipe.cli import main
+
+    tmp, _, _ = run
+    assert main(["summary", str(tmp)]) == 0
+    assert "pixel error" in capsys.readouterr().out
+    assert main(["summary", str(tmp_path)]) == 1

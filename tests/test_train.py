@@ -1,0 +1,198 @@
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from unetpipe.cli.train import load_config
+from unetpipe.intensity import dataset_statistics
+from unetpipe.io import write_array
+from unetpipe.losses import weighted_cross_entropy
+from unetpipe.model import UNet, load_model
+from unetpipe.synthetic import write_synthetic
+from unetpipe.train import IterationSampler, lr_factor, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TILE = 44  # depth 2: 44 -> 28 px output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Three 64 x 64 synthetic slices (two for training, one for validation) with weights."""
+    path = tmp_path_factory.mktemp("data") / "data.zarr"
+    write_synthetic(path, 3, (64, 64), 0, (64, 64), cell_size=16.0, membrane_width=2.0)
+    group = zarr.open_group(path, mode="a")
+    labels = group["labels"][:]
+    write_array(group, "weights", np.where(labels > 0, 1.0, 3.0).astype(np.float32))
+    return path
+
+
+def sections(**train) -> list[dict]:
+    """The train, model and augment sections of a config: a tiny net on tiny tiles."""
+    config = load_config(None)
+    config["train"].update(
+        {"device": "cpu", "workers": 0, "optimizer": "adam", "lr": 1e-3, **train}
+    )
+    config["model"].update(depth=2, base_channels=4, dropout=0.0)
+    config["augment"]["tile"] = TILE
+    return [config["train"], config["model"], config["augment"]]
+
+
+def read_log(run: Path) -> list[dict[str, str]]:
+    with (run / "train" / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train(data, run, *sections(iterations=8, val_every=4, checkpoint_every=4), threads=1)
+    return run
+
+
+def test_a_tiny_model_overfits_one_tile():
+    torch.manual_seed(0)
+    model = UNet(depth=2, base_channels=8, dropout=0.0)
+    image = torch.randn(1, 1, TILE, TILE)
+    target = torch.randint(0, 2, (1, 28, 28))
+    weights = torch.rand(1, 28, 28) + 0.5
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(100):
+        loss = weighted_cross_entropy(model(image), target, weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
+
+
+def test_run_writes_log_curves_checkpoints_and_model(data, trained):
+    rows = read_log(trained)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 9))
+    validated = [int(r["iteration"]) for r in rows if r["val_vrand"]]
+    assert validated == [4, 8]
+    for r in rows:
+        assert float(r["loss"]) > 0 and float(r["tiles_per_s"]) > 0
+        assert float(r["lr"]) == pytest.approx(1e-3)
+    assert (trained / "train" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(trained.rglob(".*tmp*"))
+
+    last = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    assert last["iteration"] == 8
+    assert {"model", "optimizer", "scheduler", "rng", "model_config"} <= set(last)
+    scores = {int(r["iteration"]): float(r["val_vrand"]) for r in rows if r["val_vrand"]}
+    assert best["iteration"] == max(scores, key=scores.get)
+    assert best["scores"]["val_vrand"] == pytest.approx(max(scores.values()), rel=1e-5)
+
+    model, metadata = load_model(trained / "model.pt")  # weights_only=True inside
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best["model"][name])
+    group = zarr.open_group(data, mode="r")
+    stats = dataset_statistics(group["raw"], group.attrs["splits"]["train"])
+    assert metadata["normalization"] == pytest.approx(stats)
+    assert metadata["tile"] == TILE and metadata["output_size"] == 28
+    assert 0 <= metadata["baseline_vrand"] <= 1
+
+
+def test_resume_refuses_a_different_model(data, trained):
+    train_cfg, model_cfg, augment_cfg = sections(iterations=9)
+    model_cfg["base_channels"] = 8
+    with pytest.raises(ValueError, match="start over"):
+        train(data, trained, train_cfg, model_cfg, augment_cfg, threads=1)
+
+
+CHILD = """
+import json, os, signal, sys
+import unetpipe.train as t
+
+args = json.loads(sys.argv[1])
+calls = 0
+loss = t.weighted_cross_entropy
+
+def killed_in_step(*a, **k):  # SIGKILL in the middle of step kill_at + 1
+    global calls
+    calls += 1
+    if calls > args["kill_at"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss(*a, **k)
+
+if args["kill_at"]:
+    t.weighted_cross_entropy = killed_in_step
+t.train(args["data"], args["run"], *args["sections"], threads=1)
+"""
+
+
+def run_child(data: Path, run: Path, kill_at: int = 0) -> int:
+    config = sections(
+        iterations=30, val_every=30, checkpoint_every=10, workers=1, optimizer="sgd", lr=0.01
+    )
+    config[1]["dropout"] = 0.5  # resumed dropout masks must match too
+    args = {"data": str(data), "run": str(run), "sections": config, "kill_at": kill_at}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)], env=env, capture_output=True, timeout=300
+    ).returncode
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
+    assert run_child(data, tmp_path / "straight") == 0
+    assert run_child(data, tmp_path / "killed", kill_at=25) == -signal.SIGKILL
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 20
+    assert not (killed / "model.pt").exists()
+    assert run_child(data, killed) == 0
+
+    rows = {name: read_log(tmp_path / name) for name in ("straight", "killed")}
+    assert [int(r["iteration"]) for r in rows["killed"]] == list(range(1, 31))
+    assert [r["loss"] for r in rows["killed"]] == [r["loss"] for r in rows["straight"]]
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-6)
+
+
+def test_ddp_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    config = dict(iterations=4, batch_size=2, val_every=100, optimizer="sgd", lr=0.01)
+    train(data, tmp_path / "one", *sections(**config), threads=1)
+    train(data, tmp_path / "two", *sections(**config, gpus=2), threads=2)
+    a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
+    assert b["iteration"] == 4 and len(b["rng"]) == 2
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-6)
+    losses = [[float(r["loss"]) for r in read_log(tmp_path / run)] for run in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_iteration_sampler_shares_each_global_batch_between_processes():
+    one = list(IterationSampler(3, 6, batch=4))
+    assert one == list(range(12, 24))
+    shares = [list(IterationSampler(3, 6, batch=4, rank=r, world=2)) for r in (0, 1)]
+    assert shares == [[12, 13, 16, 17, 20, 21], [14, 15, 18, 19, 22, 23]]
+    with pytest.raises(ValueError, match="divisible"):
+        IterationSampler(0, 1, batch=3, world=2)
+
+
+def test_learning_rate_schedules():
+    assert lr_factor(0, 100, "constant", warmup=4) == 0.25
+    assert lr_factor(3, 100, "constant", warmup=4) == 1.0
+    assert lr_factor(50, 100, "cosine", warmup=0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cosine", warmup=0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(75, 100, "poly", warmup=0) == pytest.approx(0.25**0.9)
+    assert lr_factor(10, 100, "poly", warmup=20) == pytest.approx(11 / 20 * 0.9**0.9)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, 10, "step", warmup=0)
+    assert math.isfinite(lr_factor(200, 100, "poly", warmup=0))

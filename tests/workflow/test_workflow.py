@@ -1,0 +1,79 @@
+"""The tiny pipeline end to end on 2 cores (synth -> ... -> report), reruns after config changes,
+one stage or one target on demand, and `snakemake --lint`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import TINY, check, scheduled_rules, snakemake
+
+RUN = Path("results/tiny/tiny")
+AFTER_TRAIN = {"predict", "segment", "evaluate", "report", "all"}
+
+
+def changed_config(workdir: Path, section: str, key: str, value) -> Path:
+    """tiny.yaml with one value changed, written into ``workdir``."""
+    config = yaml.safe_load(TINY.read_text())
+    config.setdefault(section, {})[key] = value
+    path = workdir / f"tiny-{section}-{key}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_beats_thresholding(tiny_run):
+    metrics = json.loads((tiny_run / RUN / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"val", "test"}
+    for name, result in metrics["results"].items():
+        unet, baseline = result["unet"], result["baseline"]
+        assert unet["pixel_error"] < baseline["pixel_error"], name
+        assert unet["v_rand"] > baseline["v_rand"], name
+        assert unet["instances"] > 0, name
+    assert (tiny_run / RUN / "model.pt").stat().st_size > 0
+    assert list((tiny_run / RUN / "report").glob("*.png"))
+    for rule in ("synth", "weights", "train", "predict", "evaluate", "report"):
+        assert list((tiny_run / "logs/tiny/benchmarks").glob(f"{rule}*.tsv")), rule
+    assert scheduled_rules(tiny_run) == set(), "a finished run has nothing left to do"
+
+
+@pytest.mark.slow
+def test_weights_change_reruns_weights_and_downstream_only(tiny_run):
+    rules = scheduled_rules(tiny_run, configfile=changed_config(tiny_run, "weights", "sigma", 4.0))
+    assert {"weights", "train"} | AFTER_TRAIN <= rules
+    assert not rules & {"synth", "download", "convert"}
+
+
+@pytest.mark.slow
+def test_segment_change_reruns_segment_and_later_only(tiny_run):
+    rules = scheduled_rules(tiny_run, configfile=changed_config(tiny_run, "segment", "min_size", 8))
+    assert rules == {"segment", "evaluate", "report", "all"}
+
+
+@pytest.mark.slow
+def test_forcerun_one_stage(tiny_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    model = workdir / RUN / "model.pt"
+    before = model.stat().st_mtime_ns
+    output = check(snakemake(workdir, "--cores", "2", "--forcerun", "segment"))
+    assert "rule segment:" in output and "rule report:" in output
+    assert "rule train:" not in output and "rule predict:" not in output
+    assert model.stat().st_mtime_ns == before
+    assert (workdir / RUN / "metrics.json").read_text() == (
+        tiny_run / RUN / "metrics.json"
+    ).read_text()
+
+
+def test_one_target_builds_only_what_it_needs(tmp_path):
+    rules = scheduled_rules(tmp_path, str(RUN / "model.pt"))
+    assert "synth" in rules and "train" in rules
+    assert not rules & AFTER_TRAIN
+
+
+def test_lint_is_clean(tmp_path):
+    check(snakemake(tmp_path, "--lint"))

@@ -1,0 +1,54 @@
+"""``unetpipe predict``: overlap-tile inference of a Zarr volume (Fig. 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predict_zarr
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict class probabilities of a Zarr volume (z, y, x)",
+        description="Overlap-tile inference with Dask; a killed run resumes when restarted.",
+    )
+    parser.add_argument("model", help="exported model (model.pt)")
+    parser.add_argument("input", help="input Zarr array, e.g. results/demo/data.zarr/test")
+    parser.add_argument("output", help="output Zarr array (classes, z, y, x)")
+    parser.add_argument("--tile", type=int, help="largest input tile (default: fit --memory-gb)")
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB)
+    parser.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--mirror", choices=["reflect", "symmetric"], default="reflect")
+    parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
+    parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float16")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--scheduler", choices=SCHEDULERS[:3], default="threads")
+    parser.add_argument("--address", help="scheduler address for --scheduler address")
+    parser.add_argument("--n-workers", type=int, default=1)
+    parser.add_argument("--threads-per-worker", type=int)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    predict_zarr(
+        args.model,
+        args.input,
+        args.output,
+        tile=args.tile,
+        memory_gb=args.memory_gb,
+        block=args.block,
+        batch_size=args.batch_size,
+        mirror=args.mirror,
+        tta=args.tta,
+        dtype=args.dtype,
+        device=args.device,
+        scheduler=args.scheduler,
+        address=args.address,
+        n_workers=args.n_workers,
+        threads_per_worker=args.threads_per_worker,
+        progress=args.progress,
+    )
+    return 0

@@ -1,0 +1,407 @@
+"""The paper's datasets (Sec. 4): registry, verified download, safe extraction, conversion to Zarr.
+
+ISBI 2012 EM segmentation (ssTEM, 30 labelled slices) and the Cell Tracking Challenge 2D sets
+PhC-C2DH-U373 and DIC-C2DH-HeLa. A download streams to ``<name>.part``, resumes with an HTTP Range
+request after an interruption, retries transient failures with exponential backoff and is renamed
+to its final name only once its sha256 is verified. Conversion writes the Zarr group of the data
+contract (DEVELOPERS.md) under a temporary name and renames it when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import re
+import stat
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import zarr
+from skimage.measure import label as connected_components
+from tqdm import tqdm
+
+from unetpipe.io import atomic_path, make_splits, read_stack, write_array
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A downloadable dataset: where it lives and the sha256 of the archive (None: unpublished)."""
+
+    name: str
+    url: str
+    sha256: str | None
+    description: str
+
+
+CTC = "https://data.celltrackingchallenge.net/training-datasets"
+REGISTRY: dict[str, Dataset] = {
+    "isbi2012": Dataset(
+        "isbi2012",
+        "https://downloads.imagej.net/ISBI-2012-challenge.zip",
+        None,
+        "ISBI 2012 EM segmentation challenge: train-volume.tif, train-labels.tif, test-volume.tif",
+    ),
+    "phc-c2dh-u373": Dataset(
+        "phc-c2dh-u373",
+        f"{CTC}/PhC-C2DH-U373.zip",
+        "b18185c18fce54e8eeb93e4bbb9b201d757add9409bbf2283b8114185a11bc9e",
+        "Cell Tracking Challenge: glioblastoma-astrocytoma U373 cells, phase contrast",
+    ),
+    "dic-c2dh-hela": Dataset(
+        "dic-c2dh-hela",
+        f"{CTC}/DIC-C2DH-HeLa.zip",
+        "832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
+        "Cell Tracking Challenge: HeLa cells, differential interference contrast",
+    ),
+}
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+TRANSIENT_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def get_dataset(name: str, url: str | None = None, sha256: str | None = None) -> Dataset:
+    """The registry entry ``name``, with the URL (a mirror) and/or expected sha256 overridden."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ValueError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    entry = REGISTRY[name]
+    return replace(entry, url=url or entry.url, sha256=sha256.lower() if sha256 else entry.sha256)
+
+
+def provenance(source: str, url: str | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """What the Zarr group records about a registry download: URL and expected sha256."""
+    if source not in REGISTRY:
+        return {}
+    entry = get_dataset(source, url, sha256)
+    return {"url": entry.url, "expected_sha256": entry.sha256}
+
+
+def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> None:
+    """Append the rest of ``url`` to ``part``, asking for the missing bytes with a Range header."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        request = urllib.request.Request(url, headers=headers)
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to send: the part is complete
+            return
+        raise
+    with response:
+        if offset and response.status != 206:
+            log.info("%s: server ignored the Range request; starting over", url)
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None else None
+        with (
+            open(part, "ab" if offset else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                desc=part.name,
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := response.read(chunk_size):
+                f.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size < total:
+        got = part.stat().st_size
+        raise ConnectionError(f"{url}: connection closed after {got} of {total} bytes")
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    progress: bool = True,
+) -> str:
+    """Download ``url`` to ``dest``, verified against ``sha256``; return the file's sha256.
+
+    Bytes go to ``dest.part``, which survives a failure so the next call resumes it. Transient
+    errors (connection, timeout, HTTP 5xx/429) are retried ``retries`` times after
+    ``backoff * 2**attempt`` seconds. ``dest`` appears only when complete and verified; with
+    ``sha256=None`` the sum is logged as a warning instead (the ISBI mirror publishes none).
+    """
+    dest = Path(dest)
+    expected = sha256.lower() if sha256 else None
+    if dest.exists():
+        actual = sha256sum(dest)
+        if expected in (None, actual):
+            log.info("%s already present (sha256 %s)", dest, actual)
+            return actual
+        log.warning("%s has sha256 %s, expected %s: downloading again", dest, actual, expected)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log.info("downloading %s to %s", url, dest)
+    for attempt in range(retries + 1):
+        try:
+            _fetch(url, part, timeout, chunk_size, progress)
+            break
+        except urllib.error.HTTPError as err:
+            if err.code in (404, 410):
+                raise FileNotFoundError(
+                    f"{url}: HTTP {err.code} {err.reason}; the file is not there. Point to a "
+                    "mirror with --url or config dataset.url"
+                ) from err
+            if err.code not in TRANSIENT_HTTP or attempt == retries:
+                raise RuntimeError(f"{url}: HTTP {err.code} {err.reason}") from err
+            error: BaseException = err
+        except TRANSIENT_ERRORS as err:
+            if attempt == retries:
+                raise RuntimeError(
+                    f"{url}: download failed after {retries + 1} attempts ({err}); "
+                    f"{part} keeps the bytes received, run again to resume"
+                ) from err
+            error = err
+        delay = backoff * 2**attempt
+        log.warning("%s: %s; retrying in %.1f s", url, error, delay)
+        time.sleep(delay)
+    actual = sha256sum(part)
+    if expected is None:
+        log.warning("%s: no published checksum; recorded sha256 %s", url, actual)
+    elif actual != expected:
+        part.unlink()
+        raise ValueError(
+            f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}. If the provider "
+            f"repackaged the file and you trust it, pass --sha256 {actual} (or set config "
+            "dataset.sha256)"
+        )
+    part.rename(dest)
+    log.info("%s: sha256 %s%s", dest, actual, " verified" if expected else "")
+    return actual
+
+
+def archive_path(root: str | Path, name: str) -> Path:
+    """Where dataset ``name`` is downloaded to: ``<root>/<name>.zip``."""
+    return Path(root) / f"{name}.zip"
+
+
+def download_dataset(
+    name: str, root: str | Path, url: str | None = None, sha256: str | None = None, **kwargs: Any
+) -> Path:
+    """Download registry dataset ``name`` to :func:`archive_path` (``kwargs``: :func:`download`)."""
+    entry = get_dataset(name, url, sha256)
+    dest = archive_path(root, name)
+    download(entry.url, dest, entry.sha256, **kwargs)
+    return dest
+
+
+def _safe_member(info: zipfile.ZipInfo) -> PurePosixPath:
+    """The member's relative path; ValueError for absolute paths, ``..`` and symlinks."""
+    name = info.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if path.is_absolute() or re.match(r"^[A-Za-z]:", name):
+        raise ValueError(f"archive member {info.filename!r} has an absolute path: refused")
+    if ".." in path.parts:
+        raise ValueError(f"archive member {info.filename!r} leaves the target folder: refused")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise ValueError(f"archive member {info.filename!r} is a symbolic link: refused")
+    return path
+
+
+def extract(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a zip archive into the folder ``dest`` (created atomically), every member checked
+    first: absolute paths, ``..`` traversal and symbolic links are refused."""
+    archive = Path(archive)
+    if not zipfile.is_zipfile(archive):
+        raise ValueError(f"{archive}: not a zip archive")
+    with zipfile.ZipFile(archive) as zf:
+        members = [(info, _safe_member(info)) for info in zf.infolist()]
+        with atomic_path(dest) as tmp:
+            tmp.mkdir()
+            for info, path in members:
+                target = tmp.joinpath(*path.parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+    return Path(dest)
+
+
+def binary_to_instances(labels: np.ndarray) -> np.ndarray:
+    """ISBI-style binary labels (cell > 0, membrane 0) to uint32 instances, ids unique in the stack.
+
+    Instances are the 4-connected components of the cell class in each slice. 4-connectivity is
+    the dual of the 8-connected one-pixel membranes of ISBI 2012: a diagonal membrane line
+    separates the cells on its two sides, which 8-connectivity would join through its corners.
+    """
+    out = np.zeros(labels.shape, np.uint32)
+    offset = 0
+    for z in range(labels.shape[0]):
+        components = connected_components(labels[z] > 0, connectivity=1).astype(np.uint32)
+        out[z] = np.where(components > 0, components + offset, 0)
+        offset += int(components.max())
+    return out
+
+
+def _as_instances(labels: np.ndarray, where: Path) -> tuple[np.ndarray, str]:
+    """Binary masks become connected components; anything else is taken as instance ids."""
+    values = np.unique(labels)
+    if values.size <= 2:
+        return binary_to_instances(labels), "4-connected components of the cell class"
+    if values.min() < 0:
+        raise ValueError(f"{where}: negative label values; expected 0 = background, ids > 0")
+    return labels.astype(np.uint32), "instance ids as they are"
+
+
+def _find(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.rglob(pattern) if not p.name.startswith("."))
+
+
+def _read_isbi(root: Path) -> dict[str, Any] | None:
+    """The ISBI layout: ``train-volume.tif``/``train-labels.tif`` (+ ``test-volume.tif``), or PNG
+    slice folders ``train/image``, ``train/label`` (+ ``test``) as in zhixuhao/unet."""
+    volumes = _find(root, "train-volume.tif")
+    if volumes:
+        folder = volumes[0].parent
+        raw_path, label_path, test_path = (
+            folder / f"{n}.tif" for n in ("train-volume", "train-labels", "test-volume")
+        )
+    else:
+        images = [p for p in _find(root, "image") if p.is_dir() and p.parent.name == "train"]
+        if not images:
+            return None
+        folder = images[0].parent.parent
+        raw_path, label_path, test_path = images[0], images[0].parent / "label", folder / "test"
+    if not label_path.exists():
+        raise FileNotFoundError(f"{label_path}: the labels of {raw_path} are missing")
+    raw, labels = read_stack(raw_path), read_stack(label_path)
+    if raw.shape != labels.shape:
+        raise ValueError(f"{raw_path} {raw.shape} and {label_path} {labels.shape} differ in shape")
+    instances, how = _as_instances(labels, label_path)
+    data = {"raw": raw, "labels": instances, "labels_from": how, "layout": "isbi"}
+    if test_path.exists():
+        data["test"] = read_stack(test_path)
+    return data
+
+
+def _frame(path: Path) -> int:
+    return int(re.findall(r"\d+", path.stem)[-1])
+
+
+def _read_ctc(root: Path) -> dict[str, Any] | None:
+    """The Cell Tracking Challenge layout: ``<seq>/tNNN.tif`` frames and gold-truth instance masks
+    ``<seq>_GT/SEG/man_segNNN.tif``. Annotated frames go to raw/labels, the others to test."""
+    seg_dirs = [d for d in _find(root, "SEG") if d.is_dir() and d.parent.name.endswith("_GT")]
+    if not seg_dirs:
+        return None
+    raw, labels, test, frames = [], [], [], []
+    for seg_dir in seg_dirs:
+        sequence = seg_dir.parent.name[: -len("_GT")]
+        seq_dir = seg_dir.parent.parent / sequence
+        images = {_frame(p): p for p in seq_dir.glob("t*.tif")}
+        masks = {_frame(p): p for p in seg_dir.glob("man_seg*.tif")}
+        missing = sorted(set(masks) - set(images))
+        if missing:
+            raise FileNotFoundError(f"{seq_dir}: no raw frames {missing} for masks in {seg_dir}")
+        for frame in sorted(images):
+            image = read_stack(images[frame])[0]
+            if frame in masks:
+                raw.append(image)
+                labels.append(read_stack(masks[frame])[0].astype(np.uint32))
+                frames.append({"sequence": sequence, "frame": frame})
+            else:
+                test.append(image)
+    shapes = {a.shape for a in raw + test}
+    if len(shapes) != 1:
+        raise ValueError(f"{root}: frames differ in shape {sorted(shapes)}; convert one sequence")
+    data = {
+        "raw": np.stack(raw),
+        "labels": np.stack(labels),
+        "labels_from": "man_seg instance masks as they are",
+        "frames": frames,
+        "layout": "ctc",
+    }
+    if test:
+        data["test"] = np.stack(test)
+    return data
+
+
+def read_dataset(folder: str | Path) -> dict[str, Any]:
+    """Images and uint32 instance labels from a folder in the ISBI (TIFF or PNG) or CTC layout."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    data = _read_isbi(folder) or _read_ctc(folder)
+    if data is None:
+        raise ValueError(
+            f"{folder}: no dataset found. Expected train-volume.tif + train-labels.tif, or PNG "
+            "folders train/image + train/label, or Cell Tracking Challenge <seq>/tNNN.tif + "
+            "<seq>_GT/SEG/man_segNNN.tif"
+        )
+    return data
+
+
+def convert(
+    source: str | Path,
+    out: str | Path,
+    dataset: str,
+    val_slices: list[int] | tuple[int, ...] = (),
+    voxel_size: list[float] | tuple[float, ...] = (1.0, 1.0, 1.0),
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Convert a downloaded zip or a local folder into the dataset's Zarr group ``out``.
+
+    Writes ``raw``, ``labels`` (uint32 instances) and, when present, ``test``; group attributes
+    ``dataset``, ``source`` (``provenance`` plus the archive's sha256), ``voxel_size``, ``splits``
+    and, for the Cell Tracking Challenge, ``frames``.
+    """
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such archive or folder")
+    info = dict(provenance or {})
+    if source.is_dir():
+        info["local_dir"] = str(source.resolve())
+        data = read_dataset(source)
+    else:
+        info.update(archive=source.name, sha256=sha256sum(source))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            data = read_dataset(extract(source, Path(tmp) / "extracted"))
+    attrs: dict[str, Any] = {
+        "dataset": dataset,
+        "source": info,
+        "voxel_size": [float(v) for v in voxel_size],
+        "splits": make_splits(len(data["raw"]), val_slices),
+    }
+    if "frames" in data:
+        attrs["frames"] = data["frames"]
+    with atomic_path(out) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        group.attrs.update(attrs)
+        write_array(group, "raw", data["raw"], {"layout": data["layout"]})
+        label_attrs = {"layout": data["layout"], "from": data["labels_from"]}
+        write_array(group, "labels", data["labels"], label_attrs)
+        if "test" in data:
+            write_array(group, "test", data["test"], {"layout": data["layout"]})
+    log.info("%s: %d labelled slices %s", out, len(data["raw"]), attrs["splits"])
+    return out

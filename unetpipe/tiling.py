@@ -1,0 +1,210 @@
+"""Overlap-tile geometry (Ronneberger et al. 2015, Fig. 2).
+
+The network predicts only pixels whose full context lies in its input tile: a valid-convolution
+U-Net loses ``halo`` pixels on each side (92 for the paper's network: 572 -> 388). An image is
+covered by output blocks whose input tiles read the real neighbouring pixels as context; context
+that passes the image border is extrapolated by mirroring.
+
+Two details make tiling *exact* (equal to one pass of the network over the whole mirror-padded
+image, not merely seamless looking):
+
+* Tile origins lie on multiples of ``align = 2**(depth - 1)``, so every tile sees the 2x2
+  max-pooling grid of the whole-image pass. Valid outputs are 16k + 4 wide (depth 5); stepping
+  tiles by the output size would shift that grid from tile to tile, so tiles step by the output
+  size rounded down to a multiple of ``align`` and neighbouring outputs overlap by a few pixels.
+* Mirroring is numpy's ``reflect`` by default (``abc|ba``: the border pixel is the mirror axis and
+  is not repeated) or numpy's ``symmetric`` (``abc|cb``, edge repeated; this is what Dask calls
+  ``reflect``). Both extend periodically when the context is wider than the image.
+
+For ``padding="same"`` networks (not the paper's) the same geometry applies with a halo wide enough
+that the zero padding at tile borders only touches pixels that are cropped away.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unetpipe.model import valid_input_size
+
+MIRROR_MODES = ("reflect", "symmetric")
+
+
+def mirror_indices(start: int, stop: int, size: int, mode: str = "reflect") -> np.ndarray:
+    """Indices into an axis of ``size`` pixels for positions ``start..stop-1``, mirrored outside.
+
+    ``mode`` is numpy's ``np.pad`` mode name: ``reflect`` (edge not repeated) or ``symmetric``.
+    """
+    if mode not in MIRROR_MODES:
+        raise ValueError(f"mirror mode must be one of {MIRROR_MODES}, got {mode!r}")
+    if size < 1:
+        raise ValueError("cannot mirror an empty axis")
+    positions = np.arange(start, stop)
+    if mode == "reflect":
+        if size == 1:
+            return np.zeros_like(positions)
+        period = 2 * (size - 1)
+        folded = np.mod(positions, period)
+        return np.where(folded < size, folded, period - folded)
+    folded = np.mod(positions, 2 * size)
+    return np.where(folded < size, folded, 2 * size - 1 - folded)
+
+
+def read_mirrored(
+    array: Any, start: Sequence[int], stop: Sequence[int], mode: str = "reflect"
+) -> np.ndarray:
+    """Region ``[start, stop)`` of any sliceable array (numpy, Zarr), mirrored past its borders.
+
+    Reads only the bounding box of the needed pixels, once.
+    """
+    indices = [
+        mirror_indices(a, b, n, mode) for a, b, n in zip(start, stop, array.shape, strict=True)
+    ]
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in indices)
+    data = np.asarray(array[box])
+    return data[np.ix_(*[i - i.min() for i in indices])]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Tile geometry of a U-Net: context per side, pooling alignment, valid tile extents."""
+
+    depth: int
+    padding: str
+    dims: int
+
+    @classmethod
+    def of(cls, model: Any) -> Geometry:
+        """The geometry of a :class:`unetpipe.model.UNet`."""
+        config = model.config
+        return cls(config["depth"], config["padding"], config["dims"])
+
+    @property
+    def align(self) -> int:
+        """Tile origins on this grid see the whole-image pooling grid (2**(depth-1))."""
+        return 2 ** (self.depth - 1)
+
+    @property
+    def halo(self) -> int:
+        """Context pixels per side that a tile needs for exact outputs.
+
+        Valid network: each double convolution loses 2 px per side at its level's scale (Fig. 1).
+        Same network: the width of the band that zero padding reaches, grown by 1 px per 3x3
+        convolution, rounded up by each pooling, doubled by each up-convolution.
+        """
+        if self.padding == "valid":
+            return 2 * (3 * self.align - 2)
+        band, skips = 0, []
+        for _ in range(self.depth - 1):
+            skips.append(band + 2)
+            band = math.ceil(skips[-1] / 2)
+        band += 2
+        for skip in reversed(skips):
+            band = max(2 * band, skip) + 2
+        return band
+
+    def smallest_tile(self, min_output: int) -> int:
+        """Smallest valid input tile whose output covers ``min_output`` pixels."""
+        return _smallest_tile(self, min_output)
+
+    def tiles_up_to(self, limit: int) -> list[int]:
+        """Valid input tile extents up to ``limit``, ascending (at least the smallest one).
+
+        Valid extents step by ``align``: every pooling must see an even size.
+        """
+        smallest = self.smallest_tile(1)
+        return list(range(smallest, max(limit, smallest) + 1, self.align))
+
+    def tile_output(self, tile: int) -> int:
+        """Output extent kept from an input tile (ValueError naming the nearest valid tiles)."""
+        smallest = self.smallest_tile(1)
+        if tile < smallest or (tile - smallest) % self.align:
+            below = self.tiles_up_to(tile)[-1]
+            nearest = sorted({below, below + self.align} - {tile})
+            raise ValueError(
+                f"tile {tile} is not a valid input extent for a depth-{self.depth} U-Net with "
+                f"{self.padding!r} padding; nearest valid tiles: {nearest}"
+            )
+        return tile - 2 * self.halo
+
+
+@functools.cache
+def _smallest_tile(geometry: Geometry, min_output: int) -> int:
+    if geometry.padding == "valid":
+        return valid_input_size(min_output, geometry.depth, "valid")
+    return valid_input_size(min_output + 2 * geometry.halo, geometry.depth, "same")
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Tiles along one axis of a region of ``size`` output pixels.
+
+    Tile ``k`` reads input ``[starts[k], starts[k] + tile)`` of the region's padded input (region
+    origin minus the halo) and predicts outputs ``[starts[k], starts[k] + output)`` of the region.
+    """
+
+    size: int
+    tile: int
+    output: int
+    starts: tuple[int, ...]
+
+    @property
+    def read_length(self) -> int:
+        """Padded input pixels the tiles read: halo + size + halo + the alignment overhang."""
+        return self.starts[-1] + self.tile
+
+
+def plan_axis(size: int, max_tile: int, geometry: Geometry) -> AxisPlan:
+    """Cover ``size`` output pixels with the fewest tiles of at most ``max_tile``, each as small
+    as that count allows (tiles fitted to the image), origins on multiples of ``geometry.align``."""
+    if size < 1:
+        raise ValueError(f"cannot tile an empty axis (size {size})")
+
+    def starts(tile: int) -> tuple[int, ...] | None:
+        out = geometry.tile_output(tile)
+        if out >= size:
+            return (0,)
+        step = out // geometry.align * geometry.align
+        return tuple(range(0, size - out + step, step)) if step else None
+
+    plans = {tile: starts(tile) for tile in geometry.tiles_up_to(max_tile) if tile <= max_tile}
+    plans = {tile: s for tile, s in plans.items() if s is not None}
+    if not plans:
+        raise ValueError(
+            f"tiles up to {max_tile} px predict fewer than {geometry.align} px each and cannot "
+            f"step over {size} px; use a tile of at least {geometry.smallest_tile(geometry.align)}"
+        )
+    fewest = min(len(s) for s in plans.values())
+    tile = min(t for t, s in plans.items() if len(s) == fewest)
+    return AxisPlan(size, tile, geometry.tile_output(tile), plans[tile])
+
+
+def activation_bytes(config: dict[str, Any], tile: Sequence[int], batch_size: int = 1) -> int:
+    """Estimated peak memory of one inference forward pass (float32 feature maps).
+
+    At the peak the skip connections of all levels are alive (a geometric sum dominated by the
+    first level) plus about four first-level maps while the last level is decoded.
+    """
+    pixels = math.prod(tile)
+    base = config["base_channels"]
+    dims = config["dims"]
+    skips = sum(2**level / 2 ** (level * dims) for level in range(config["depth"]))
+    return int(4 * batch_size * base * pixels * (skips + 4))
+
+
+def max_tile_for_budget(
+    config: dict[str, Any], geometry: Geometry, memory_bytes: float, batch_size: int = 1
+) -> int:
+    """Largest valid cubic tile whose forward pass fits ``memory_bytes`` (at least the smallest)."""
+    tiles = geometry.tiles_up_to(1 << 16)
+    fitting = [
+        t
+        for t in tiles
+        if activation_bytes(config, (t,) * geometry.dims, batch_size) <= memory_bytes
+    ]
+    return fitting[-1] if fitting else tiles[0]

@@ -1,0 +1,18 @@
+"""Rule train: train the U-Net on the dataset's Zarr group (unetpipe.train)."""
+
+from pathlib import Path
+
+from unetpipe.log import setup_logging
+from unetpipe.train import train
+
+snakemake = globals()["snakemake"]
+setup_logging(snakemake.log[0])
+train(
+    Path(snakemake.input.raw).parent,
+    Path(snakemake.output.model).parent,
+    snakemake.params.cfg,
+    snakemake.params.model,
+    snakemake.params.augment,
+    bank=list(snakemake.input.bank),
+    threads=snakemake.threads,
+)
