@@ -12,16 +12,26 @@ import pytest
 import torch
 import zarr
 
+from unetpipe.augment import open_bank, write_bank
 from unetpipe.cli.train import load_config
-from unetpipe.intensity import dataset_statistics
+from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import write_array
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.model import UNet, load_model
 from unetpipe.synthetic import write_synthetic
-from unetpipe.train import IterationSampler, lr_factor, train
+from unetpipe.train import IterationSampler, TileDataset, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 44  # depth 2: 44 -> 28 px output
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny nets run fastest, and undisturbed by other load, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,7 @@ def read_log(run: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    train(data, run, *sections(iterations=8, val_every=4, checkpoint_every=4), threads=1)
+    train(data, run, *sections(iterations=8, val_every=4, checkpoint_every=4))
     return run
 
 
@@ -104,11 +114,18 @@ def test_run_writes_log_curves_checkpoints_and_model(data, trained):
     assert 0 <= metadata["baseline_vrand"] <= 1
 
 
+def test_missing_weights_is_a_clear_error(tmp_path):
+    path = tmp_path / "data.zarr"
+    write_synthetic(path, 2, (64, 64), 0, (64, 64), cell_size=16.0, membrane_width=2.0)
+    with pytest.raises(ValueError, match="weights rules first"):
+        train(path, tmp_path / "run", *sections(iterations=1))
+
+
 def test_resume_refuses_a_different_model(data, trained):
     train_cfg, model_cfg, augment_cfg = sections(iterations=9)
     model_cfg["base_channels"] = 8
     with pytest.raises(ValueError, match="start over"):
-        train(data, trained, train_cfg, model_cfg, augment_cfg, threads=1)
+        train(data, trained, train_cfg, model_cfg, augment_cfg)
 
 
 CHILD = """
@@ -166,7 +183,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
 
 def test_ddp_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
     config = dict(iterations=4, batch_size=2, val_every=100, optimizer="sgd", lr=0.01)
-    train(data, tmp_path / "one", *sections(**config), threads=1)
+    train(data, tmp_path / "one", *sections(**config))
     train(data, tmp_path / "two", *sections(**config, gpus=2), threads=2)
     a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
@@ -196,3 +213,41 @@ def test_learning_rate_schedules():
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(0, 10, "step", warmup=0)
     assert math.isfinite(lr_factor(200, 100, "poly", warmup=0))
+
+
+def test_unaugmented_tiles_are_mirrored_crops(data):
+    group = zarr.open_group(data, mode="r")
+    stats = dataset_statistics(group["raw"], [0])
+    augment = load_config(None)["augment"]
+    dataset = TileDataset(data, [0], stats, TILE, 28, augment, seed=0, mode="none")
+    image = np.pad(normalize(group["raw"][0], stats), 8, mode="reflect")
+    labels = group["labels"][0]
+    for index in range(3):
+        tile, target, weights = (t.numpy() for t in dataset[index])
+        assert tile.shape == (1, TILE, TILE) and target.shape == weights.shape == (28, 28)
+        matches = [
+            (y, x)
+            for y in range(image.shape[0] - TILE + 1)
+            for x in range(image.shape[1] - TILE + 1)
+            if np.allclose(image[y : y + TILE, x : x + TILE], tile[0], atol=1e-5)
+        ]
+        assert len(matches) == 1
+        y, x = matches[0]
+        np.testing.assert_array_equal(target, labels[y : y + 28, x : x + 28] > 0)
+        np.testing.assert_array_equal(weights, np.where(target, 1.0, 3.0))
+
+
+def test_bank_tiles_must_match_the_network(data, tmp_path):
+    group = zarr.open_group(data, mode="r")
+    stats = dataset_statistics(group["raw"], group.attrs["splits"]["train"])
+    augment = {**load_config(None)["augment"], "bank_size": 4, "tile": TILE}
+    shard = tmp_path / "shard-0.zarr"
+    write_bank(data, shard, shard=0, n_shards=1, params=augment, input_size=TILE, output_size=28)
+    dataset = TileDataset(data, [0, 1], stats, TILE, 28, augment, 0, mode="bank", bank=[shard])
+    bank = open_bank([shard])
+    tile, target, weights = dataset[5]
+    assert any(np.array_equal(tile[0].numpy(), bank[i][0]) for i in range(len(bank)))
+    with pytest.raises(ValueError, match="rebuild the bank"):
+        TileDataset(data, [0, 1], stats, 60, 44, augment, 0, mode="bank", bank=[shard])
+    with pytest.raises(ValueError, match="no bank shards"):
+        TileDataset(data, [0, 1], stats, TILE, 28, augment, 0, mode="bank")

@@ -29,7 +29,7 @@ import zarr
 
 from unetpipe.intensity import normalize
 from unetpipe.model import UNet, load_model
-from unetpipe.tiling import Geometry, max_tile_for_budget, plan_axis, read_mirrored
+from unetpipe.tiling import AxisPlan, Geometry, max_tile_for_budget, plan_axis, read_mirrored
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _predict_region(
 
 
 def _run_tiles(
-    model: UNet, padded: np.ndarray, plans: Sequence[Any], batch_size: int
+    model: UNet, padded: np.ndarray, plans: Sequence[AxisPlan], batch_size: int
 ) -> np.ndarray:
     """Run every tile of ``plans`` over ``padded`` in batches; assemble the output region."""
     out = np.empty((model.config["n_classes"], *(p.size for p in plans)), dtype=np.float32)
@@ -269,27 +269,24 @@ def _predict_block(job: _Job, index: tuple[int, int, int]) -> tuple[int, int, in
             raise ValueError(f"input contains NaN in block {index}; fill them before prediction")
         return normalize(region, metadata["normalization"])
 
-    with torch.inference_mode():
-        if dims == 3:
-            probs = _predict_region(
-                model, read, origin, size, job.max_tile, job.batch_size, job.tta
-            )
-        else:  # a 2D net: each slice of the block on its own
-            probs = np.stack(
-                [
-                    _predict_region(
-                        model,
-                        lambda a, b, z=z: read((z, *a), (z + 1, *b))[0],
-                        origin[1:],
-                        size[1:],
-                        job.max_tile,
-                        job.batch_size,
-                        job.tta,
-                    )
-                    for z in range(origin[0], origin[0] + size[0])
-                ],
-                axis=1,
-            )
+    if dims == 3:
+        probs = _predict_region(model, read, origin, size, job.max_tile, job.batch_size, job.tta)
+    else:  # a 2D net: each slice of the block on its own
+        probs = np.stack(
+            [
+                _predict_region(
+                    model,
+                    lambda a, b, z=z: read((z, *a), (z + 1, *b))[0],
+                    origin[1:],
+                    size[1:],
+                    job.max_tile,
+                    job.batch_size,
+                    job.tta,
+                )
+                for z in range(origin[0], origin[0] + size[0])
+            ],
+            axis=1,
+        )
     target = zarr.open_array(job.target, mode="r+")
     target[(slice(None), *(slice(o, o + s) for o, s in zip(origin, size, strict=True)))] = _encode(
         probs, job.dtype
@@ -366,7 +363,10 @@ def predict_zarr(
         source = zarr.open_array(str(source), mode="r")
     model_path = str(Path(model_path).resolve())
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model, metadata = load_model(model_path, "cpu")
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file not found: {model_path}")
+    # Loaded here to check it; the threads scheduler's workers then share this copy.
+    model, metadata = _worker_model(model_path, device if scheduler == "threads" else "cpu")
     if "normalization" not in metadata:
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
     dims = model.config["dims"]
@@ -418,7 +418,6 @@ def predict_zarr(
     job = _Job(
         model_path, source, str(partial), block, max_tile, batch_size, mirror, tta, dtype, device
     )
-    del model
     _compute(job, todo, scheduler, n_workers, threads_per_worker, address, slurm or {}, progress)
     missing = set(blocks) - {
         tuple(int(i) for i in p.name.split(".")) for p in _done_dir(partial).iterdir()

@@ -76,7 +76,11 @@ class TileDataset(Dataset):
         if mode == "bank":
             _check_bank(bank, stats, input_size, output_size)
         if mode == "none":  # every augmentation of augment's defaults switched off
-            off = {k: {"enabled": False} for k, v in DEFAULT_PARAMS.items() if "enabled" in v}
+            off = {
+                k: {"enabled": False}
+                for k, v in DEFAULT_PARAMS.items()
+                if isinstance(v, dict) and "enabled" in v
+            }
             augment = resolve_params({**augment, **off})
         self.data, self.slices, self.stats = str(data), list(slices), stats
         self.input_size, self.output_size = input_size, output_size
@@ -190,17 +194,18 @@ def validate(
     return {"val_pixel_error": error, "val_vrand": float(np.mean(vrand))}
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Training loss, learning rate and validation scores against the iteration, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_curves(
+    rows: Sequence[dict[str, Any]], path: str | Path, baseline: float | None = None
+) -> None:
+    """Training loss, learning rate and validation scores against the iteration, as a PNG;
+    ``baseline`` is the V_rand of the thresholding baseline, drawn as a line."""
+    from matplotlib.figure import Figure
 
     it = np.array([float(r["iteration"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     val = [r for r in rows if r.get("val_vrand") not in (None, "")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6), layout="tight")
+    axes = fig.subplots(1, 3)
     axes[0].plot(it, loss, lw=0.5, alpha=0.4, label="per iteration")
     if len(loss) >= 10:
         window = max(len(loss) // 50, 5)
@@ -214,12 +219,13 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         v_it = [float(r["iteration"]) for r in val]
         axes[2].plot(v_it, [float(r["val_vrand"]) for r in val], "o-", label="V_rand")
         axes[2].plot(v_it, [float(r["val_pixel_error"]) for r in val], "s-", label="pixel error")
+    if baseline is not None:
+        axes[2].axhline(baseline, color="gray", ls="--", label="V_rand, Otsu threshold")
+    if val or baseline is not None:
         axes[2].legend()
     axes[2].set(xlabel="iteration", title="validation", ylim=(0, 1))
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def train(
@@ -252,7 +258,7 @@ def train(
             rdzv_backend="c10d",
             rdzv_endpoint="localhost:0",
             max_restarts=0,
-            monitor_interval=1,
+            monitor_interval=0.25,
         )
         per_process = max(1, (threads or torch.get_num_threads()) // gpus)
         elastic_launch(launch, _launched)(*args, per_process)
@@ -435,6 +441,9 @@ def _train(
         ckpt_dir / "log.csv",
     )
     group = open_data(data)
+    missing = [name for name in ("raw", "labels", "weights") if name not in group]
+    if missing:
+        raise ValueError(f"{data} lacks {missing}: run the data and weights rules first")
     splits = read_splits(group)
     stats = dataset_statistics(group["raw"], splits["train"])
     trainer = _Trainer(cfg, model_cfg, device, rank, world)
@@ -543,7 +552,7 @@ def _train(
     if rank == 0:
         _export(run, best_path if cfg["export"] == "best" and best_path.is_file() else last_path)
         _write_log(run / "train" / "log.csv", rows)
-        plot_curves(rows, run / "train" / "curves.png")
+        plot_curves(rows, run / "train" / "curves.png", meta.get("baseline_vrand"))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

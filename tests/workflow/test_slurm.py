@@ -4,6 +4,7 @@ rule a SLURM job, partitions picked by the profile's partitions.yaml, training a
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import yaml
 
 from .conftest import SLURM_PROFILE, TINY, check, snakemake
 
-# Status checks every 2 s instead of the profile's cluster-friendly pace.
+# Status checks every 2 s instead of the profile's cluster-friendly pace; no job asks for more CPUs
+# than the test node has (a job that cannot fit would wait in the queue forever).
 FAST = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+SMALL = ["--max-threads", str(min(os.cpu_count() or 1, 2))]
 
 
 def sbatch_lines(log: str) -> dict[str, list[str]]:
@@ -32,10 +35,10 @@ def test_tiny_pipeline_on_slurm_with_a_gpu_for_training(slurm_cluster, tmp_path)
     config["train"].update(iterations=20, val_every=10, checkpoint_every=10, device="auto")
     config["resources"] = {"train": {"gpu_model": "fake"}}
     configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    args = ["--workflow-profile", str(SLURM_PROFILE), *FAST, "--verbose"]
-    log = check(snakemake(tmp_path, *args, configfile=configfile, timeout=900))
+    args = ["--workflow-profile", str(SLURM_PROFILE), *FAST, *SMALL, "--verbose"]
+    log = check(snakemake(tmp_path, *args, configfile=configfile, timeout=600))
 
     jobs = sbatch_lines(log)
     assert set(jobs) == {

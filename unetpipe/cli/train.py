@@ -62,8 +62,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train the U-Net on a dataset (weighted loss of Eq. 1, SGD, checkpoints, resume)",
-        description="Train on the training slices of a dataset's Zarr group; write RUN_DIR/model.pt, "
-        "RUN_DIR/train/{log.csv,curves.png}; resume from RUN_DIR/checkpoints/last.pt.",
+        description="Train on the training slices of a dataset's Zarr group; write "
+        "RUN_DIR/model.pt and RUN_DIR/train/{log.csv,curves.png}; resume from "
+        "RUN_DIR/checkpoints/last.pt.",
     )
     parser.add_argument("data", help="the dataset's Zarr group (results/<dataset>/data.zarr)")
     parser.add_argument("run_dir", help="the run folder (results/<dataset>/<run>)")

@@ -10,14 +10,27 @@ RUN_DIR = f"{RESULTS}/{RUN}"
 LOGS = f"logs/{DATASET}"
 
 
+def _sorted(value):
+    """Mappings with sorted keys, recursively: params compare as text, so order must not matter."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    return value
+
+
 def section(name):
     """A config section as a rule's params: changing it reruns that rule and what follows."""
-    return config[name]
+    return _sorted(config[name])
 
 
 def rule_resources(rule_name, **defaults):
     """Resources of a rule: the defaults overridden by config['resources'][rule_name]."""
-    return {**defaults, **config["resources"].get(rule_name, {})}
+    overrides = config["resources"].get(rule_name, {})
+    return {**defaults, **{k: v for k, v in overrides.items() if k != "threads"}}
+
+
+def rule_threads(rule_name, default):
+    """Threads of a rule: config['resources'][rule_name]['threads'], else the default."""
+    return config["resources"].get(rule_name, {}).get("threads", default)
 
 
 def augment_shards():

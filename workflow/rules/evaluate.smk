@@ -2,11 +2,12 @@
 # Section 4 (metrics.json) and the report (figures for `snakemake --report`).
 
 
-# Arrays scored against labels: raw (validation slices), and the synthetic test volume, the only
-# source whose test images come with labels.
+# Arrays scored against labels, among those predicted: raw (validation slices), and the synthetic
+# test volume, the only source whose test images come with labels.
 EVALUATED = ["raw"]
 if config["dataset"]["source"] == "synthetic" and config["synth"]["test_slices"] > 0:
     EVALUATED.append("test")
+EVALUATED = [array for array in EVALUATED if array in config["predict"]["arrays"]]
 
 
 rule segment:
@@ -20,7 +21,7 @@ rule segment:
         f"{LOGS}/segment_{{array}}.log",
     benchmark:
         f"{LOGS}/benchmarks/segment_{{array}}.tsv"
-    threads: config["resources"].get("segment", {}).get("threads", 2)
+    threads: rule_threads("segment", 2)
     resources:
         **rule_resources("segment", mem_mb=4000, runtime=30),
     conda:

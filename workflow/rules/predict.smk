@@ -17,7 +17,7 @@ rule predict:
         f"{LOGS}/predict_{{array}}.log",
     benchmark:
         f"{LOGS}/benchmarks/predict_{{array}}.tsv"
-    threads: config["resources"].get("predict", {}).get("threads", 2)
+    threads: rule_threads("predict", 2)
     resources:
         **rule_resources("predict", mem_mb=8000, runtime=120),
     conda:

@@ -2,17 +2,12 @@
 # checkpoints/ is not an output: it survives a failed or killed job, and the rerun resumes from it.
 
 
-def train_bank(wildcards):
-    """The augmented bank's shards when training reads from it (train.data: bank)."""
-    return augment_shards() if config["train"]["data"] == "bank" else []
-
-
 rule train:
     input:
         raw=f"{DATA}/raw",
         labels=f"{DATA}/labels",
         weights=f"{DATA}/weights",
-        bank=train_bank,
+        bank=augment_shards() if config["train"]["data"] == "bank" else [],
     output:
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train/log.csv",
@@ -25,7 +20,7 @@ rule train:
         f"{LOGS}/train.log",
     benchmark:
         f"{LOGS}/benchmarks/train.tsv"
-    threads: config["resources"].get("train", {}).get("threads", 2)
+    threads: rule_threads("train", 2)
     resources:
         **rule_resources(
             "train",

@@ -13,7 +13,7 @@ rule weights:
         f"{LOGS}/weights.log",
     benchmark:
         f"{LOGS}/benchmarks/weights.tsv"
-    threads: config["resources"].get("weights", {}).get("threads", 8)
+    threads: rule_threads("weights", 4)
     resources:
         **rule_resources("weights", mem_mb=4000, runtime=60),
     conda:

@@ -7,12 +7,13 @@ from unetpipe.train import train
 
 snakemake = globals()["snakemake"]
 setup_logging(snakemake.log[0])
+bank = snakemake.input.bank  # one shard comes as a str, several or none as a list
 train(
     Path(snakemake.input.raw).parent,
     Path(snakemake.output.model).parent,
     snakemake.params.cfg,
     snakemake.params.model,
     snakemake.params.augment,
-    bank=list(snakemake.input.bank),
+    bank=[bank] if isinstance(bank, str) else list(bank),
     threads=snakemake.threads,
 )
