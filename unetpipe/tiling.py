@@ -172,7 +172,9 @@ def plan_axis(size: int, max_tile: int, geometry: Geometry) -> AxisPlan:
         step = out // geometry.align * geometry.align
         return tuple(range(0, size - out + step, step)) if step else None
 
-    plans = {tile: starts(tile) for tile in geometry.tiles_up_to(max_tile) if tile <= max_tile}
+    # A tile covering the whole axis needs one tile; larger ones only cost more.
+    limit = min(max_tile, geometry.smallest_tile(size))
+    plans = {tile: starts(tile) for tile in geometry.tiles_up_to(limit) if tile <= limit}
     plans = {tile: s for tile, s in plans.items() if s is not None}
     if not plans:
         raise ValueError(

@@ -10,18 +10,18 @@ rule augment:
         weights=f"{DATA}/weights",
     output:
         directory(f"{RESULTS}/augmented/shard-{{shard}}.zarr"),
-    wildcard_constraints:
-        shard=r"\d+",
-    params:
-        cfg=section("augment"),
-        model={key: config["model"][key] for key in ("depth", "padding")},
     log:
         f"{LOGS}/augment_{{shard}}.log",
     benchmark:
         f"{LOGS}/benchmarks/augment_{{shard}}.tsv"
-    resources:
-        **rule_resources("augment", mem_mb=4000, runtime=60),
+    wildcard_constraints:
+        shard=r"\d+",
     conda:
         "../envs/preprocess.yaml"
+    resources:
+        **rule_resources("augment", mem_mb=4000, runtime=60),
+    params:
+        cfg=section("augment"),
+        model={key: config["model"][key] for key in ("depth", "padding")},
     script:
         "../scripts/augment.py"

@@ -37,9 +37,17 @@ def augment_shards():
     """The bank's shard folders (none when augment.bank_size is 0: training augments on the fly)."""
     if config["augment"]["bank_size"] == 0:
         return []
-    return [f"{RESULTS}/augmented/shard-{i}.zarr" for i in range(config["augment"]["shards"])]
+    return [
+        f"{RESULTS}/augmented/shard-{i}.zarr"
+        for i in range(config["augment"]["shards"])
+    ]
 
 
 def all_targets():
     """What `snakemake` builds by default: every stage, ending with the report."""
-    return [f"{DATA}/weights", *augment_shards(), f"{RUN_DIR}/metrics.json", f"{RUN_DIR}/report"]
+    return [
+        f"{DATA}/weights",
+        *augment_shards(),
+        f"{RUN_DIR}/metrics.json",
+        f"{RUN_DIR}/report",
+    ]

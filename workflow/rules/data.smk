@@ -14,9 +14,6 @@ if SOURCE == "synthetic":
     rule synth:
         output:
             **DATA_OUTPUTS,
-        params:
-            cfg=section("synth"),
-            dataset=section("dataset"),
         log:
             f"{LOGS}/synth.log",
         benchmark:
@@ -25,6 +22,9 @@ if SOURCE == "synthetic":
             "../envs/data.yaml"
         resources:
             **rule_resources("synth", mem_mb=2000, runtime=10),
+        params:
+            cfg=section("synth"),
+            dataset=section("dataset"),
         script:
             "../scripts/synth.py"
 
@@ -35,27 +35,27 @@ else:
         rule download:
             output:
                 f"{RESOURCES}/{SOURCE}.zip",
-            params:
-                cfg=section("dataset"),
             log:
                 f"{LOGS}/download.log",
             benchmark:
                 f"{LOGS}/benchmarks/download.tsv"
+            retries: 2
             conda:
                 "../envs/data.yaml"
             resources:
                 **rule_resources("download", mem_mb=500, runtime=60),
-            retries: 2
+            params:
+                cfg=section("dataset"),
             script:
                 "../scripts/download.py"
 
     rule convert:
         input:
-            config["dataset"]["local_dir"] if SOURCE == "local" else f"{RESOURCES}/{SOURCE}.zip",
+            config["dataset"]["local_dir"]
+            if SOURCE == "local"
+            else f"{RESOURCES}/{SOURCE}.zip",
         output:
             **DATA_OUTPUTS,
-        params:
-            cfg=section("dataset"),
         log:
             f"{LOGS}/convert.log",
         benchmark:
@@ -64,5 +64,7 @@ else:
             "../envs/data.yaml"
         resources:
             **rule_resources("convert", mem_mb=4000, runtime=30),
+        params:
+            cfg=section("dataset"),
         script:
             "../scripts/convert.py"

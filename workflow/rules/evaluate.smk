@@ -15,17 +15,17 @@ rule segment:
         f"{RUN_DIR}/predictions/{{array}}.zarr",
     output:
         directory(f"{RUN_DIR}/segmentation/{{array}}.zarr"),
-    params:
-        cfg=section("segment"),
     log:
         f"{LOGS}/segment_{{array}}.log",
     benchmark:
         f"{LOGS}/benchmarks/segment_{{array}}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: rule_threads("segment", 2)
     resources:
         **rule_resources("segment", mem_mb=4000, runtime=30),
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        cfg=section("segment"),
     script:
         "../scripts/segment.py"
 
@@ -39,17 +39,17 @@ rule evaluate:
         segmentations=expand(f"{RUN_DIR}/segmentation/{{array}}.zarr", array=EVALUATED),
     output:
         f"{RUN_DIR}/metrics.json",
-    params:
-        cfg=section("evaluate"),
-        arrays=EVALUATED,
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
         f"{LOGS}/benchmarks/evaluate.tsv"
-    resources:
-        **rule_resources("evaluate", mem_mb=4000, runtime=30),
     conda:
         "../envs/evaluate.yaml"
+    resources:
+        **rule_resources("evaluate", mem_mb=4000, runtime=30),
+    params:
+        cfg=section("evaluate"),
+        arrays=EVALUATED,
     script:
         "../scripts/evaluate.py"
 
@@ -68,15 +68,15 @@ rule report:
             caption="../report/figures.rst",
             category="Results",
         ),
-    params:
-        cfg=section("report"),
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{LOGS}/benchmarks/report.tsv"
-    resources:
-        **rule_resources("report", mem_mb=2000, runtime=10),
     conda:
         "../envs/evaluate.yaml"
+    resources:
+        **rule_resources("report", mem_mb=2000, runtime=10),
+    params:
+        cfg=section("report"),
     script:
         "../scripts/report.py"

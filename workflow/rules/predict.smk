@@ -9,18 +9,18 @@ rule predict:
         group=f"{DATA}/zarr.json",
     output:
         directory(f"{RUN_DIR}/predictions/{{array}}.zarr"),
-    wildcard_constraints:
-        array="|".join(config["predict"]["arrays"]),
-    params:
-        cfg=section("predict"),
     log:
         f"{LOGS}/predict_{{array}}.log",
     benchmark:
         f"{LOGS}/benchmarks/predict_{{array}}.tsv"
+    wildcard_constraints:
+        array="|".join(config["predict"]["arrays"]),
+    conda:
+        "../envs/torch.yaml"
     threads: rule_threads("predict", 2)
     resources:
         **rule_resources("predict", mem_mb=8000, runtime=120),
-    conda:
-        "../envs/torch.yaml"
+    params:
+        cfg=section("predict"),
     script:
         "../scripts/predict.py"

@@ -12,14 +12,12 @@ rule train:
         model=f"{RUN_DIR}/model.pt",
         log=f"{RUN_DIR}/train/log.csv",
         curves=f"{RUN_DIR}/train/curves.png",
-    params:
-        cfg=section("train"),
-        model=section("model"),
-        augment=section("augment"),
     log:
         f"{LOGS}/train.log",
     benchmark:
         f"{LOGS}/benchmarks/train.tsv"
+    conda:
+        "../envs/torch.yaml"
     threads: rule_threads("train", 2)
     resources:
         **rule_resources(
@@ -28,7 +26,9 @@ rule train:
             mem_mb=16000,
             runtime=720,
         ),
-    conda:
-        "../envs/torch.yaml"
+    params:
+        cfg=section("train"),
+        model=section("model"),
+        augment=section("augment"),
     script:
         "../scripts/train.py"

@@ -7,16 +7,16 @@ rule weights:
         labels=f"{DATA}/labels",
     output:
         directory(f"{DATA}/weights"),
-    params:
-        cfg=section("weights"),
     log:
         f"{LOGS}/weights.log",
     benchmark:
         f"{LOGS}/benchmarks/weights.tsv"
+    conda:
+        "../envs/preprocess.yaml"
     threads: rule_threads("weights", 4)
     resources:
         **rule_resources("weights", mem_mb=4000, runtime=60),
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        cfg=section("weights"),
     script:
         "../scripts/weights.py"
