@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check unetpipe tests benchmarks workflow/scripts
 	$(BIN)/ruff format --check unetpipe tests benchmarks workflow/scripts
 	$(SNAKEMAKE) --configfile config/demo.yaml --lint
+	$(BIN)/snakefmt --check workflow
 
 format: install
 	$(BIN)/ruff format unetpipe tests benchmarks workflow/scripts

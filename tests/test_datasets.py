@@ -1,15 +1,13 @@
-"""Download, extraction and conversion (unetpipe.datasets) against a local HTTP server."""
+"""Download, extraction and conversion (unetpipe.datasets) against a local HTTP server (the
+``server`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
-import re
 import stat
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -18,49 +16,6 @@ import tifffile
 from unetpipe.cli import main
 from unetpipe.datasets import binary_to_instances, convert, download, extract, get_dataset
 from unetpipe.io import open_data, read_splits
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; honours ``Range: bytes=N-``; ``server.cut[path] = n`` sends only
-    n bytes of the next response and closes; ``server.fail[path] = k`` answers 503 k times."""
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        if server.fail.get(self.path, 0) > 0:
-            server.fail[self.path] -= 1
-            self.send_error(503)
-            return
-        data = server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        start = int(match[1]) if match else 0
-        if start >= len(data) > 0 and match:
-            self.send_error(416)
-            return
-        self.send_response(206 if match else 200)
-        if match:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start : start + server.cut.pop(self.path, len(data))])
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.files, httpd.cut, httpd.fail, httpd.requests = {}, {}, {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def tiff_bytes(array):

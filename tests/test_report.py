@@ -13,7 +13,9 @@ from unetpipe.report import (
     fit_baseline,
     format_table,
     read_log,
+    score_sequences,
     summary,
+    table2_dataset,
     write_report,
 )
 from unetpipe.segment import segment_zarr
@@ -174,3 +176,62 @@ def test_cli_summary(run, tmp_path, capsys):
     assert main(["summary", str(tmp)]) == 0
     assert "pixel error" in capsys.readouterr().out
     assert main(["summary", str(tmp_path)]) == 1
+
+
+def test_score_sequences_exact():
+    """Sequence 01 pools two frames; a segment on unannotated pixels costs IoU, not SEG."""
+    truth = np.zeros((3, 6, 6), np.uint32)
+    truth[0, 0:2, 0:2], truth[0, 4:6, 4:6] = 1, 2  # two 4-px cells
+    truth[1, 0:3, 0:3] = 5  # a 9-px cell
+    truth[2, 1:4, 1:4] = 3
+    seg = np.zeros_like(truth)
+    seg[0, 0:2, 0:3] = 7  # cell 1 and 2 more px: Jaccard 4/6; cell 2 missed
+    seg[0, 0:2, 5] = 8  # unannotated pixels only: matches no reference object
+    seg[1, 0:3, 0:2] = 1  # 6 of 9 px > half: Jaccard 6/9
+    seg[2] = truth[2]
+    frames = [{"sequence": "01", "frame": 3}, {"sequence": "01", "frame": 8}]
+    frames.append({"sequence": "02", "frame": 0})
+    out = score_sequences(seg, np.zeros_like(seg), truth, frames, "DIC-HeLa")
+    assert sorted(out) == ["01", "02"]
+    assert out["01"]["frames"] == [3, 8] and out["02"]["frames"] == [0]
+    assert out["01"]["unet"]["seg"] == pytest.approx((4 / 6 + 0 + 6 / 9) / 3)
+    assert out["01"]["unet"]["iou"] == pytest.approx((4 + 6) / (4 + 4 + 2 + 2 + 9))
+    assert out["02"]["unet"]["seg"] == 1.0 and out["02"]["unet"]["iou"] == 1.0
+    assert out["01"]["baseline"]["seg"] == 0.0 and out["01"]["baseline"]["iou"] == 0.0
+    assert out["01"]["paper_iou"] == PAPER["iou"]["DIC-HeLa"] == 0.7756
+    with pytest.raises(ValueError, match="one frame per slice"):
+        score_sequences(seg, seg, truth, frames[:2])
+
+
+def test_ctc_evaluation_per_sequence(tmp_path):
+    data, predictions = make_run(tmp_path)
+    pairs = [("01", 0), ("01", 5), ("02", 1), ("01", 9), ("02", 4)]
+    data.attrs.update(
+        dataset="u373",
+        source={"url": "https://host/PhC-C2DH-U373.zip"},
+        frames=[{"sequence": s, "frame": f} for s, f in pairs],
+    )
+    segmentations = {k: tmp_path / "segmentation" / f"{k}.zarr" for k in predictions}
+    report = evaluate_run(tmp_path / "data.zarr", predictions, segmentations, tmp_path / "m.json")
+    sequences = report["results"]["val"]["sequences"]
+    assert "sequences" not in report["results"]["test"]  # test_labels are not CTC frames
+    seg, truth = zarr.open_array(str(segmentations["raw"])), data["labels"]
+    for z, sequence, frame in [(3, "01", 9), (4, "02", 4)]:
+        entry = sequences[sequence]
+        assert entry["frames"] == [frame] and entry["paper_iou"] == 0.9203
+        assert entry["unet"]["iou"] == pytest.approx(metrics.foreground_iou(seg[z], truth[z]))
+        assert entry["unet"]["seg"] == pytest.approx(metrics.seg_score(seg[z], truth[z]))
+        assert entry["unet"]["seg"] > entry["baseline"]["seg"]
+    lines = format_table(report["results"]).splitlines()
+    row = next(line.split() for line in lines if line.startswith("val ") and " 02 " in line)
+    unet, baseline = sequences["02"]["unet"], sequences["02"]["baseline"]
+    scores = [unet["iou"], baseline["iou"], unet["seg"], baseline["seg"], 0.9203]
+    assert row == ["val", "02", "1", *(f"{v:.4f}" for v in scores)]
+
+
+def test_table2_dataset():
+    assert table2_dataset({"dataset": "DIC-C2DH-HeLa"}) == "DIC-HeLa"
+    assert (
+        table2_dataset({"dataset": "x", "source": {"archive": "phc-c2dh-u373.zip"}}) == "PhC-U373"
+    )
+    assert table2_dataset({"dataset": "fluo-n2dl-hela", "source": {}}) is None

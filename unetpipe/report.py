@@ -3,7 +3,8 @@ and 2, training curves, and overlays (raw | ground truth | probability | instanc
 
 Every measure comes from :mod:`unetpipe.metrics`. Next to the network, a thresholding baseline
 (Gaussian-blurred raw, polarity and threshold chosen by pixel F1 on the training slices) shows what
-the network adds.
+the network adds. For the Cell Tracking Challenge (group attribute ``frames``) the validation frames
+are also scored per sequence, as in the paper's Table 2: foreground IoU and the CTC SEG measure.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ PAPER = {
     },
     "iou": {"PhC-U373": 0.9203, "DIC-HeLa": 0.7756},  # Table 2
 }
+CTC_DATASETS = {"phc-c2dh-u373": "PhC-U373", "dic-c2dh-hela": "DIC-HeLa"}  # name -> Table 2 row
 EVALUATE_DEFAULTS = {
     "thresholds": metrics.ISBI_THRESHOLDS.tolist(),
     "thinning": True,
@@ -118,6 +120,49 @@ def score_instances(instances: np.ndarray, truth: np.ndarray) -> dict[str, float
     }
 
 
+def table2_dataset(attrs: dict[str, Any]) -> str | None:
+    """The paper's Table 2 row of a Zarr group ("PhC-U373", "DIC-HeLa"), found by the Cell Tracking
+    Challenge dataset name in its ``dataset`` or ``source`` attributes; None for other data."""
+    text = json.dumps([attrs.get("dataset"), attrs.get("source")]).lower()
+    return next((row for name, row in CTC_DATASETS.items() if name in text), None)
+
+
+def score_sequences(
+    instances: np.ndarray,
+    baseline: np.ndarray,
+    truth: np.ndarray,
+    frames: list[dict[str, Any]],
+    paper: str | None = None,
+) -> dict[str, Any]:
+    """Table 2's measures per Cell Tracking Challenge sequence: :func:`score_instances` of the
+    network's and the baseline's instances on each sequence's frames (``frames[i]`` = the
+    ``{"sequence", "frame"}`` of slice i of the stacks), with the paper's IoU of row ``paper``.
+
+    ``iou`` is the foreground IoU pooled over the sequence's frames; ``seg`` is the CTC SEG measure,
+    the mean Jaccard index over all reference objects of those frames. As the CTC documents,
+    ``man_seg`` objects are the reference and every other pixel is background: a segment matching
+    no reference object costs nothing in SEG (the measure runs over reference objects) but counts
+    as false foreground in IoU.
+    """
+    if len({len(frames), len(instances), len(baseline), len(truth)}) != 1:
+        raise ValueError(
+            f"{len(frames)} frames for stacks of {len(instances)}, {len(baseline)} and "
+            f"{len(truth)} slices: need one frame per slice"
+        )
+    members: dict[str, list[int]] = {}
+    for i, frame in enumerate(frames):
+        members.setdefault(str(frame["sequence"]), []).append(i)
+    return {
+        sequence: {
+            "frames": [int(frames[i]["frame"]) for i in index],
+            "unet": score_instances(instances[index], truth[index]),
+            "baseline": score_instances(baseline[index], truth[index]),
+            "paper_iou": PAPER["iou"].get(paper) if paper else None,
+        }
+        for sequence, index in sorted(members.items())
+    }
+
+
 def evaluate_run(
     data: str | Path,
     predictions: dict[str, str | Path],
@@ -127,7 +172,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Write ``metrics.json``: the validation slices of ``raw`` against ``labels``, and ``test``
     against ``test_labels`` when both it and its prediction exist; for each, the network's
-    probabilities and instances and the thresholding baseline. ``cfg`` = the evaluate section."""
+    probabilities and instances and the thresholding baseline; for a Cell Tracking Challenge group
+    (attribute ``frames``), :func:`score_sequences` of the validation frames under ``sequences``.
+    ``cfg`` = the evaluate section."""
     params = _params(cfg, EVALUATE_DEFAULTS, "evaluate")
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
@@ -161,6 +208,14 @@ def evaluate_run(
                 **score_instances(base_instances, truth),
             },
         }
+        if name == "val" and "frames" in group.attrs:
+            results[name]["sequences"] = score_sequences(
+                instances,
+                base_instances,
+                truth,
+                [group.attrs["frames"][z] for z in slices],
+                table2_dataset(group.attrs),
+            )
         log.info("%s: %s", name, format_table({name: results[name]}))
     report = {
         "dataset": group.attrs.get("dataset", Path(data).parent.name),
@@ -176,7 +231,8 @@ def evaluate_run(
 
 def format_table(results: dict[str, Any]) -> str:
     """The metrics as a plain-text table: one row per measure, columns u-net / baseline per
-    evaluated set, and the paper's u-net where Table 1 or 2 has the measure."""
+    evaluated set, and the paper's u-net where Table 1 has the measure; for the Cell Tracking
+    Challenge a second table, one row per sequence: IoU and SEG beside the paper's Table 2 IoU."""
     header = ["measure"]
     for name in results:
         header += [f"{name} u-net", f"{name} baseline"]
@@ -192,10 +248,28 @@ def format_table(results: dict[str, Any]) -> str:
         paper = PAPER["isbi2012"].get(key)
         row.append("-" if paper is None else f"{paper:.4f}")
         lines.append(row)
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
-    table2 = ", ".join(f"{k} {v}" for k, v in PAPER["iou"].items())
-    return f"{table}\npaper IoU (Table 2): {table2}; warping error is not computed"
+    sequences = [
+        [name, sequence, str(len(entry["frames"]))]
+        + [f"{entry[who][key]:.4f}" for key in ("iou", "seg") for who in ("unet", "baseline")]
+        + ["-" if entry["paper_iou"] is None else f"{entry['paper_iou']:.4f}"]
+        for name, result in results.items()
+        for sequence, entry in result.get("sequences", {}).items()
+    ]
+    if not sequences:
+        table2 = ", ".join(f"{k} {v}" for k, v in PAPER["iou"].items())
+        return f"{_text_table(lines)}\npaper IoU (Table 2): {table2}; warping error is not computed"
+    columns = ["set", "sequence", "frames", "IoU u-net", "IoU baseline", "SEG u-net"]
+    columns += ["SEG baseline", "paper IoU"]
+    return (
+        f"{_text_table(lines)}\nwarping error is not computed\n\n"
+        f"Cell Tracking Challenge per sequence (paper: Table 2, u-net IoU)\n"
+        f"{_text_table([columns, *sequences])}"
+    )
+
+
+def _text_table(lines: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -285,10 +359,16 @@ def metrics_figure(report: dict[str, Any], path: Path, dpi: int) -> None:
             cell.set_facecolor("#e8e8e8")
         elif c >= 0 and bold[r - 1][c]:
             cell.get_text().set_fontweight("bold")
-    ax.set_title(
-        f"{report['dataset']}: U-Net vs thresholding baseline; paper = Table 1 (ISBI 2012 u-net)",
-        fontsize=10,
-    )
+    title = f"{report['dataset']}: U-Net vs thresholding baseline; paper = Table 1 (ISBI 2012)"
+    for name, entry in results.items():
+        for sequence, scores in entry.get("sequences", {}).items():
+            paper = scores["paper_iou"]
+            title += (
+                f"\n{name} sequence {sequence}: IoU {scores['unet']['iou']:.4f}, "
+                f"SEG {scores['unet']['seg']:.4f}"
+                + ("" if paper is None else f" (paper, Table 2: IoU {paper:.4f})")
+            )
+    ax.set_title(title, fontsize=10)
     fig.savefig(path, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
 

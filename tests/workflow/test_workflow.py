@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,15 @@ def test_one_target_builds_only_what_it_needs(tmp_path):
 
 def test_lint_is_clean(tmp_path):
     check(snakemake(tmp_path, "--lint"))
+
+
+def test_rules_are_snakefmt_formatted():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
