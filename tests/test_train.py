@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,11 +122,36 @@ def test_missing_weights_is_a_clear_error(tmp_path):
         train(path, tmp_path / "run", *sections(iterations=1))
 
 
-def test_resume_refuses_a_different_model(data, trained):
-    train_cfg, model_cfg, augment_cfg = sections(iterations=9)
+def test_another_model_starts_afresh_and_keeps_the_old_checkpoints(data, trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    train_cfg, model_cfg, augment_cfg = sections(iterations=4, val_every=4, checkpoint_every=4)
     model_cfg["base_channels"] = 8
-    with pytest.raises(ValueError, match="start over"):
-        train(data, trained, train_cfg, model_cfg, augment_cfg)
+    train(data, run, train_cfg, model_cfg, augment_cfg)
+    assert [row["iteration"] for row in read_log(run)] == ["1", "2", "3", "4"]
+    assert load_model(run / "model.pt")[0].config["base_channels"] == 8
+    old = torch.load(run / "checkpoints" / "superseded" / "last.pt", weights_only=True)
+    assert (old["iteration"], old["model_config"]["base_channels"]) == (8, 4)
+
+
+def test_other_weight_maps_start_afresh_the_same_settings_resume(data, trained, tmp_path):
+    run, other = tmp_path / "run", tmp_path / "data.zarr"
+    shutil.copytree(trained, run)
+    shutil.copytree(data, other)
+    zarr.open_group(other, mode="a")["weights"].attrs["sigma"] = 3.0
+    settings = sections(iterations=8, val_every=4, checkpoint_every=4)  # those of `trained`
+    train(data, run, *settings)  # resumes at iteration 8: nothing left to train
+    assert not (run / "checkpoints" / "superseded").exists()
+    assert len(read_log(run)) == 8
+    assert torch.equal(
+        load_model(run / "model.pt")[0].head.weight, load_model(trained / "model.pt")[0].head.weight
+    )
+    train(other, run, *settings)  # same weight values, other provenance: trained anew from 0...
+    assert (run / "checkpoints" / "superseded" / "last.pt").is_file()
+    assert len(read_log(run)) == 8
+    assert torch.equal(  # ...and, with the same seed, to the same weights
+        load_model(run / "model.pt")[0].head.weight, load_model(trained / "model.pt")[0].head.weight
+    )
 
 
 CHILD = """

@@ -14,6 +14,7 @@ from unetpipe.weights import (
     border_margin,
     class_weight_map,
     separate_instances,
+    training_labels,
     weight_map,
     write_weights,
 )
@@ -201,6 +202,18 @@ def test_write_weights_3d_and_gap(tmp_path):
     write_weights(path, {"mode": "3d", "separation_gap": 2, "class_weights": None})
     expected = weight_map(separate_instances(labels, 2), class_weights=None, spacing=(2, 1, 1))
     np.testing.assert_array_equal(zarr.open_group(path, mode="r")["weights"][...], expected)
+
+
+def test_training_labels_carry_the_weight_maps_gap(tmp_path):
+    labels = voronoi((2, 30, 30), cells=6, seed=3, membrane=False)
+    path = make_group(tmp_path / "data.zarr", labels)
+    write_weights(path, {"separation_gap": 2})
+    group = zarr.open_group(path, mode="r")
+    separated = training_labels(group, 1)
+    np.testing.assert_array_equal(separated, separate_instances(labels[1], 2))
+    assert (separated == 0).sum() > (labels[1] == 0).sum()  # the gap is background in targets...
+    gap = (separated == 0) & (labels[1] > 0)
+    assert np.all(group["weights"][1][gap] > 1)  # ...where the map puts its border weight
 
 
 @pytest.mark.parametrize(

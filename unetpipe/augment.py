@@ -25,6 +25,7 @@ import zarr
 
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, create_array, open_data, read_splits
+from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ def write_bank(
         # Slice by slice, so that each is read once.
         for z in sorted(set(source.values())):
             image = normalize(group["raw"][z], stats)
-            labels, weights = group["labels"][z], group["weights"][z]
+            labels, weights = training_labels(group, z), group["weights"][z]
             for i in (i for i in indices if source[i] == z):
                 sample = augment_sample(
                     image,

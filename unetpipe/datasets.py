@@ -9,7 +9,6 @@ contract (DEVELOPERS.md) under a temporary name and renames it when complete.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import re
@@ -28,7 +27,7 @@ import zarr
 from skimage.measure import label as connected_components
 from tqdm import tqdm
 
-from unetpipe.io import atomic_path, make_splits, read_stack, write_array
+from unetpipe.io import atomic_path, make_splits, read_stack, sha256sum, write_array
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +83,6 @@ def provenance(source: str, url: str | None = None, sha256: str | None = None) -
         return {}
     entry = get_dataset(source, url, sha256)
     return {"url": entry.url, "expected_sha256": entry.sha256}
-
-
-def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> None:

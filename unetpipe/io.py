@@ -8,6 +8,7 @@ and validation slices. Outputs are built under a temporary name and renamed when
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -175,3 +176,12 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     _remove(old)
+
+
+def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

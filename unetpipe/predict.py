@@ -28,6 +28,7 @@ import torch
 import zarr
 
 from unetpipe.intensity import normalize
+from unetpipe.io import sha256sum
 from unetpipe.model import UNet, load_model
 from unetpipe.tiling import AxisPlan, Geometry, max_tile_for_budget, plan_axis, read_mirrored
 
@@ -302,14 +303,6 @@ def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
     return probs.astype(np.float16)
 
 
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _block_shape(
     shape: Sequence[int], dims: int, max_tile: Sequence[int], geometry: Geometry
 ) -> tuple[int, int, int]:
@@ -388,7 +381,7 @@ def predict_zarr(
     partial = output.with_name(output.name + ".partial")
     attrs = {
         "model": model_path,
-        "model_sha256": _file_sha256(model_path),
+        "model_sha256": sha256sum(model_path),
         "model_config": model.config,
         "normalization": metadata["normalization"],
         "input": {"store": str(source.store), "path": source.path, "shape": list(source.shape)},

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
 import os
@@ -43,6 +45,7 @@ from unetpipe.losses import weighted_cross_entropy
 from unetpipe.metrics import pixel_error, v_rand
 from unetpipe.model import UNet, save_model
 from unetpipe.predict import predict_image
+from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ class TileDataset(Dataset):
 
     ``data="on_the_fly"`` augments a random tile of a random training slice (Section 3.1),
     ``data="none"`` cuts it unaugmented; ``data="bank"`` draws a tile of the precomputed bank.
-    Sample ``index`` depends on ``(seed, index)`` only. Targets are class 1 = cell (labels > 0).
+    Sample ``index`` depends on ``(seed, index)`` only. Targets are class 1 = cell (labels > 0,
+    after the weight maps' separation gap).
     """
 
     def __init__(
@@ -99,7 +103,7 @@ class TileDataset(Dataset):
             z = self.slices[int(rng.integers(len(self.slices)))]
             image, labels, weights = augment_sample(
                 normalize(self._source["raw"][z], self.stats),
-                self._source["labels"][z],
+                training_labels(self._source, z),
                 self._source["weights"][z],
                 input_size=self.input_size,
                 output_size=self.output_size,
@@ -452,14 +456,18 @@ def _train(
     out_size = trainer.model.output_size(tile)
     meta = {"tile": tile, "output_size": out_size, "normalization": stats}
 
+    meta["fingerprint"] = _fingerprint(group, cfg, trainer.model.config, augment_cfg, bank)
     start, best, scores = 0, {"iteration": 0, "val_vrand": -1.0}, {}
-    if last_path.is_file():
-        ckpt = torch.load(last_path, map_location=device, weights_only=True)
-        if ckpt["model_config"] != trainer.model.config or ckpt["tile"] != tile:
-            raise ValueError(
-                f"{last_path} holds model {ckpt['model_config']} trained on {ckpt['tile']} px "
-                f"tiles, not {trainer.model.config} on {tile}: remove {ckpt_dir} to start over"
-            )
+    ckpt = (
+        torch.load(last_path, map_location=device, weights_only=True)
+        if last_path.is_file()
+        else None
+    )
+    if ckpt is not None and ckpt.get("fingerprint") != meta["fingerprint"]:
+        if rank == 0:
+            _supersede(ckpt_dir, (last_path, best_path, live_log))
+        ckpt = None
+    if ckpt is not None:
         trainer.restore(ckpt, rank)
         start, best, scores = int(ckpt["iteration"]), ckpt["best"], ckpt["scores"]
         log.info("resuming from %s at iteration %d", last_path, start)
@@ -556,6 +564,39 @@ def _train(
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _fingerprint(
+    group: Any,
+    cfg: dict[str, Any],
+    model_cfg: dict[str, Any],
+    augment_cfg: dict[str, Any],
+    bank: Sequence[str],
+) -> str:
+    """What a run's weights depend on: its settings, the data's and weight maps' provenance and
+    the bank's. A checkpoint resumes only a run with the same fingerprint."""
+    settings = {k: v for k, v in cfg.items() if k not in ("workers", "device")}
+    banks = [dict(open_data(path).attrs) for path in bank] if cfg["data"] == "bank" else []
+    recipe = {
+        "train": settings,
+        "model": model_cfg,
+        "augment": augment_cfg,
+        "data": dict(group.attrs),
+        "weights": dict(group["weights"].attrs),
+        "bank": banks,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _supersede(ckpt_dir: Path, paths: Sequence[Path]) -> None:
+    """Move checkpoints of another configuration or other data to ``superseded/``: a rerun after
+    a change starts afresh instead of resuming them, and nothing is deleted."""
+    old = ckpt_dir / "superseded"
+    old.mkdir(exist_ok=True)
+    for path in paths:
+        if path.is_file():
+            path.replace(old / path.name)
+    log.warning("%s: checkpoints of another configuration or data moved to %s", ckpt_dir, old)
 
 
 def _checkpoint(

@@ -164,6 +164,13 @@ def separate_instances(labels: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
+def training_labels(group: Any, z: int) -> np.ndarray:
+    """Slice ``z`` of the group's labels as the weight maps saw them: with the separation gap of
+    the ``weights`` array (if any) put between touching cells, so that targets and weights agree."""
+    gap = int(group["weights"].attrs.get("separation_gap", 0))
+    return separate_instances(np.asarray(group["labels"][z]), gap)
+
+
 def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     defaults = {
         "w0": 10.0,

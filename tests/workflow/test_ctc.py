@@ -80,7 +80,8 @@ def test_ctc_u373_end_to_end(server, tmp_path):
         workers=0,
     )
     config["segment"].update(min_size=16)
-    config["resources"] = {}
+    # one torch thread per job: two on 2 shared cores spin against each other
+    config["resources"] = {"train": {"threads": 1}, "predict": {"threads": 1}}
     configfile = tmp_path / "ctc.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     workdir = tmp_path / "work"
