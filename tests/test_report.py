@@ -138,6 +138,9 @@ def test_report_and_summary(run):
     text = summary(tmp)
     assert "0.0382" in text and str(out.resolve()) in text
     assert f"{report['results']['val']['unet']['pixel_error']:.4f}" in text
+    assert "snakemake --report" in text  # how to build the HTML report, until it exists
+    (tmp / "report.html").write_text("<html></html>")
+    assert f"report: {(tmp / 'report.html').resolve()}" in summary(tmp)
 
 
 def test_log_tolerates_missing_columns(tmp_path):

@@ -462,6 +462,8 @@ def summary(run_dir: str | Path) -> str:
         raise FileNotFoundError(f"{path}: no metrics yet (run the workflow's evaluate rule)")
     report = json.loads(path.read_text())
     text = f"{report['dataset']} / {run_dir.name}\n{format_table(report['results'])}"
-    folder = run_dir / "report"
-    where = f"report: {folder.resolve()}" if folder.is_dir() else "report: not built yet"
-    return f"{text}\n{where}\n(HTML: snakemake --report report.html --configfile <config>)"
+    folder, html = run_dir / "report", run_dir / "report.html"
+    where = f"figures: {folder.resolve()}" if folder.is_dir() else "figures: not built yet"
+    if html.is_file():
+        return f"{text}\n{where}\nreport: {html.resolve()}"
+    return f"{text}\n{where}\nHTML report: snakemake --report {html} --configfile <config>"
