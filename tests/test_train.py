@@ -20,7 +20,8 @@ from unetpipe.io import write_array
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.model import UNet, load_model
 from unetpipe.synthetic import write_synthetic
-from unetpipe.train import IterationSampler, TileDataset, lr_factor, train
+from unetpipe.tiles import IterationSampler, TileDataset
+from unetpipe.train import lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 44  # depth 2: 44 -> 28 px output

@@ -2,10 +2,9 @@
 Eq. 1, one large tile per batch and a high momentum (0.99), "such that a large number of the
 previously seen training samples determine the update in the current optimization step".
 
-Tiles come from the dataset's Zarr group: random positions on the training slices, mirrored at the
-image border, augmented as in Section 3.1 on the fly (in DataLoader workers) or read from the
-precomputed bank. Sample ``i`` is a pure function of ``(seed, i)``, so the stream of tiles does not
-depend on the number of workers or processes, and a restarted run sees the same tiles.
+Tiles come from :mod:`unetpipe.tiles` (augmented on the fly in DataLoader workers, or read from
+the precomputed bank); sample ``i`` is a pure function of ``(seed, i)``, so a restarted run sees
+the same tiles.
 
 Every ``checkpoint_every`` iterations ``checkpoints/last.pt`` is written atomically with the
 model, optimiser, scheduler, iteration and RNG states; training resumes from it. Every
@@ -24,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,126 +34,23 @@ import torch.distributed as dist
 from skimage.filters import threshold_otsu
 from skimage.measure import label as connected_components
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from unetpipe.augment import DEFAULT_PARAMS, augment_sample, open_bank, resolve_params, sample_rng
+from unetpipe.augment import resolve_params
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, open_data, read_splits
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.metrics import pixel_error, v_rand
 from unetpipe.model import UNet, save_model
 from unetpipe.predict import predict_image
-from unetpipe.weights import training_labels
+from unetpipe.tiles import IterationSampler, TileDataset
 
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ("iteration", "loss", "lr", "tiles_per_s", "seconds", "val_pixel_error", "val_vrand")
 CELL_THRESHOLD = 0.5
 """Cell probability above which a validation pixel is foreground (cells = connected components)."""
-
-
-class TileDataset(Dataset):
-    """Training tiles ``(image (1, in, in), target (out, out), weights (out, out))``.
-
-    ``data="on_the_fly"`` augments a random tile of a random training slice (Section 3.1),
-    ``data="none"`` cuts it unaugmented; ``data="bank"`` draws a tile of the precomputed bank.
-    Sample ``index`` depends on ``(seed, index)`` only. Targets are class 1 = cell (labels > 0,
-    after the weight maps' separation gap).
-    """
-
-    def __init__(
-        self,
-        data: str | Path,
-        slices: Sequence[int],
-        stats: dict[str, float],
-        input_size: int,
-        output_size: int,
-        augment: dict[str, Any],
-        seed: int,
-        mode: str = "on_the_fly",
-        bank: Sequence[str | Path] = (),
-    ) -> None:
-        if mode not in ("on_the_fly", "none", "bank"):
-            raise ValueError(f"train.data must be on_the_fly, bank or none, got {mode!r}")
-        if mode == "bank":
-            _check_bank(bank, stats, input_size, output_size)
-        if mode == "none":  # every augmentation of augment's defaults switched off
-            off = {
-                k: {"enabled": False}
-                for k, v in DEFAULT_PARAMS.items()
-                if isinstance(v, dict) and "enabled" in v
-            }
-            augment = resolve_params({**augment, **off})
-        self.data, self.slices, self.stats = str(data), list(slices), stats
-        self.input_size, self.output_size = input_size, output_size
-        self.augment, self.seed, self.mode = augment, seed, mode
-        self.bank_paths = [str(p) for p in bank]
-        self._source: Any = None  # opened lazily, once per worker process
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rng = sample_rng(self.seed, index)
-        if self._source is None:
-            bank = self.mode == "bank"
-            self._source = open_bank(self.bank_paths) if bank else open_data(self.data)
-        if self.mode == "bank":
-            image, labels, weights = self._source[int(rng.integers(len(self._source)))]
-        else:
-            z = self.slices[int(rng.integers(len(self.slices)))]
-            image, labels, weights = augment_sample(
-                normalize(self._source["raw"][z], self.stats),
-                training_labels(self._source, z),
-                self._source["weights"][z],
-                input_size=self.input_size,
-                output_size=self.output_size,
-                params=self.augment,
-                rng=rng,
-            )
-        return (
-            torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
-            torch.from_numpy(np.asarray(labels) > 0).long(),
-            torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
-        )
-
-
-def _check_bank(
-    paths: Sequence[str | Path], stats: dict[str, float], input_size: int, output_size: int
-) -> None:
-    """The bank must hold tiles of this network's sizes, normalised like the dataset."""
-    if not paths:
-        raise ValueError("train.data is 'bank' but no bank shards were given (run rule augment)")
-    bank = open_bank(paths)
-    sizes = (bank.input_size, bank.output_size)
-    if sizes != ((input_size,) * 2, (output_size,) * 2):
-        raise ValueError(
-            f"the bank holds {sizes[0]} -> {sizes[1]} tiles but the network trains on "
-            f"{input_size} -> {output_size}: rebuild the bank (rule augment)"
-        )
-    norm = bank.normalization
-    if not np.allclose([norm["mean"], norm["std"]], [stats["mean"], stats["std"]]):
-        raise ValueError(f"the bank was normalised with {bank.normalization}, not {stats}")
-
-
-class IterationSampler(Sampler[int]):
-    """Sample indices of iterations ``start..stop-1`` that fall to process ``rank`` of ``world``.
-
-    Iteration ``t`` uses samples ``t * batch .. (t + 1) * batch - 1`` of the global batch; each
-    process takes its contiguous share, so any number of processes trains on the same tiles.
-    """
-
-    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1) -> None:
-        if batch % world:
-            raise ValueError(f"train.batch_size {batch} is not divisible by {world} processes")
-        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        local = self.batch // self.world
-        for t in range(self.start, self.stop):
-            first = t * self.batch + self.rank * local
-            yield from range(first, first + local)
-
-    def __len__(self) -> int:
-        return (self.stop - self.start) * (self.batch // self.world)
 
 
 def lr_factor(step: int, iterations: int, schedule: str, warmup: int) -> float:

@@ -1,0 +1,125 @@
+"""Training tiles (Section 3): the stream of (image, target, weight map) samples a run sees.
+
+Sample ``i`` is a pure function of ``(seed, i)``: a random tile of a random training slice,
+augmented as in Section 3.1 (or unaugmented), or a tile of the precomputed bank. The stream
+therefore does not depend on the number of DataLoader workers or processes, and a restarted run
+sees the same tiles. Iteration ``t`` takes samples ``t * batch .. (t + 1) * batch - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from unetpipe.augment import DEFAULT_PARAMS, augment_sample, open_bank, resolve_params, sample_rng
+from unetpipe.intensity import normalize
+from unetpipe.io import open_data
+from unetpipe.weights import training_labels
+
+
+class TileDataset(Dataset):
+    """Training tiles ``(image (1, in, in), target (out, out), weights (out, out))``.
+
+    ``data="on_the_fly"`` augments a random tile of a random training slice (Section 3.1),
+    ``data="none"`` cuts it unaugmented; ``data="bank"`` draws a tile of the precomputed bank.
+    Sample ``index`` depends on ``(seed, index)`` only. Targets are class 1 = cell (labels > 0,
+    after the weight maps' separation gap).
+    """
+
+    def __init__(
+        self,
+        data: str | Path,
+        slices: Sequence[int],
+        stats: dict[str, float],
+        input_size: int,
+        output_size: int,
+        augment: dict[str, Any],
+        seed: int,
+        mode: str = "on_the_fly",
+        bank: Sequence[str | Path] = (),
+    ) -> None:
+        if mode not in ("on_the_fly", "none", "bank"):
+            raise ValueError(f"train.data must be on_the_fly, bank or none, got {mode!r}")
+        if mode == "bank":
+            _check_bank(bank, stats, input_size, output_size)
+        if mode == "none":  # every augmentation of augment's defaults switched off
+            off = {
+                k: {"enabled": False}
+                for k, v in DEFAULT_PARAMS.items()
+                if isinstance(v, dict) and "enabled" in v
+            }
+            augment = resolve_params({**augment, **off})
+        self.data, self.slices, self.stats = str(data), list(slices), stats
+        self.input_size, self.output_size = input_size, output_size
+        self.augment, self.seed, self.mode = augment, seed, mode
+        self.bank_paths = [str(p) for p in bank]
+        self._source: Any = None  # opened lazily, once per worker process
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = sample_rng(self.seed, index)
+        if self._source is None:
+            bank = self.mode == "bank"
+            self._source = open_bank(self.bank_paths) if bank else open_data(self.data)
+        if self.mode == "bank":
+            image, labels, weights = self._source[int(rng.integers(len(self._source)))]
+        else:
+            z = self.slices[int(rng.integers(len(self.slices)))]
+            image, labels, weights = augment_sample(
+                normalize(self._source["raw"][z], self.stats),
+                training_labels(self._source, z),
+                self._source["weights"][z],
+                input_size=self.input_size,
+                output_size=self.output_size,
+                params=self.augment,
+                rng=rng,
+            )
+        return (
+            torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
+            torch.from_numpy(np.asarray(labels) > 0).long(),
+            torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+        )
+
+
+def _check_bank(
+    paths: Sequence[str | Path], stats: dict[str, float], input_size: int, output_size: int
+) -> None:
+    """The bank must hold tiles of this network's sizes, normalised like the dataset."""
+    if not paths:
+        raise ValueError("train.data is 'bank' but no bank shards were given (run rule augment)")
+    bank = open_bank(paths)
+    sizes = (bank.input_size, bank.output_size)
+    if sizes != ((input_size,) * 2, (output_size,) * 2):
+        raise ValueError(
+            f"the bank holds {sizes[0]} -> {sizes[1]} tiles but the network trains on "
+            f"{input_size} -> {output_size}: rebuild the bank (rule augment)"
+        )
+    norm = bank.normalization
+    if not np.allclose([norm["mean"], norm["std"]], [stats["mean"], stats["std"]]):
+        raise ValueError(f"the bank was normalised with {bank.normalization}, not {stats}")
+
+
+class IterationSampler(Sampler[int]):
+    """Sample indices of iterations ``start..stop-1`` that fall to process ``rank`` of ``world``.
+
+    Iteration ``t`` uses samples ``t * batch .. (t + 1) * batch - 1`` of the global batch; each
+    process takes its contiguous share, so any number of processes trains on the same tiles.
+    """
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int = 0, world: int = 1) -> None:
+        if batch % world:
+            raise ValueError(f"train.batch_size {batch} is not divisible by {world} processes")
+        self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        local = self.batch // self.world
+        for t in range(self.start, self.stop):
+            first = t * self.batch + self.rank * local
+            yield from range(first, first + local)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * (self.batch // self.world)
