@@ -13,7 +13,6 @@ mirrored context (numpy's ``reflect``: the edge pixel is not repeated), as in Fi
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ import zarr
 
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, create_array, open_data, read_splits
+from unetpipe.params import merge_params
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,10 @@ _BLOCK_ROWS = 32  # rows interpolated at a time (temporaries of 32 x 572 stay in
 
 def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """``params`` (the ``augment`` config section, possibly partial) over the defaults."""
-    merged = copy.deepcopy(DEFAULT_PARAMS)
-    for key, value in (params or {}).items():
-        if key not in merged:
-            raise ValueError(f"unknown augment parameter {key!r}; known: {sorted(merged)}")
-        if isinstance(merged[key], dict):
-            unknown = set(value) - set(merged[key])
-            if unknown:
-                raise ValueError(f"unknown augment.{key} parameters {sorted(unknown)}")
-            merged[key].update(value)
-        else:
-            merged[key] = value
+    merged = merge_params("augment", DEFAULT_PARAMS, params)
+    for key, default in DEFAULT_PARAMS.items():
+        if isinstance(default, dict):
+            merged[key] = merge_params(f"augment.{key}", default, merged[key])
     if merged["interpolation"] not in ("cubic", "linear"):
         raise ValueError(f"interpolation must be cubic or linear, got {merged['interpolation']!r}")
     if merged["elastic"]["grid"] < 2:

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from unetpipe import metrics
 from unetpipe.io import atomic_path, open_data, read_splits
+from unetpipe.params import merge_params
 from unetpipe.segment import cell_probability
 
 matplotlib.use("Agg")
@@ -53,14 +54,6 @@ ROWS = [  # (key, label, lower is better)
     ("iou", "foreground IoU", False),
     ("seg", "SEG (CTC)", False),
 ]
-
-
-def _params(cfg: dict[str, Any] | None, defaults: dict[str, Any], section: str) -> dict[str, Any]:
-    params = {**defaults, **(cfg or {})}
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown {section} parameters {sorted(unknown)}; known: {list(defaults)}")
-    return params
 
 
 def _stack(array: zarr.Array, slices: list[int]) -> np.ndarray:
@@ -175,7 +168,7 @@ def evaluate_run(
     probabilities and instances and the thresholding baseline; for a Cell Tracking Challenge group
     (attribute ``frames``), :func:`score_sequences` of the validation frames under ``sequences``.
     ``cfg`` = the evaluate section."""
-    params = _params(cfg, EVALUATE_DEFAULTS, "evaluate")
+    params = merge_params("evaluate", EVALUATE_DEFAULTS, cfg)
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
     splits = read_splits(group)
@@ -431,7 +424,7 @@ def write_report(
 ) -> None:
     """The report folder: ``metrics.png``, ``curves.png``, ``overlay_<z>.png`` for the first
     validation slices, and ``summary.txt`` (the table of :func:`format_table`)."""
-    params = _params(cfg, REPORT_DEFAULTS, "report")
+    params = merge_params("report", REPORT_DEFAULTS, cfg)
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
     pred = zarr.open_array(str(predictions), mode="r")

@@ -21,6 +21,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe.io import atomic_path
+from unetpipe.params import merge_params
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,7 @@ def segment_zarr(
     Slices run in parallel (Dask, ``threads`` workers); a second pass adds per-slice offsets so
     that labels are distinct over the stack. ``cfg`` = the ``segment`` config section.
     """
-    params = {**DEFAULTS, **(cfg or {})}
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown segment parameters {sorted(unknown)}; known: {list(DEFAULTS)}")
+    params = merge_params("segment", DEFAULTS, cfg)
     source = zarr.open_array(str(predictions), mode="r")
     if source.ndim != 4 or source.shape[0] < 2 or source.shape[1] == 0:
         raise ValueError(f"{predictions}: not (classes >= 2, z, y, x): {source.shape}")

@@ -25,6 +25,7 @@ import zarr
 from scipy import ndimage
 
 from unetpipe.io import atomic_path, open_data
+from unetpipe.params import merge_params
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,7 @@ def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         "tolerance": 1e-4,
         "mode": "2d",
     }
-    unknown = set(params or {}) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown weights parameters {sorted(unknown)}; known: {sorted(defaults)}")
-    merged = {**defaults, **(params or {})}
+    merged = merge_params("weights", defaults, params)
     if merged["mode"] not in ("2d", "3d"):
         raise ValueError(f"weights mode must be '2d' or '3d', got {merged['mode']!r}")
     return merged
