@@ -9,6 +9,7 @@ from skimage.segmentation import find_boundaries
 from unetpipe import metrics
 from unetpipe.report import (
     PAPER,
+    choose_thresholds,
     evaluate_run,
     fit_baseline,
     format_table,
@@ -103,6 +104,55 @@ def test_metrics_json(run):
         assert unet[key] < val["baseline"][key]  # the network beats thresholding
     assert val["baseline"]["v_rand_threshold"] == report["baseline"]["threshold"]
     assert report["results"]["test"]["slices"] == [0, 1]
+
+
+def test_thresholds_fixed_on_training_slices(run):
+    """Every *_t_train measure is the measure at the threshold chosen on slices 0-2 (never on the
+    scored 3-4), recomputed here from the metrics module."""
+    tmp, data, report = run
+    pred = zarr.open_array(str(tmp / "predictions/raw.zarr"))
+    prob = np.asarray(pred[1], np.float32)
+    truth = np.asarray(data["labels"])
+    grid = metrics.ISBI_THRESHOLDS
+    f1 = metrics.pixel_fscores(prob[:3], truth[:3], grid)
+    chosen = report["thresholds_from_training"]
+    assert chosen["pixel_error"] == pytest.approx(grid[np.argmax(f1)])
+    assert chosen["slice_v_rand"] == metrics.slice_v_rand(prob[:3], truth[:3])[1]
+    assert chosen["v_rand"] == metrics.isbi_scores(prob[:3], truth[:3])["v_rand_threshold"]
+    unet = report["results"]["val"]["unet"]
+    val_prob, val_truth = prob[3:5], truth[3:5]
+    t = chosen["pixel_error"]
+    assert unet["pixel_error_t_train"] == pytest.approx(
+        1 - metrics.pixel_fscores(val_prob, val_truth, [t])[0]
+    )
+    t = chosen["v_rand"]
+    assert unet["v_rand_t_train"] == pytest.approx(
+        metrics.isbi_scores(val_prob, val_truth, [t])["v_rand"]
+    )
+    t = chosen["slice_v_rand"]
+    assert unet["slice_v_rand_t_train"] == pytest.approx(
+        metrics.slice_v_rand(val_prob, val_truth, [t])[0]
+    )
+    # a fixed threshold can only do as well as the best one on the scored slices
+    for key in ("v_rand", "slice_v_rand"):
+        assert unet[f"{key}_t_train"] <= unet[key] + 1e-12
+    assert unet["pixel_error_t_train"] >= unet["pixel_error"] - 1e-12
+    baseline = report["results"]["val"]["baseline"]
+    assert baseline["v_rand_t_train"] == pytest.approx(baseline["v_rand"])  # one threshold
+
+
+def test_choose_thresholds_prefers_the_training_optimum():
+    """Cells at 0.35 over a background of 0.25 on the training slices: only t = 0.3 separates
+    them there; slices whose background is 0.5 score worse at it than at their own best."""
+    truth = np.zeros((2, 16, 16), np.uint32)
+    truth[:, 2:7, 2:7], truth[:, 9:14, 9:14] = 1, 2
+    prob = np.where(truth > 0, 0.35, 0.25)
+    chosen = choose_thresholds(prob, truth, metrics.ISBI_THRESHOLDS.tolist(), False)
+    assert chosen == {"pixel_error": 0.3, "v_rand": 0.3, "slice_v_rand": 0.3}
+    noisy = np.where(truth > 0, 0.75, 0.5)  # at t = 0.3 all is one component
+    # both cells merged: split score 1, merge score 1/2, V_rand = 2/3
+    assert metrics.slice_v_rand(noisy, truth, [chosen["slice_v_rand"]])[0] == pytest.approx(2 / 3)
+    assert metrics.slice_v_rand(noisy, truth)[0] == 1.0
 
 
 def test_baseline_polarity(tmp_path):

@@ -45,12 +45,15 @@ EVALUATE_DEFAULTS = {
     "baseline_sigma": 2.0,
 }
 REPORT_DEFAULTS = {"overlays": 3, "dpi": 100}
-ROWS = [  # (key, label, lower is better)
+ROWS = [  # (key, label, lower is better); "t train" = threshold fixed on the training slices
     ("pixel_error", "pixel error", True),
+    ("pixel_error_t_train", "pixel error, t train", True),
     ("rand_error", "Rand error (1 - V_rand)", True),
     ("v_rand", "V_rand (thinned)", False),
+    ("v_rand_t_train", "V_rand (thinned), t train", False),
     ("v_info", "V_info (thinned)", False),
     ("slice_v_rand", "mean slice V_rand", False),
+    ("slice_v_rand_t_train", "mean slice V_rand, t train", False),
     ("iou", "foreground IoU", False),
     ("seg", "SEG (CTC)", False),
 ]
@@ -88,16 +91,44 @@ def fit_baseline(raw: np.ndarray, labels: np.ndarray, sigma: float) -> dict[str,
 
 
 def score_probability(
-    prob: np.ndarray, truth: np.ndarray, thresholds: list[float], thinning: bool
+    prob: np.ndarray,
+    truth: np.ndarray,
+    thresholds: list[float],
+    thinning: bool,
+    chosen: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Pixel error, the ISBI 2012 protocol and the mean slice V_rand of a probability stack."""
+    """Pixel error, the ISBI 2012 protocol and the mean slice V_rand of a probability stack, each
+    at its best threshold (``<measure>_threshold``) as the challenge scores them; with ``chosen``
+    (:func:`choose_thresholds` of the training slices) also each at the threshold fixed there
+    (``<measure>_t_train``), which is what a user without ground truth gets."""
+    fscores = metrics.pixel_fscores(prob, truth, thresholds)
     slice_score, slice_threshold = metrics.slice_v_rand(prob, truth, thresholds)
-    return {
-        "pixel_error": metrics.pixel_error(prob, truth, thresholds),
+    scores = {
+        "pixel_error": 1.0 - float(fscores.max()),
+        "pixel_error_threshold": float(thresholds[int(np.argmax(fscores))]),
         **metrics.isbi_scores(prob, truth, thresholds, thinning),
         "slice_v_rand": slice_score,
         "slice_v_rand_threshold": slice_threshold,
     }
+    if chosen is not None:
+        scores |= {
+            "pixel_error_t_train": 1.0
+            - float(metrics.pixel_fscores(prob, truth, [chosen["pixel_error"]])[0]),
+            "v_rand_t_train": metrics.isbi_scores(prob, truth, [chosen["v_rand"]], thinning)[
+                "v_rand"
+            ],
+            "slice_v_rand_t_train": metrics.slice_v_rand(prob, truth, [chosen["slice_v_rand"]])[0],
+        }
+    return scores
+
+
+def choose_thresholds(
+    prob: np.ndarray, truth: np.ndarray, thresholds: list[float], thinning: bool
+) -> dict[str, float]:
+    """Post-processing fixed on the training slices, never on the scored ones: for pixel error,
+    V_rand and mean slice V_rand the threshold that scores best on ``prob`` against ``truth``."""
+    scores = score_probability(prob, truth, thresholds, thinning)
+    return {key: scores[f"{key}_threshold"] for key in ("pixel_error", "v_rand", "slice_v_rand")}
 
 
 def score_instances(instances: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -167,16 +198,26 @@ def evaluate_run(
     against ``test_labels`` when both it and its prediction exist; for each, the network's
     probabilities and instances and the thresholding baseline; for a Cell Tracking Challenge group
     (attribute ``frames``), :func:`score_sequences` of the validation frames under ``sequences``.
-    ``cfg`` = the evaluate section."""
+    Thresholds are also fixed on the training slices of ``raw`` (:func:`choose_thresholds`) and
+    every set scored at them. ``cfg`` = the evaluate section."""
     params = merge_params("evaluate", EVALUATE_DEFAULTS, cfg)
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
     splits = read_splits(group)
+    train_truth = _stack(group["labels"], splits["train"])
     baseline = fit_baseline(
         _stack(group["raw"], splits["train"]),
-        _stack(group["labels"], splits["train"]),
+        train_truth,
         float(params["baseline_sigma"]),
     )
+    raw_pred = zarr.open_array(str(predictions["raw"]), mode="r")
+    chosen = choose_thresholds(
+        np.stack([cell_probability(raw_pred, z) for z in splits["train"]]),
+        train_truth,
+        thresholds,
+        params["thinning"],
+    )
+    log.info("thresholds fixed on the training slices: %s", chosen)
     sets = [("val", "raw", "labels", splits["val"])]
     if "test" in predictions and "test_labels" in group:
         sets.append(("test", "test", "test_labels", list(range(group["test"].shape[0]))))
@@ -193,11 +234,17 @@ def evaluate_run(
             "labels": label_array,
             "slices": [int(z) for z in slices],
             "unet": {
-                **score_probability(prob, truth, thresholds, params["thinning"]),
+                **score_probability(prob, truth, thresholds, params["thinning"], chosen),
                 **score_instances(instances, truth),
             },
             "baseline": {
-                **score_probability(base_prob, truth, [baseline["threshold"]], params["thinning"]),
+                **score_probability(
+                    base_prob,
+                    truth,
+                    [baseline["threshold"]],
+                    params["thinning"],
+                    dict.fromkeys(chosen, baseline["threshold"]),
+                ),
                 **score_instances(base_instances, truth),
             },
         }
@@ -214,6 +261,7 @@ def evaluate_run(
         "dataset": group.attrs.get("dataset", Path(data).parent.name),
         "evaluate": params,
         "baseline": baseline,
+        "thresholds_from_training": chosen,
         "results": results,
         "paper": PAPER,
     }

@@ -208,9 +208,10 @@ def _set_rng_state(states: list[dict[str, Any]], rank: int) -> None:
     if rank >= len(states):
         log.warning("checkpoint has RNG states of %d processes only: dropout differs", len(states))
         return
-    torch.set_rng_state(states[rank]["torch"])
+    # A checkpoint loaded with map_location="cuda" brings its RNG states to the GPU: back to CPU.
+    torch.set_rng_state(states[rank]["torch"].cpu())
     if "cuda" in states[rank] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states[rank]["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states[rank]["cuda"]])
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
