@@ -30,10 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file, logging.DEBUG if args.verbose else logging.INFO)
+    log = logging.getLogger("unetpipe")
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        logging.getLogger("unetpipe").error("%s", err)
+        log.error("%s", err)  # bad input or environment: the message says what to do
+        return 1
+    except Exception:  # a bug: keep its traceback in the log file too, not on stderr only
+        log.exception("unexpected error in unetpipe %s", args.command)
         return 1
 
 
