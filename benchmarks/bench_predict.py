@@ -117,18 +117,28 @@ def conv_peak(channels: int = 64, size: int = 512, repeats: int = 5) -> float:
     return flops / best / 1e9
 
 
-def throughput(
-    folder: Path, size: int, base: int, depth: int, memory_gb: float, peak: float
-) -> None:
+def predicted(
+    folder: Path, base: int, depth: int, size: int, memory_gb: float
+) -> tuple[UNet, zarr.Array, list[tuple[int, int]], dict]:
+    """A seeded U-Net saved in ``folder``, and ``predict_zarr`` of a size^2 image with it after a
+    warm-up on the tiles of that run: (model, image, tiles, predict_zarr's result)."""
+    folder.mkdir()
     torch.manual_seed(0)
     model = UNet(base_channels=base, depth=depth).eval()
-    save_model(folder / "demo.pt", model, normalization=STATS)
+    save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
     tiles = tiles_of_run(model, (1, size, size), memory_gb)
     warm_up(model, tiles)
     result = predict_zarr(
-        folder / "demo.pt", array, folder / "out.zarr", memory_gb=memory_gb, progress=False
+        folder / "model.pt", array, folder / "out.zarr", memory_gb=memory_gb, progress=False
     )
+    return model, array, tiles, result
+
+
+def throughput(
+    folder: Path, size: int, base: int, depth: int, memory_gb: float, peak: float
+) -> None:
+    model, _, tiles, result = predicted(folder / "demo", base, depth, size, memory_gb)
     bare, flops = bare_forward(model, tiles)
     pixels = size * size / 1e6
     print(f"[1] throughput, {size}^2, base {base} depth {depth}, blocks {result['block']}:")
@@ -147,15 +157,7 @@ def against_monai(folder: Path, size: int, depth: int, memory_gb: float, peak: f
     except ImportError:
         print("[3] MONAI comparison skipped: pip install --no-deps monai")
         return
-    torch.manual_seed(0)
-    model = UNet(base_channels=64, depth=depth).eval()
-    save_model(folder / "paper.pt", model, normalization=STATS)
-    array = make_input(folder / "in2.zarr", 1, size)
-    tiles = tiles_of_run(model, (1, size, size), memory_gb)
-    warm_up(model, tiles)
-    ours = predict_zarr(
-        folder / "paper.pt", array, folder / "out2.zarr", memory_gb=memory_gb, progress=False
-    )
+    model, array, tiles, ours = predicted(folder / "paper", 64, depth, size, memory_gb)
     flops = sum(exact_flops(model, t) for t in tiles)
     same = UNet(base_channels=64, depth=depth, padding="same").eval()
     warm_up(same, [(512, 512)])

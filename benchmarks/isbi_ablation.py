@@ -44,14 +44,13 @@ from typing import Any
 
 import numpy as np
 import yaml
-import zarr
 
 from unetpipe.cli.train import load_config
 from unetpipe.datasets import convert
 from unetpipe.io import open_data, read_splits
 from unetpipe.predict import predict_zarr
-from unetpipe.report import choose_thresholds, score_probability
-from unetpipe.segment import cell_probability
+from unetpipe.report import evaluate_run
+from unetpipe.segment import segment_zarr
 from unetpipe.weights import write_weights
 
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {  # arm: (its data group, config overrides)
@@ -163,10 +162,12 @@ def train_runs(jobs: list[tuple[Path, Path]], parallel: int, threads: int) -> No
 
 
 def score_run(
-    run: Path, group: Path, tta: bool, device: str, thresholds: list[float]
+    run: Path, group: Path, tta: bool, device: str, config: dict[str, Any]
 ) -> dict[str, Any]:
-    """Predict all slices of ``raw`` (with or without test-time augmentation), fix thresholds on
-    the training slices, score the validation slices; cached in ``scores_{plain,tta}.json``."""
+    """Predict all slices of ``raw`` (with or without test-time augmentation), segment them and
+    evaluate them as the workflow does (``unetpipe.report.evaluate_run``: thresholds fixed on the
+    training slices, validation slices scored); the validation u-net scores are cached in
+    ``scores_{plain,tta}.json`` beside the whole ``metrics_{plain,tta}.json``."""
     name = "tta" if tta else "plain"
     path = run / f"scores_{name}.json"
     if path.is_file():
@@ -174,22 +175,20 @@ def score_run(
     pred_path = run / "predictions" / f"raw_{name}.zarr"
     if not pred_path.exists():
         predict_zarr(
-            run / "model.pt",
-            str(group / "raw"),
-            pred_path,
-            tta=tta,
-            device=device,
-            progress=False,
+            run / "model.pt", str(group / "raw"), pred_path, tta=tta, device=device, progress=False
         )
-    data, pred = open_data(group), zarr.open_array(str(pred_path), mode="r")
-    splits = read_splits(data)
-
-    def stack(slices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        prob = np.stack([cell_probability(pred, z) for z in slices])
-        return prob, np.stack([np.asarray(data["labels"][z]) for z in slices])
-
-    chosen = choose_thresholds(*stack(splits["train"]), thresholds, True)
-    scores = score_probability(*stack(splits["val"]), thresholds, True, chosen)
+    seg_path = run / "segmentation" / f"raw_{name}.zarr"
+    if not seg_path.exists():
+        segment_zarr(pred_path, seg_path, config["segment"])
+    metrics = evaluate_run(
+        group,
+        {"raw": pred_path},
+        {"raw": seg_path},
+        run / f"metrics_{name}.json",
+        config["evaluate"],
+    )
+    chosen = metrics["thresholds_from_training"]
+    scores = metrics["results"]["val"]["unet"]
     result = {"run": run.name, "tta": tta, "thresholds_from_training": chosen, **scores}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -286,12 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         train_runs([(g, r) for _, _, g, r in jobs], args.jobs, args.threads)
         print(f"training done in {time.perf_counter() - started:.0f} s", flush=True)
-        thresholds = [float(t) for t in config["evaluate"]["thresholds"]]
         # spawn: each scoring process initialises CUDA itself
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             futures = [
-                pool.submit(score_run, run, group, tta, args.device, thresholds)
+                pool.submit(score_run, run, group, tta, args.device, config)
                 for _, _, group, run in jobs
                 for tta in (False, True)
             ]

@@ -131,6 +131,14 @@ def choose_thresholds(
     return {key: scores[f"{key}_threshold"] for key in ("pixel_error", "v_rand", "slice_v_rand")}
 
 
+def _at_own_threshold(scores: dict[str, float]) -> dict[str, float]:
+    """Scores of a single fixed threshold (the baseline's, chosen on the training slices), with
+    the ``<measure>_t_train`` keys of :func:`score_probability`, which are the same values."""
+    return scores | {
+        f"{key}_t_train": scores[key] for key in ("pixel_error", "v_rand", "slice_v_rand")
+    }
+
+
 def score_instances(instances: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Instance measures of a (z, y, x) labelling, slices scored separately: V_rand and V_info
     (no thinning), CTC SEG, foreground IoU, and the number of instances."""
@@ -238,12 +246,8 @@ def evaluate_run(
                 **score_instances(instances, truth),
             },
             "baseline": {
-                **score_probability(
-                    base_prob,
-                    truth,
-                    [baseline["threshold"]],
-                    params["thinning"],
-                    dict.fromkeys(chosen, baseline["threshold"]),
+                **_at_own_threshold(
+                    score_probability(base_prob, truth, [baseline["threshold"]], params["thinning"])
                 ),
                 **score_instances(base_instances, truth),
             },
