@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -73,3 +77,74 @@ def server() -> Iterator[ThreadingHTTPServer]:
     yield httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+def voronoi_cells(shape, rng, spacing=16):
+    """EM-like instances: Voronoi cells of jittered grid points, 0 on 2-px membranes."""
+    seeds = np.zeros(shape, bool)
+    ys = np.arange(spacing // 2, shape[0], spacing)
+    xs = np.arange(spacing // 2, shape[1], spacing)
+    for y in ys:
+        for x in xs:
+            dy, dx = rng.integers(-spacing // 4, spacing // 4 + 1, 2)
+            seeds[min(y + dy, shape[0] - 1), min(x + dx, shape[1] - 1)] = True
+    markers = ndimage.label(seeds)[0]
+    nearest = ndimage.distance_transform_edt(~seeds, return_indices=True)[1]
+    cells = markers[tuple(nearest)].astype(np.uint32)
+    cells[find_boundaries(cells, mode="thick")] = 0
+    return cells
+
+
+def make_run(tmp_path, dark_cells=False):
+    """A tiny dataset, a 'network' prediction (blurred truth + noise), instances and a log."""
+    from unetpipe.segment import segment_zarr
+
+    rng = np.random.default_rng(1)
+    labels = np.stack([voronoi_cells((64, 64), rng) for _ in range(5)])
+    test_labels = np.stack([voronoi_cells((80, 80), rng) for _ in range(2)])
+
+    def image(lab):
+        bright = np.where(lab > 0, 170.0, 70.0)
+        if dark_cells:
+            bright = 240.0 - bright
+        return np.clip(bright + rng.normal(0, 45, lab.shape), 0, 255).astype(np.uint8)
+
+    data = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
+    data.attrs.update(dataset="tiny", splits={"train": [0, 1, 2], "val": [3, 4]})
+    for name, array in [
+        ("raw", image(labels)),
+        ("labels", labels),
+        ("weights", 1.0 + 5.0 * (labels == 0).astype(np.float32)),
+        ("test", image(test_labels)),
+        ("test_labels", test_labels),
+    ]:
+        data.create_array(name, data=array, chunks=(1, *array.shape[1:]))
+    paths = {}
+    for name, lab in [("raw", labels), ("test", test_labels)]:
+        cell = ndimage.gaussian_filter((lab > 0).astype(np.float32), (0, 0.7, 0.7))
+        cell = np.clip(cell + rng.normal(0, 0.05, cell.shape), 0, 1)
+        pred = np.stack([1 - cell, cell]).astype(np.float16)
+        paths[name] = tmp_path / "predictions" / f"{name}.zarr"
+        zarr.create_array(str(paths[name]), data=pred, chunks=(2, 1, *lab.shape[1:]))
+        segment_zarr(paths[name], tmp_path / "segmentation" / f"{name}.zarr", {"min_size": 4})
+    (tmp_path / "train").mkdir()
+    rows = ["iteration,loss,lr,val_vrand,val_pixel_error"]
+    for i in range(1, 201):
+        val = f"{0.5 + i / 500:.3f},{0.3 - i / 1000:.3f}" if i % 50 == 0 else ","
+        rows.append(f"{i},{1 / (1 + 0.05 * i) + 0.05 * rng.random():.4f},0.01,{val}")
+    (tmp_path / "train" / "log.csv").write_text("\n".join(rows) + "\n")
+    return data, paths
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory):
+    """``make_run`` evaluated by ``unetpipe.evaluate.evaluate_run``: (folder, group, report)."""
+    from unetpipe.evaluate import evaluate_run
+
+    tmp = tmp_path_factory.mktemp("run")
+    data, predictions = make_run(tmp)
+    segmentations = {k: tmp / "segmentation" / f"{k}.zarr" for k in predictions}
+    report = evaluate_run(
+        tmp / "data.zarr", predictions, segmentations, tmp / "metrics.json", {"thinning": True}
+    )
+    return tmp, data, report

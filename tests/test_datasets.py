@@ -12,9 +12,17 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
 from unetpipe.cli import main
-from unetpipe.datasets import binary_to_instances, convert, download, extract, get_dataset
+from unetpipe.datasets import (
+    UNLABELLED_MARGIN,
+    binary_to_instances,
+    convert,
+    download,
+    extract,
+    get_dataset,
+)
 from unetpipe.io import open_data, read_splits
 
 
@@ -208,8 +216,113 @@ def test_convert_ctc_zip(ctc, tmp_path):
     np.testing.assert_array_equal(group["raw"][:], frames[[1, 3]])
     np.testing.assert_array_equal(group["labels"][:], np.stack([masks[1], masks[3]]))
     np.testing.assert_array_equal(group["test"][:], frames[[0, 2]])
-    assert group.attrs["frames"] == [{"sequence": "01", "frame": 1}, {"sequence": "01", "frame": 3}]
+    assert group.attrs["frames"] == [
+        {"sequence": "01", "frame": 1, "truth": "gold"},
+        {"sequence": "01", "frame": 3, "truth": "gold"},
+    ]
     assert read_splits(group) == {"train": [0], "val": [1]}
+    assert "mask" not in group  # no silver truth of these frames: nothing known to be missing
+
+
+def ctc_folder(root, shapes=((24, 28), (24, 28)), dtype=np.uint8):
+    """Two sequences of 4 frames in the CTC layout: gold truth of frames 1, 3 (frame 3 of 01 is
+    partial: it labels one of two cells), silver truth of every frame (both cells)."""
+    rng = np.random.default_rng(2)
+    for seq, shape in zip(("01", "02"), shapes, strict=True):
+        for name in (seq, f"{seq}_GT/SEG", f"{seq}_ST/SEG"):
+            (root / name).mkdir(parents=True)
+        silver = np.zeros(shape, np.uint16)
+        silver[2:8, 3:9], silver[12:20, 5:15] = 4, 9
+        for t in range(4):
+            frame = rng.integers(0, 256, shape).astype(dtype)
+            tifffile.imwrite(root / seq / f"t{t:03d}.tif", frame, compression="lzw")
+            tifffile.imwrite(root / f"{seq}_ST/SEG/man_seg{t:03d}.tif", silver, compression="lzw")
+        for t in (1, 3):
+            gold = silver.copy()
+            if (seq, t) == ("01", 3):
+                gold[gold == 9] = 0  # a partial annotation: cell 9 left unlabelled
+            tifffile.imwrite(root / f"{seq}_GT/SEG/man_seg{t:03d}.tif", gold, compression="lzw")
+    return root
+
+
+def test_partial_gold_truth_is_masked_where_silver_truth_sees_a_cell(tmp_path):
+    root = ctc_folder(tmp_path / "ctc")
+    group = open_data(convert(root, tmp_path / "gold.zarr", "ctc"))
+    assert [f["truth"] for f in group.attrs["frames"]] == ["gold"] * 4
+    assert group["raw"].shape == (4, 24, 28) and group["test"].shape == (4, 24, 28)
+    mask = group["mask"][:]
+    np.testing.assert_array_equal(mask[[0, 2, 3]], 1)  # complete frames: everything known
+    unknown = mask[1] == 0  # slice 1 = frame 3 of 01: cell 9 grown by the margin, not cell 4
+    cell = np.zeros((24, 28), bool)
+    cell[12:20, 5:15] = True
+    grown = ndimage.binary_dilation(cell, iterations=UNLABELLED_MARGIN)
+    np.testing.assert_array_equal(unknown, grown & (group["labels"][1] == 0))
+    assert len(group.attrs["source"]["files"]) == 4 * 2 + 4 + 4  # frames, gold, their silver
+    assert group.attrs["splits"] == {"train": [0, 1, 2], "val": [3]}
+    # Taken as background instead: no mask; only sequence 02: two slices
+    group = open_data(convert(root, tmp_path / "bg.zarr", "ctc", unlabelled="background"))
+    assert "mask" not in group
+    group = open_data(convert(root, tmp_path / "02.zarr", "ctc", sequences=["02"]))
+    assert [f["sequence"] for f in group.attrs["frames"]] == ["02", "02"]
+    with pytest.raises(FileNotFoundError, match=r"no sequences \['03'\]"):
+        convert(root, tmp_path / "03.zarr", "ctc", sequences=["03"])
+
+
+def test_silver_truth_adds_every_frame_and_validation_stays_gold(tmp_path):
+    root = ctc_folder(tmp_path / "ctc", dtype=np.uint16)  # 16-bit frames
+    group = open_data(convert(root, tmp_path / "d.zarr", "ctc", silver_truth=True))
+    frames = group.attrs["frames"]
+    assert [(f["sequence"], f["frame"], f["truth"]) for f in frames[:4]] == [
+        ("01", 0, "silver"),
+        ("01", 1, "gold"),
+        ("01", 2, "silver"),
+        ("01", 3, "gold"),
+    ]
+    assert group["raw"].shape == (8, 24, 28) and group["raw"].dtype == np.uint16
+    assert "test" not in group
+    assert group.attrs["splits"]["val"] == [7]  # the last gold frame, not the last frame (6)
+    assert (group["mask"][3] == 0).any() and (group["mask"][2] == 1).all()
+
+
+def test_frames_of_different_sizes_are_a_clear_error(tmp_path):
+    root = ctc_folder(tmp_path / "ctc", shapes=((24, 28), (30, 28)))
+    with pytest.raises(ValueError, match="one at a time"):
+        convert(root, tmp_path / "d.zarr", "ctc")
+    assert not (tmp_path / "d.zarr").exists()
+    group = open_data(convert(root, tmp_path / "d.zarr", "ctc", sequences=["02"]))
+    assert group["raw"].shape == (2, 30, 28)
+
+
+def test_output_inside_the_input_is_refused_before_anything_is_written(tmp_path):
+    root = ctc_folder(tmp_path / "ctc")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for out in (root, root / "data.zarr", tmp_path):
+        with pytest.raises(ValueError, match="would destroy the input"):
+            convert(root, out, "ctc")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert main(["convert", "local", str(root), str(root)]) == 1
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_real_hela_folder_converts_with_its_partial_gold_frame(shared_dir, tmp_path):
+    """The real DIC-C2DH-HeLa training set (LZW TIFFs): 2 x 84 frames, 9 gold masks each;
+    01_GT/SEG/man_seg067.tif labels 3 of its cells (SOURCE.md), the silver truth 18."""
+    root = shared_dir / "data" / "ctc" / "DIC-C2DH-HeLa"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    group = open_data(convert(root, tmp_path / "hela.zarr", "dic-c2dh-hela"))
+    frames = group.attrs["frames"]
+    assert group["raw"].shape == (18, 512, 512) and group["raw"].dtype == np.uint8
+    assert group["test"].shape == (150, 512, 512)
+    assert [f["frame"] for f in frames[:9]] == [2, 5, 21, 31, 33, 34, 39, 54, 67]
+    assert [f["frame"] for f in frames[9:]] == [6, 7, 14, 27, 34, 38, 42, 61, 67]
+    assert [int(np.unique(group["labels"][z]).size - 1) for z in (0, 8, 17)] == [10, 3, 14]
+    unknown = (group["mask"][:] == 0).sum(axis=(1, 2))
+    assert unknown[8] > 0.4 * 512 * 512  # 15 cells of frame 67 left unlabelled
+    assert set(np.flatnonzero(unknown)) == {8, 15, 16}  # and one cell each in 02's 42 and 61
+    sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS").read_text().splitlines())
+    files = group.attrs["source"]["files"]
+    assert files["01/t067.tif"] == sums.get("01/t067.tif", sums.get("./01/t067.tif"))
 
 
 def test_convert_unknown_layout_leaves_nothing(tmp_path):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from unetpipe.io import (
     atomic_path,
+    check_disjoint,
     create_array,
     make_splits,
     open_data,
@@ -58,26 +59,107 @@ def test_zarr_helpers_round_trip(tmp_path):
     group.attrs["splits"] = {"train": [0, 1], "val": [2]}
     data = np.random.default_rng(0).integers(0, 9, (3, 1100, 40)).astype(np.uint32)
     write_array(group, "labels", data, {"made_by": "test"})
-    create_array(group, "weights", (3, 1100, 40), np.float32)
+    write_array(group, "weights", np.zeros((3, 1100, 40), np.float32))  # all fill value
     opened = open_data(tmp_path / "d.zarr")
     np.testing.assert_array_equal(opened["labels"][:], data)
     assert opened["labels"].chunks == (1, 1024, 40)
     assert opened["labels"].attrs["made_by"] == "test"
     assert opened["weights"].dtype == np.float32
+    assert opened["weights"][:].sum() == 0  # every chunk stored, though equal to the fill value
     assert read_splits(tmp_path / "d.zarr") == {"train": [0, 1], "val": [2]}
     with pytest.raises(FileNotFoundError, match="not a Zarr"):
         open_data(tmp_path)
+
+
+def test_missing_and_corrupt_chunks_are_named(tmp_path):
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    write_array(group, "raw", np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5))
+    write_array(group, "labels", np.ones((3, 4, 5), np.uint32))
+    create_array(group, "weights", (3, 4, 5), np.float32)  # created, never written
+    (tmp_path / "d.zarr" / "raw" / "c" / "1" / "0" / "0").unlink()
+    (tmp_path / "d.zarr" / "labels" / "c" / "2" / "0" / "0").write_bytes(b"garbage")
+    opened = open_data(tmp_path / "d.zarr")
+    with pytest.raises(ValueError, match=r"d.zarr/raw: chunk c/1/0/0 is missing \(1 of 3\)"):
+        opened["raw"]
+    with pytest.raises(ValueError, match=r"weights: chunk c/0/0/0 is missing \(3 of 3\)"):
+        opened["weights"]
+    labels = opened["labels"]
+    np.testing.assert_array_equal(labels[0], 1)
+    with pytest.raises(ValueError, match=r"d.zarr/labels: chunk c/2/0/0 cannot be decoded"):
+        labels[1:]
+
+
+def test_digest_follows_the_stored_content(tmp_path):
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    write_array(group, "raw", np.zeros((2, 4, 4), np.uint8))
+    write_array(group, "labels", np.ones((2, 4, 4), np.uint32))
+    before = open_data(tmp_path / "d.zarr").digest(["raw", "labels"])
+    assert open_data(tmp_path / "d.zarr").digest(["raw", "labels"]) == before
+    assert open_data(tmp_path / "d.zarr").digest(["raw"]) != before
+    zarr.open_array(tmp_path / "d.zarr" / "raw", mode="r+")[1, 2, 3] = 7
+    assert open_data(tmp_path / "d.zarr").digest(["raw", "labels"]) != before
+
+
+def test_check_disjoint(tmp_path):
+    check_disjoint(tmp_path / "out.zarr", tmp_path / "in.zarr")
+    for out, word in [
+        (tmp_path / "in.zarr", "is"),
+        (tmp_path, "contains"),
+        (tmp_path / "in.zarr" / "pred", "lies in"),
+    ]:
+        with pytest.raises(ValueError, match=f"{word} the input"):
+            check_disjoint(out, tmp_path / "in.zarr")
+
+
+def test_palette_png_is_read_as_grey_and_colour_is_refused(tmp_path):
+    grey = Image.new("P", (4, 3))
+    grey.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+    grey.putdata([0, 1, 2, 3] * 3)
+    grey.save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "grey.png"), 255 - np.tile([0, 1, 2, 3], (3, 1))
+    )
+    colour = Image.new("P", (2, 2))
+    colour.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    colour.putdata([0, 1, 0, 1])
+    colour.save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="colour palette"):
+        read_image(tmp_path / "colour.png")
+
+
+def test_tiff_kinds_real_data_comes_in(tmp_path):
+    """BigTIFF, 16-bit and LZW/zlib-compressed TIFFs read as written; a digest is recorded."""
+    stack = np.random.default_rng(0).integers(0, 65535, (3, 16, 20), dtype=np.uint16)
+    for name, options in [
+        ("big.tif", {"bigtiff": True}),
+        ("lzw.tif", {"compression": "lzw"}),
+        ("zlib.tif", {"compression": "zlib"}),
+    ]:
+        tifffile.imwrite(tmp_path / name, stack, photometric="minisblack", **options)
+        digests = {}
+        np.testing.assert_array_equal(read_stack(tmp_path / name, digests), stack)
+        assert list(digests) == [str(tmp_path / name)]
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="bad.tif: cannot read"):
+        read_image(tmp_path / "bad.tif")
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((2, 2), np.inf, np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        read_image(tmp_path / "nan.tif")
 
 
 def test_make_splits():
     assert make_splits(10) == {"train": list(range(8)), "val": [8, 9]}
     assert make_splits(30)["val"] == list(range(24, 30))
     assert make_splits(2) == {"train": [0], "val": [1]}
-    assert make_splits(1) == {"train": [0], "val": []}
+    with pytest.raises(ValueError, match="at least 2 labelled slices"):
+        make_splits(1)
+    assert make_splits(12, candidates=[0, 2, 4, 6, 8, 10, 1, 3, 5, 7])["val"] == [8, 10]
+    with pytest.raises(ValueError, match="no training or no validation"):
+        make_splits(3, candidates=[0])
     assert make_splits(5, [3, 0, 3]) == {"train": [1, 2, 4], "val": [0, 3]}
     with pytest.raises(ValueError, match="out of range"):
         make_splits(5, [5])
-    with pytest.raises(ValueError, match="no training slice"):
+    with pytest.raises(ValueError, match="leave no training"):
         make_splits(2, [0, 1])
 
 

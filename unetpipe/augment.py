@@ -22,44 +22,26 @@ from typing import Any
 import numpy as np
 import zarr
 
+from unetpipe.config import defaults, section_params
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, create_array, open_data, read_splits
-from unetpipe.params import merge_params
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
 
 Size = int | tuple[int, int]
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "tile": 572,
-    "bank_size": 256,
-    "shards": 2,
-    "seed": 0,
-    "interpolation": "cubic",
-    "elastic": {"enabled": True, "grid": 3, "sigma": 10.0},
-    "rotation": {"enabled": True, "max_degrees": 180.0},
-    "shift": {"enabled": True, "max_px": 8.0},
-    "flip": {"enabled": True},
-    "gray": {"enabled": True, "contrast": 0.1, "brightness": 0.1, "gamma": 0.2},
-}
-"""The ``augment`` config section's defaults (the same as workflow/schemas/config.schema.yaml)."""
+DEFAULT_PARAMS: dict[str, Any] = defaults("augment")
+"""The ``augment`` config section's defaults (from the schema, unetpipe/config.schema.yaml)."""
 
 _TAPS = {"nearest": 1, "linear": 2, "cubic": 4}
 _BLOCK_ROWS = 32  # rows interpolated at a time (temporaries of 32 x 572 stay in cache)
 
 
 def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``params`` (the ``augment`` config section, possibly partial) over the defaults."""
-    merged = merge_params("augment", DEFAULT_PARAMS, params)
-    for key, default in DEFAULT_PARAMS.items():
-        if isinstance(default, dict):
-            merged[key] = merge_params(f"augment.{key}", default, merged[key])
-    if merged["interpolation"] not in ("cubic", "linear"):
-        raise ValueError(f"interpolation must be cubic or linear, got {merged['interpolation']!r}")
-    if merged["elastic"]["grid"] < 2:
-        raise ValueError(f"elastic.grid must be at least 2, got {merged['elastic']['grid']}")
-    return merged
+    """``params`` (the ``augment`` config section, possibly partial) over the defaults, checked
+    against the schema (unknown keys and out-of-range values are a ValueError)."""
+    return section_params("augment", params)
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:

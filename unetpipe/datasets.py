@@ -18,16 +18,25 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import zarr
-from skimage.measure import label as connected_components
+from scipy import ndimage
 from tqdm import tqdm
 
-from unetpipe.io import atomic_path, make_splits, read_stack, sha256sum, write_array
+from unetpipe.io import (
+    atomic_path,
+    check_disjoint,
+    make_splits,
+    read_stack,
+    sha256sum,
+    write_array,
+)
+from unetpipe.metrics import components
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +253,7 @@ def binary_to_instances(labels: np.ndarray) -> np.ndarray:
     the dual of the 8-connected one-pixel membranes of ISBI 2012: a diagonal membrane line
     separates the cells on its two sides, which 8-connectivity would join through its corners.
     """
-    out = np.zeros(labels.shape, np.uint32)
-    offset = 0
-    for z in range(labels.shape[0]):
-        components = connected_components(labels[z] > 0, connectivity=1).astype(np.uint32)
-        out[z] = np.where(components > 0, components + offset, 0)
-        offset += int(components.max())
-    return out
+    return components(np.asarray(labels) > 0).astype(np.uint32)
 
 
 def _as_instances(labels: np.ndarray, where: Path) -> tuple[np.ndarray, str]:
@@ -267,7 +270,7 @@ def _find(root: Path, pattern: str) -> list[Path]:
     return sorted(p for p in root.rglob(pattern) if not p.name.startswith("."))
 
 
-def _read_isbi(root: Path) -> dict[str, Any] | None:
+def _read_isbi(root: Path, digests: dict[str, str]) -> dict[str, Any] | None:
     """The ISBI layout: ``train-volume.tif``/``train-labels.tif`` (+ ``test-volume.tif``), or PNG
     slice folders ``train/image``, ``train/label`` (+ ``test``) as in zhixuhao/unet."""
     volumes = _find(root, "train-volume.tif")
@@ -284,64 +287,142 @@ def _read_isbi(root: Path) -> dict[str, Any] | None:
         raw_path, label_path, test_path = images[0], images[0].parent / "label", folder / "test"
     if not label_path.exists():
         raise FileNotFoundError(f"{label_path}: the labels of {raw_path} are missing")
-    raw, labels = read_stack(raw_path), read_stack(label_path)
+    raw, labels = read_stack(raw_path, digests), read_stack(label_path, digests)
     if raw.shape != labels.shape:
         raise ValueError(f"{raw_path} {raw.shape} and {label_path} {labels.shape} differ in shape")
     instances, how = _as_instances(labels, label_path)
     data = {"raw": raw, "labels": instances, "labels_from": how, "layout": "isbi"}
     if test_path.exists():
-        data["test"] = read_stack(test_path)
+        data["test"] = read_stack(test_path, digests)
     return data
+
+
+UNLABELLED = ("ignore", "background")
+UNLABELLED_MARGIN = 2
+"""Pixels by which an unlabelled cell's ignored region is grown (silver outlines are not exact)."""
 
 
 def _frame(path: Path) -> int:
     return int(re.findall(r"\d+", path.stem)[-1])
 
 
-def _read_ctc(root: Path) -> dict[str, Any] | None:
-    """The Cell Tracking Challenge layout: ``<seq>/tNNN.tif`` frames and gold-truth instance masks
-    ``<seq>_GT/SEG/man_segNNN.tif``. Annotated frames go to raw/labels, the others to test."""
-    seg_dirs = [d for d in _find(root, "SEG") if d.is_dir() and d.parent.name.endswith("_GT")]
-    if not seg_dirs:
+def _masks(folder: Path) -> dict[int, Path]:
+    return {_frame(p): p for p in folder.glob("man_seg*.tif")} if folder.is_dir() else {}
+
+
+def _read_mask(path: Path, digests: dict[str, str]) -> np.ndarray:
+    mask = read_stack(path, digests)
+    if mask.shape[0] != 1 or not np.issubdtype(mask.dtype, np.integer) or mask.min() < 0:
+        raise ValueError(f"{path}: expected one 2D mask of non-negative instance ids")
+    return mask[0].astype(np.uint32)
+
+
+def unlabelled_cells(gold: np.ndarray, silver: np.ndarray) -> np.ndarray:
+    """Where gold truth is partial: the cells of the silver truth that the gold truth leaves
+    unlabelled (less than half of the cell covered by gold cells), grown by
+    ``UNLABELLED_MARGIN`` px, except the gold cells themselves. A boolean (y, x) mask."""
+    covered = np.bincount(silver.ravel(), weights=(gold > 0).ravel(), minlength=silver.max() + 1)
+    sizes = np.bincount(silver.ravel(), minlength=silver.max() + 1)
+    missed = (covered < 0.5 * sizes) & (sizes > 0)
+    missed[0] = False
+    region = ndimage.binary_dilation(missed[silver], iterations=UNLABELLED_MARGIN)
+    return region & (gold == 0)
+
+
+def _read_ctc(
+    root: Path,
+    digests: dict[str, str],
+    sequences: Sequence[str] = (),
+    silver_truth: bool = False,
+    unlabelled: str = "ignore",
+) -> dict[str, Any] | None:
+    """The Cell Tracking Challenge layout: ``<seq>/tNNN.tif`` frames, gold-truth instance masks
+    ``<seq>_GT/SEG/man_segNNN.tif`` and silver truth ``<seq>_ST/SEG/man_segNNN.tif``.
+
+    Frames with gold truth become labelled slices (with ``silver_truth`` also the frames that
+    have silver truth only), the others ``test``. Gold truth may be partial (a cell left
+    unlabelled is not background): with ``unlabelled="ignore"`` the unlabelled cells that the
+    silver truth shows (:func:`unlabelled_cells`) are 0 in the ``mask`` array, so that they are
+    neither taught as background nor scored. ``sequences`` restricts the conversion to these.
+    """
+    if unlabelled not in UNLABELLED:
+        raise ValueError(f"dataset.unlabelled must be one of {UNLABELLED}, got {unlabelled!r}")
+    found = {}
+    for truth in ("GT", "ST"):
+        for seg in _find(root, "SEG"):
+            if seg.is_dir() and seg.parent.name.endswith(f"_{truth}"):
+                found.setdefault(seg.parent.name[: -len(truth) - 1], seg.parent.parent)
+    if not found:
         return None
-    raw, labels, test, frames = [], [], [], []
-    for seg_dir in seg_dirs:
-        sequence = seg_dir.parent.name[: -len("_GT")]
-        seq_dir = seg_dir.parent.parent / sequence
-        images = {_frame(p): p for p in seq_dir.glob("t*.tif")}
-        masks = {_frame(p): p for p in seg_dir.glob("man_seg*.tif")}
-        missing = sorted(set(masks) - set(images))
+    wanted = [str(s) for s in sequences] or sorted(found)
+    absent = sorted(set(wanted) - set(found))
+    if absent:
+        raise FileNotFoundError(f"{root}: no sequences {absent}; found {sorted(found)}")
+    raw, labels, known, test, frames = [], [], [], [], []
+    for sequence in wanted:
+        base = found[sequence]
+        images = {_frame(p): p for p in (base / sequence).glob("t*.tif")}
+        gold = _masks(base / f"{sequence}_GT" / "SEG")
+        silver = _masks(base / f"{sequence}_ST" / "SEG")
+        missing = sorted(set(gold) - set(images))
         if missing:
-            raise FileNotFoundError(f"{seq_dir}: no raw frames {missing} for masks in {seg_dir}")
+            raise FileNotFoundError(f"{base / sequence}: no raw frames {missing} for its masks")
         for frame in sorted(images):
-            image = read_stack(images[frame])[0]
-            if frame in masks:
-                raw.append(image)
-                labels.append(read_stack(masks[frame])[0].astype(np.uint32))
-                frames.append({"sequence": sequence, "frame": frame})
-            else:
+            image = read_stack(images[frame], digests)[0]
+            truth = (
+                "gold" if frame in gold else "silver" if silver_truth and frame in silver else None
+            )
+            if truth is None:
                 test.append(image)
-    shapes = {a.shape for a in raw + test}
-    if len(shapes) != 1:
-        raise ValueError(f"{root}: frames differ in shape {sorted(shapes)}; convert one sequence")
+                continue
+            mask = _read_mask((gold if truth == "gold" else silver)[frame], digests)
+            if mask.shape != image.shape:
+                raise ValueError(
+                    f"{images[frame]}: frame {image.shape} and mask {mask.shape} differ"
+                )
+            unknown = np.zeros(mask.shape, bool)
+            if truth == "gold" and frame in silver and unlabelled == "ignore":
+                unknown = unlabelled_cells(mask, _read_mask(silver[frame], digests))
+            raw.append(image)
+            labels.append(mask)
+            known.append(~unknown)
+            frames.append({"sequence": sequence, "frame": frame, "truth": truth})
+    if not raw:
+        raise ValueError(f"{root}: no frame of sequences {wanted} has gold or silver truth")
+    shapes = {(f"{f['sequence']}", a.shape) for f, a in zip(frames, raw, strict=True)}
+    if len({shape for _, shape in shapes} | {a.shape for a in test}) != 1:
+        raise ValueError(
+            f"{root}: frames differ in shape {sorted(shapes)}; convert the sequences one at a "
+            "time (dataset.sequences)"
+        )
     data = {
         "raw": np.stack(raw),
         "labels": np.stack(labels),
-        "labels_from": "man_seg instance masks as they are",
+        "labels_from": "man_seg instance masks as they are (gold truth"
+        + (", silver truth where gold is absent)" if silver_truth else ")"),
         "frames": frames,
         "layout": "ctc",
     }
+    ignored = int(np.count_nonzero(~np.stack(known)))
+    if ignored:
+        data["mask"] = np.stack(known).astype(np.uint8)
+        log.info("%d pixels of unlabelled cells in the gold truth are ignored", ignored)
     if test:
         data["test"] = np.stack(test)
     return data
 
 
-def read_dataset(folder: str | Path) -> dict[str, Any]:
-    """Images and uint32 instance labels from a folder in the ISBI (TIFF or PNG) or CTC layout."""
+def read_dataset(
+    folder: str | Path, digests: dict[str, str] | None = None, **ctc: Any
+) -> dict[str, Any]:
+    """Images and uint32 instance labels from a folder in the ISBI (TIFF or PNG) or CTC layout
+    (``ctc``: the options of the Cell Tracking Challenge layout, see :func:`_read_ctc`);
+    ``digests`` collects the sha256 of every file read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    data = _read_isbi(folder) or _read_ctc(folder)
+    digests = {} if digests is None else digests
+    data = _read_isbi(folder, digests) or _read_ctc(folder, digests, **ctc)
     if data is None:
         raise ValueError(
             f"{folder}: no dataset found. Expected train-volume.tif + train-labels.tif, or PNG "
@@ -358,30 +439,40 @@ def convert(
     val_slices: list[int] | tuple[int, ...] = (),
     voxel_size: list[float] | tuple[float, ...] = (1.0, 1.0, 1.0),
     provenance: dict[str, Any] | None = None,
+    **ctc: Any,
 ) -> Path:
     """Convert a downloaded zip or a local folder into the dataset's Zarr group ``out``.
 
-    Writes ``raw``, ``labels`` (uint32 instances) and, when present, ``test``; group attributes
-    ``dataset``, ``source`` (``provenance`` plus the archive's sha256), ``voxel_size``, ``splits``
-    and, for the Cell Tracking Challenge, ``frames``.
+    Writes ``raw``, ``labels`` (uint32 instances) and, when present, ``test`` and ``mask`` (1 where
+    the truth is known); group attributes ``dataset``, ``source`` (``provenance``, the archive's
+    sha256 or the sha256 of every file read from a folder), ``voxel_size``, ``splits`` and, for
+    the Cell Tracking Challenge, ``frames`` (sequence, frame and truth of each slice; ``ctc``:
+    the options of :func:`_read_ctc`). The default validation slices are the last 20% of those
+    with gold truth. ``out`` must not be, contain or lie inside ``source``.
     """
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such archive or folder")
+    check_disjoint(out, source)
     info = dict(provenance or {})
+    digests: dict[str, str] = {}
     if source.is_dir():
         info["local_dir"] = str(source.resolve())
-        data = read_dataset(source)
+        data = read_dataset(source, digests, **ctc)
+        info["files"] = {
+            str(Path(path).relative_to(source)): digest for path, digest in sorted(digests.items())
+        }
     else:
         info.update(archive=source.name, sha256=sha256sum(source))
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            data = read_dataset(extract(source, Path(tmp) / "extracted"))
+            data = read_dataset(extract(source, Path(tmp) / "extracted"), digests, **ctc)
+    gold = [i for i, f in enumerate(data.get("frames", [])) if f["truth"] == "gold"]
     attrs: dict[str, Any] = {
         "dataset": dataset,
         "source": info,
         "voxel_size": [float(v) for v in voxel_size],
-        "splits": make_splits(len(data["raw"]), val_slices),
+        "splits": make_splits(len(data["raw"]), val_slices, gold if "frames" in data else None),
     }
     if "frames" in data:
         attrs["frames"] = data["frames"]
@@ -391,7 +482,8 @@ def convert(
         write_array(group, "raw", data["raw"], {"layout": data["layout"]})
         label_attrs = {"layout": data["layout"], "from": data["labels_from"]}
         write_array(group, "labels", data["labels"], label_attrs)
-        if "test" in data:
-            write_array(group, "test", data["test"], {"layout": data["layout"]})
+        for name in ("mask", "test"):
+            if name in data:
+                write_array(group, name, data[name], {"layout": data["layout"]})
     log.info("%s: %d labelled slices %s", out, len(data["raw"]), attrs["splits"])
     return out

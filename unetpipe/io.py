@@ -3,16 +3,21 @@
 The data contract (DEVELOPERS.md): one Zarr v3 group per dataset, arrays (z, y, x) chunked
 ``(1, <=1024, <=1024)`` so that a slice is one read; group attribute ``splits`` lists the training
 and validation slices. Outputs are built under a temporary name and renamed when complete.
+
+Every chunk of the arrays we write is stored, even one equal to the fill value, so that a chunk
+deleted later is noticed: :func:`open_data` refuses an array with a missing chunk and names the
+chunk that cannot be decoded, instead of reading zeros or failing with a codec's bare message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +28,46 @@ from PIL import Image
 
 MAX_CHUNK = 1024
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+STORE_EVERY_CHUNK = {"write_empty_chunks": True}
+"""Zarr array config of every array we write: all chunks stored, so a missing one is an error."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """One image file as an array: a TIFF (any number of pages) or a PNG (a single slice)."""
+def read_image(path: str | Path, digests: dict[str, str] | None = None) -> np.ndarray:
+    """One image file as an array: a TIFF (any number of pages, BigTIFF, compressed) or a PNG
+    (a single slice; palette images as their grey values). The file is read once; with
+    ``digests`` its sha256 is recorded there under its path."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        return tifffile.imread(path)
-    if suffix == ".png":
-        with Image.open(path) as image:
-            return np.asarray(image)
-    raise ValueError(f"{path}: unsupported image format {suffix!r}; use TIFF or PNG")
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image format {suffix!r}; use TIFF or PNG")
+    data = path.read_bytes()
+    if digests is not None:
+        digests[str(path)] = hashlib.sha256(data).hexdigest()
+    try:
+        if suffix == ".png":
+            with Image.open(io.BytesIO(data)) as image:
+                array = _grey(image, path)
+        else:
+            array = tifffile.imread(io.BytesIO(data))
+    except Exception as err:  # tifffile and PIL raise many kinds for broken files
+        raise ValueError(f"{path}: cannot read this image ({err})") from err
+    if array.size == 0:
+        raise ValueError(f"{path}: cannot read this image (no image data in the file)")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f"{path}: contains NaN or infinite values; fill them before converting")
+    return array
+
+
+def _grey(image: Image.Image, path: Path) -> np.ndarray:
+    """A PNG's grey values; a palette image through its palette, which must be grey."""
+    if image.mode != "P":
+        return np.asarray(image)
+    palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
+    indices = np.asarray(image)
+    used = palette[np.unique(indices)]
+    if (used != used[:, :1]).any():
+        raise ValueError(f"{path}: a colour palette image; save it as a greyscale PNG")
+    return palette[:, 0][indices]
 
 
 def numeric_key(path: Path) -> tuple[int, str]:
@@ -54,17 +87,18 @@ def slice_files(folder: str | Path) -> list[Path]:
     return sorted(files, key=numeric_key)
 
 
-def read_stack(path: str | Path) -> np.ndarray:
-    """A (z, y, x) stack: a multi-page TIFF, or a folder of single-slice images in numeric order."""
+def read_stack(path: str | Path, digests: dict[str, str] | None = None) -> np.ndarray:
+    """A (z, y, x) stack: a multi-page TIFF, or a folder of single-slice images in numeric order
+    (``digests``: see :func:`read_image`)."""
     path = Path(path)
     if path.is_dir():
-        slices = [read_image(p) for p in slice_files(path)]
+        slices = [read_image(p, digests) for p in slice_files(path)]
         shapes = {s.shape for s in slices}
         if len(shapes) != 1:
             raise ValueError(f"{path}: slices differ in shape {sorted(shapes)}")
         stack = np.stack(slices)
     elif path.is_file():
-        stack = read_image(path)
+        stack = read_image(path, digests)
     else:
         raise FileNotFoundError(f"{path}: no such image file or folder")
     if stack.ndim == 2:
@@ -99,6 +133,7 @@ def create_array(
         fill_value=fill_value,
         attributes=dict(attrs or {}),
         overwrite=True,
+        config=STORE_EVERY_CHUNK,
     )
 
 
@@ -112,37 +147,121 @@ def write_array(
     return array
 
 
-def open_data(path: str | Path) -> zarr.Group:
-    """The dataset's Zarr group, read-only."""
+class CheckedArray:
+    """A read-only array of a dataset group whose reads name the chunk that cannot be decoded."""
+
+    def __init__(self, array: zarr.Array, where: str) -> None:
+        self.array, self.where = array, where
+        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+        self.ndim, self.attrs = array.ndim, array.attrs
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        try:
+            return self.array[selection]
+        except Exception as err:  # a codec's error names neither the array nor the chunk
+            raise ValueError(f"{self.where}: {self._bad_chunk(err)}") from err
+
+    def _bad_chunk(self, err: Exception) -> str:
+        for index in np.ndindex(*self.array.cdata_shape):
+            region = tuple(
+                slice(i * c, (i + 1) * c) for i, c in zip(index, self.chunks, strict=True)
+            )
+            try:
+                self.array[region]
+            except Exception as chunk_err:
+                key = self.array.metadata.encode_chunk_key(index)
+                return (
+                    f"chunk {key} cannot be decoded ({chunk_err}); the file is corrupt: "
+                    "rerun the stage that wrote this array"
+                )
+        return f"cannot be read ({err})"
+
+
+class DataGroup:
+    """A dataset's Zarr group, read-only: every array it hands out is complete (no chunk missing)
+    and reads through :class:`CheckedArray`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.store = path, str(path)
+        self.group = zarr.open_group(path, mode="r")
+        self.attrs = self.group.attrs
+        self._arrays: dict[str, CheckedArray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.group
+
+    def __getitem__(self, name: str) -> CheckedArray:
+        if name not in self._arrays:
+            if name not in self.group:
+                raise KeyError(f"{self.path} has no array {name!r}")
+            array = self.group[name]
+            where = f"{self.path}/{name}"
+            if array.nchunks_initialized < array.nchunks:
+                missing = next(
+                    array.metadata.encode_chunk_key(index)
+                    for index in np.ndindex(*array.cdata_shape)
+                    if not (self.path / name / array.metadata.encode_chunk_key(index)).exists()
+                )
+                lost = array.nchunks - array.nchunks_initialized
+                raise ValueError(
+                    f"{where}: chunk {missing} is missing ({lost} of {array.nchunks}): the "
+                    "array is incomplete; rerun the stage that writes it"
+                )
+            self._arrays[name] = CheckedArray(array, where)
+        return self._arrays[name]
+
+    def digest(self, names: Iterable[str]) -> str:
+        """sha256 of the stored content (metadata and every chunk's bytes) of arrays ``names``:
+        it changes whenever a value does, without decoding anything."""
+        digest = hashlib.sha256()
+        for name in names:
+            root = self.path / name
+            for file in sorted(p for p in root.rglob("*") if p.is_file()):
+                digest.update(str(file.relative_to(self.path)).encode())
+                digest.update(file.read_bytes())
+        return digest.hexdigest()
+
+
+def open_data(path: str | Path) -> DataGroup:
+    """The dataset's Zarr group, read-only (:class:`DataGroup`)."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: not a Zarr v3 group (run the synth or convert rule)")
-    return zarr.open_group(path, mode="r")
+    return DataGroup(path)
 
 
-def read_splits(data: str | Path | zarr.Group) -> dict[str, list[int]]:
+def read_splits(data: str | Path | DataGroup) -> dict[str, list[int]]:
     """Group attribute ``splits``: ``{"train": [...], "val": [...]}``, slice indices of ``raw``."""
-    group = data if isinstance(data, zarr.Group) else open_data(data)
+    group = data if isinstance(data, DataGroup) else open_data(data)
     splits = group.attrs.get("splits")
     if not isinstance(splits, dict) or "train" not in splits or "val" not in splits:
         raise ValueError(f"{group.store}: no group attribute 'splits' with 'train' and 'val'")
     return {"train": [int(i) for i in splits["train"]], "val": [int(i) for i in splits["val"]]}
 
 
-def make_splits(n_slices: int, val_slices: Sequence[int] = ()) -> dict[str, list[int]]:
-    """Training and validation slices: ``val_slices`` as given, or the last 20% when empty."""
-    if n_slices < 1:
-        raise ValueError("a dataset needs at least one labelled slice")
+def make_splits(
+    n_slices: int, val_slices: Sequence[int] = (), candidates: Sequence[int] | None = None
+) -> dict[str, list[int]]:
+    """Training and validation slices: ``val_slices`` as given, or the last 20% of the
+    ``candidates`` (default: all slices; e.g. only those with gold truth) when empty."""
+    if n_slices < 2:
+        raise ValueError(
+            f"a dataset needs at least 2 labelled slices (one to train on, one to validate "
+            f"and evaluate), got {n_slices}: add labelled slices"
+        )
     val = sorted({int(i) for i in val_slices})
     if not val:
-        n_val = max(1, round(0.2 * n_slices)) if n_slices > 1 else 0
-        val = list(range(n_slices - n_val, n_slices))
+        pool = sorted(candidates) if candidates is not None else list(range(n_slices))
+        val = pool[len(pool) - max(1, round(0.2 * len(pool))) :] if len(pool) > 1 else []
     bad = [i for i in val if not 0 <= i < n_slices]
     if bad:
         raise ValueError(f"val_slices {bad} out of range: the dataset has {n_slices} slices")
     train = [i for i in range(n_slices) if i not in set(val)]
-    if not train:
-        raise ValueError(f"val_slices {val} leave no training slice of {n_slices}")
+    if not train or not val:
+        raise ValueError(f"val_slices {val} leave no training or no validation slice of {n_slices}")
     return {"train": train, "val": val}
 
 
@@ -176,6 +295,20 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     _remove(old)
+
+
+def check_disjoint(output: str | Path, *inputs: str | Path) -> None:
+    """Refuse, before anything is written, an output that is, contains or lies inside an input:
+    writing it would delete or overwrite the input."""
+    out = Path(output).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if out == source or out in source.parents or source in out.parents:
+            relation = "is" if out == source else "contains" if out in source.parents else "lies in"
+            raise ValueError(
+                f"the output {output} {relation} the input {given}: writing it would destroy "
+                "the input; choose another output path"
+            )
 
 
 def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -19,3 +21,15 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         handlers=handlers,
         force=True,
     )
+
+
+@contextlib.contextmanager
+def logged(log_file: str | Path, what: str) -> Iterator[None]:
+    """Log to ``log_file`` (and stderr) while a rule's work runs; an exception is logged there
+    with its traceback before it propagates, so that a failed job's log says why."""
+    setup_logging(log_file)
+    try:
+        yield
+    except Exception:
+        logging.getLogger("unetpipe").exception("%s failed", what)
+        raise

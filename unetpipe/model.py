@@ -226,7 +226,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    blob = torch.load(path, map_location=device, weights_only=True)
-    model = UNet(**blob["config"])
-    model.load_state_dict(blob["state_dict"])
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several kinds (EOFError, RuntimeError, pickle's)
+        reason = str(err).splitlines()[0] if str(err) else "empty file"
+        raise ValueError(
+            f"{path}: not a readable unetpipe model ({type(err).__name__}: {reason}); export it "
+            "again (rule train, or unetpipe train)"
+        ) from None
+    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
+        raise ValueError(f"{path}: not a unetpipe model file (no config and state_dict)")
+    try:
+        model = UNet(**blob["config"])
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"{path}: its weights do not fit its model config ({err})") from None
     return model.to(device).eval(), blob.get("metadata", {})

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from skimage.filters import threshold_otsu
-from skimage.measure import label as connected_components
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetpipe.augment import resolve_params
+from unetpipe.config import result_settings, rule_params
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import atomic_path, open_data, read_splits
+from unetpipe.io import atomic_path, check_disjoint, open_data
 from unetpipe.losses import weighted_cross_entropy
-from unetpipe.metrics import pixel_error, v_rand
+from unetpipe.metrics import components, pixel_error, v_rand
 from unetpipe.model import UNet, save_model
 from unetpipe.predict import predict_image
+from unetpipe.report import curves_figure, read_log
+from unetpipe.splits import Split, resolve
 from unetpipe.tiles import IterationSampler, TileDataset
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def lr_factor(step: int, iterations: int, schedule: str, warmup: int) -> float:
 def threshold_baseline(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
     """Mean V_rand of a simple baseline: cells = connected components of ``image > Otsu``."""
     scores = [
-        v_rand(connected_components(image > threshold_otsu(image), connectivity=1), truth)
+        v_rand(components(image > threshold_otsu(image))[0], truth)
         for image, truth in zip(images, labels, strict=True)
     ]
     return float(np.mean(scores))
@@ -87,45 +89,11 @@ def validate(
     cells = [predict_image(model, image)[1] for image in images]
     model.train(was_training)
     vrand = [
-        v_rand(connected_components(p > CELL_THRESHOLD, connectivity=1), truth)
+        v_rand(components(p > CELL_THRESHOLD)[0], truth)
         for p, truth in zip(cells, labels, strict=True)
     ]
     error = pixel_error(np.stack(cells), np.stack(labels) > 0)
     return {"val_pixel_error": error, "val_vrand": float(np.mean(vrand))}
-
-
-def plot_curves(
-    rows: Sequence[dict[str, Any]], path: str | Path, baseline: float | None = None
-) -> None:
-    """Training loss, learning rate and validation scores against the iteration, as a PNG;
-    ``baseline`` is the V_rand of the thresholding baseline, drawn as a line."""
-    from matplotlib.figure import Figure
-
-    it = np.array([float(r["iteration"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
-    val = [r for r in rows if r.get("val_vrand") not in (None, "")]
-    fig = Figure(figsize=(13, 3.6), layout="tight")
-    axes = fig.subplots(1, 3)
-    axes[0].plot(it, loss, lw=0.5, alpha=0.4, label="per iteration")
-    if len(loss) >= 10:
-        window = max(len(loss) // 50, 5)
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        axes[0].plot(it[window - 1 :], smooth, label=f"mean of {window}")
-    axes[0].set(yscale="log", xlabel="iteration", title="loss (Eq. 1)")
-    axes[0].legend()
-    axes[1].plot(it, [float(r["lr"]) for r in rows])
-    axes[1].set(xlabel="iteration", title="learning rate")
-    if val:
-        v_it = [float(r["iteration"]) for r in val]
-        axes[2].plot(v_it, [float(r["val_vrand"]) for r in val], "o-", label="V_rand")
-        axes[2].plot(v_it, [float(r["val_pixel_error"]) for r in val], "s-", label="pixel error")
-    if baseline is not None:
-        axes[2].axhline(baseline, color="gray", ls="--", label="V_rand, Otsu threshold")
-    if val or baseline is not None:
-        axes[2].legend()
-    axes[2].set(xlabel="iteration", title="validation", ylim=(0, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def train(
@@ -136,16 +104,19 @@ def train(
     augment_cfg: dict[str, Any],
     bank: Sequence[str | Path] = (),
     threads: int | None = None,
+    split: Split | None = None,
 ) -> Path:
     """Train a U-Net on ``data`` and export ``run_dir/model.pt``; returns its path.
 
-    Also writes ``run_dir/train/log.csv`` and ``curves.png``; checkpoints live in
+    ``split`` names the training and validation slices (:func:`unetpipe.splits.resolve`; default
+    the group's). Also writes ``run_dir/train/log.csv`` and ``curves.png``; checkpoints live in
     ``run_dir/checkpoints``. With ``train.gpus > 1`` (and not already started by ``torchrun``)
     one process per GPU is launched with torch's elastic launcher (what ``torchrun`` runs) and
     trained with DistributedDataParallel; on a machine without GPUs they are CPU processes
     (gloo backend).
     """
     args = (str(data), str(run_dir), train_cfg, model_cfg, augment_cfg, [str(p) for p in bank])
+    check_disjoint(run_dir, data, *bank)
     gpus = int(train_cfg["gpus"])
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -161,9 +132,9 @@ def train(
             monitor_interval=0.25,
         )
         per_process = max(1, (threads or torch.get_num_threads()) // gpus)
-        elastic_launch(launch, _launched)(*args, per_process)
+        elastic_launch(launch, _launched)(*args, per_process, split)
     else:
-        _train(*args, threads)
+        _train(*args, threads, split)
     return Path(run_dir) / "model.pt"
 
 
@@ -221,12 +192,19 @@ def _save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
-    """Rows of the live log up to iteration ``upto`` (later ones are redone after a resume)."""
-    if upto == 0 or not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["iteration"]) <= upto]
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A training checkpoint (``last.pt``/``best.pt``); one clear error for a file that is empty,
+    truncated or not a unetpipe checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several kinds (EOFError, RuntimeError, pickle's)
+        raise ValueError(
+            f"{path}: not a readable unetpipe checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'empty'}); move it away to train afresh"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"model", "iteration", "fingerprint"} <= set(ckpt):
+        raise ValueError(f"{path}: not a unetpipe checkpoint; move it away to train afresh")
+    return ckpt
 
 
 def _write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -234,6 +212,10 @@ def _write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 class _Trainer:
@@ -257,7 +239,6 @@ class _Trainer:
         self.amp = None
         if cuda and cfg["amp"]:
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            torch.backends.cudnn.benchmark = True
         torch.manual_seed(cfg["seed"])  # the same initial weights in every process
         self.model = UNet(**model_cfg).to(device, memory_format=self.memory_format)
         torch.manual_seed(cfg["seed"] + rank)  # each process its own dropout masks
@@ -321,6 +302,75 @@ class _Trainer:
         _set_rng_state(ckpt["rng"], rank)
 
 
+@contextlib.contextmanager
+def _process_settings(threads: int | None, cuda: bool) -> Iterator[None]:
+    """torch's thread count and cuDNN autotuning for the run, put back as they were afterwards."""
+    before = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    if threads:
+        torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = cuda
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def _training_data(group: Any, split: Split) -> dict[str, float]:
+    """Check the group holds what training reads; the normalisation of its training slices."""
+    missing = [name for name in ("raw", "labels", "weights") if name not in group]
+    if missing:
+        raise ValueError(f"{group.store} lacks {missing}: run the data and weights rules first")
+    stats = dataset_statistics(group["raw"], split["train"])
+    if not all(math.isfinite(v) for v in stats.values()):
+        raise ValueError(
+            f"{group.store}/raw: the training slices hold NaN or infinite values ({stats}); "
+            "fill them and convert again"
+        )
+    return stats
+
+
+def _resume(
+    ckpt_dir: Path, fingerprint: str, device: torch.device, rank: int
+) -> dict[str, Any] | None:
+    """The last checkpoint of this run, or None: a checkpoint of another configuration or other
+    data is moved to ``superseded/`` (nothing is deleted) and the run starts afresh."""
+    last = ckpt_dir / "last.pt"
+    if not last.is_file():
+        return None
+    ckpt = load_checkpoint(last, device)
+    if ckpt["fingerprint"] == fingerprint:
+        log.info("resuming from %s at iteration %d", last, ckpt["iteration"])
+        return ckpt
+    if rank == 0:
+        old = ckpt_dir / "superseded"
+        old.mkdir(exist_ok=True)
+        for name in ("last.pt", "best.pt", "log.csv"):
+            if (ckpt_dir / name).is_file():
+                (ckpt_dir / name).replace(old / name)
+        log.warning(
+            "%s: the checkpoints were made with other settings or other data (their content "
+            "changed): moved to %s; training starts afresh",
+            ckpt_dir,
+            old,
+        )
+    return None
+
+
+class _Validation:
+    """The validation slices segmented whole by overlap-tile (Fig. 2) during training."""
+
+    def __init__(self, group: Any, slices: Sequence[int], stats: dict[str, float]) -> None:
+        self.images = [normalize(group["raw"][z], stats) for z in slices]
+        self.labels = [np.asarray(group["labels"][z]) for z in slices]
+
+    def baseline(self) -> float:
+        return threshold_baseline(self.images, self.labels)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        return validate(model, self.images, self.labels)
+
+
 def _train(
     data: str,
     run_dir: str,
@@ -329,83 +379,110 @@ def _train(
     augment_cfg: dict[str, Any],
     bank: list[str],
     threads: int | None,
+    split: Split | None,
 ) -> None:
     device, rank, world = _devices(cfg["device"])
-    if threads:
-        torch.set_num_threads(threads)
-    run = Path(run_dir)
-    ckpt_dir = run / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, live_log = (
-        ckpt_dir / "last.pt",
-        ckpt_dir / "best.pt",
-        ckpt_dir / "log.csv",
-    )
-    group = open_data(data)
-    missing = [name for name in ("raw", "labels", "weights") if name not in group]
-    if missing:
-        raise ValueError(f"{data} lacks {missing}: run the data and weights rules first")
-    splits = read_splits(group)
-    stats = dataset_statistics(group["raw"], splits["train"])
-    trainer = _Trainer(cfg, model_cfg, device, rank, world)
-    augment_cfg = resolve_params(augment_cfg)
-    tile = int(augment_cfg["tile"])
-    out_size = trainer.model.output_size(tile)
-    meta = {"tile": tile, "output_size": out_size, "normalization": stats}
-
-    meta["fingerprint"] = _fingerprint(group, cfg, trainer.model.config, augment_cfg, bank)
-    start, best, scores = 0, {"iteration": 0, "val_vrand": -1.0}, {}
-    ckpt = (
-        torch.load(last_path, map_location=device, weights_only=True)
-        if last_path.is_file()
-        else None
-    )
-    if ckpt is not None and ckpt.get("fingerprint") != meta["fingerprint"]:
-        if rank == 0:
-            _supersede(ckpt_dir, (last_path, best_path, live_log))
-        ckpt = None
-    if ckpt is not None:
-        trainer.restore(ckpt, rank)
-        start, best, scores = int(ckpt["iteration"]), ckpt["best"], ckpt["scores"]
-        log.info("resuming from %s at iteration %d", last_path, start)
-    iterations = int(cfg["iterations"])
-    loader = DataLoader(
-        TileDataset(
+    with _process_settings(threads, device.type == "cuda"):
+        run = Path(run_dir)
+        ckpt_dir = run / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        group = open_data(data)
+        split = split or resolve(group)
+        stats = _training_data(group, split)
+        trainer = _Trainer(cfg, model_cfg, device, rank, world)
+        augment_cfg = resolve_params(augment_cfg)
+        tile = int(augment_cfg["tile"])
+        meta = {
+            "tile": tile,
+            "output_size": trainer.model.output_size(tile),
+            "normalization": stats,
+            "split": split,
+            "fingerprint": _fingerprint(group, split, cfg, trainer.model.config, augment_cfg),
+        }
+        ckpt = _resume(ckpt_dir, meta["fingerprint"], device, rank)
+        state = {"start": 0, "best": {"iteration": 0, "val_vrand": -1.0}, "scores": {}}
+        if ckpt is not None:
+            trainer.restore(ckpt, rank)
+            state = {
+                "start": int(ckpt["iteration"]),
+                "best": ckpt["best"],
+                "scores": ckpt["scores"],
+            }
+        validation = _Validation(group, split["val"], stats)
+        if rank == 0 and validation.labels:
+            meta["baseline_vrand"] = validation.baseline()
+            log.info("validation V_rand of an Otsu threshold: %.4f", meta["baseline_vrand"])
+        dataset = TileDataset(
             data,
-            splits["train"],
+            split["train"],
             stats,
             tile,
-            out_size,
+            meta["output_size"],
             augment_cfg,
             cfg["seed"],
             cfg["data"],
             bank,
-        ),
-        batch_size=trainer.batch // world,
-        sampler=IterationSampler(start, iterations, trainer.batch, rank, world),
-        num_workers=cfg["workers"],
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # leaves the global RNG (dropout) alone
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=trainer.batch // world,
+            sampler=IterationSampler(state["start"], cfg["iterations"], trainer.batch, rank, world),
+            num_workers=cfg["workers"],
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # leaves the global RNG (dropout) alone
+        )
+        log.info(
+            "training %s (%d parameters) on %d slices, %d tile(s) of %d -> %d px per step, "
+            "%d process(es) on %s, iterations %d..%d",
+            trainer.model.config,
+            sum(p.numel() for p in trainer.model.parameters()),
+            len(split["train"]),
+            trainer.batch,
+            tile,
+            meta["output_size"],
+            world,
+            device,
+            state["start"],
+            cfg["iterations"],
+        )
+        rows = _fit(trainer, loader, validation, cfg, state, meta, ckpt_dir, rank, world)
+        if rank == 0:
+            best = ckpt_dir / "best.pt"
+            _export(
+                run, best if cfg["export"] == "best" and best.is_file() else ckpt_dir / "last.pt"
+            )
+            _write_log(run / "train" / "log.csv", rows)
+            curves_figure(rows, run / "train" / "curves.png", baseline=meta.get("baseline_vrand"))
+        if world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _fit(
+    trainer: _Trainer,
+    loader: DataLoader,
+    validation: _Validation,
+    cfg: dict[str, Any],
+    state: dict[str, Any],
+    meta: dict[str, Any],
+    ckpt_dir: Path,
+    rank: int,
+    world: int,
+) -> list[dict[str, Any]]:
+    """The optimisation loop from ``state["start"]``: a step per batch, validation every
+    ``val_every`` and checkpoints every ``checkpoint_every`` iterations (both at the end); the
+    live log ``ckpt_dir/log.csv`` grows by a row per iteration. Returns the log's rows.
+
+    A non-finite loss stops the run with an error naming the iteration, before anything of it is
+    saved: the last checkpoint stays the last finite state and nothing is exported."""
+    iterations, start, best, scores = (
+        cfg["iterations"],
+        state["start"],
+        state["best"],
+        state["scores"],
     )
-    val_images = [normalize(group["raw"][z], stats) for z in splits["val"]]
-    val_labels = [np.asarray(group["labels"][z]) for z in splits["val"]]
-    if rank == 0 and val_labels:
-        meta["baseline_vrand"] = threshold_baseline(val_images, val_labels)
-        log.info("validation V_rand of an Otsu threshold: %.4f", meta["baseline_vrand"])
-    log.info(
-        "training %s (%d parameters), %d tile(s) of %d -> %d px per step, %d process(es) on %s, "
-        "iterations %d..%d",
-        trainer.model.config,
-        sum(p.numel() for p in trainer.model.parameters()),
-        trainer.batch,
-        tile,
-        out_size,
-        world,
-        device,
-        start,
-        iterations,
-    )
-    rows = _read_log(live_log, start) if rank == 0 else []
+    live_log = ckpt_dir / "log.csv"
+    rows = [r for r in read_log(live_log) if int(r["iteration"]) <= start] if rank == 0 else []
     if rank == 0:
         _write_log(live_log, rows)
     began = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
@@ -418,15 +495,21 @@ def _train(
         tic = time.perf_counter()
         for iteration, batch in enumerate(loader, start + 1):
             loss, lr = trainer.step(*batch)
+            if not math.isfinite(loss):
+                raise RuntimeError(
+                    f"training diverged: the loss is {loss} at iteration {iteration} (learning "
+                    f"rate {lr:g}); lower train.lr or add train.warmup and rerun. Nothing was "
+                    f"exported; {ckpt_dir / 'last.pt'} keeps the last finite state"
+                )
             row: dict[str, Any] = {
                 "iteration": iteration,
                 "loss": f"{loss:.6g}",
                 "lr": f"{lr:.6g}",
                 "tiles_per_s": f"{trainer.batch / (time.perf_counter() - tic):.4g}",
             }
-            if val_labels and (iteration % cfg["val_every"] == 0 or iteration == iterations):
+            if validation.labels and (iteration % cfg["val_every"] == 0 or iteration == iterations):
                 if rank == 0:
-                    scores = validate(trainer.model, val_images, val_labels)
+                    scores = validation(trainer.model)
                     row.update({k: f"{v:.6g}" for k, v in scores.items()})
                     log.info(
                         "iteration %d: loss %.4f, validation pixel error %.4f, V_rand %.4f",
@@ -442,9 +525,9 @@ def _train(
                     dist.broadcast_object_list(shared)
                     best, scores = shared
                 if best["iteration"] == iteration:
-                    _checkpoint(trainer, best_path, rank, iteration, best, scores, meta)
+                    _checkpoint(trainer, ckpt_dir / "best.pt", rank, iteration, best, scores, meta)
             if iteration % cfg["checkpoint_every"] == 0 or iteration == iterations:
-                _checkpoint(trainer, last_path, rank, iteration, best, scores, meta)
+                _checkpoint(trainer, ckpt_dir / "last.pt", rank, iteration, best, scores, meta)
             if writer is not None:
                 row["seconds"] = f"{time.perf_counter() - began:.1f}"
                 writer.writerow(row)
@@ -454,46 +537,34 @@ def _train(
             bar.update()
             tic = time.perf_counter()
     bar.close()
-    if rank == 0:
-        _export(run, best_path if cfg["export"] == "best" and best_path.is_file() else last_path)
-        _write_log(run / "train" / "log.csv", rows)
-        plot_curves(rows, run / "train" / "curves.png", meta.get("baseline_vrand"))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    return rows
 
 
 def _fingerprint(
     group: Any,
+    split: Split,
     cfg: dict[str, Any],
     model_cfg: dict[str, Any],
     augment_cfg: dict[str, Any],
-    bank: Sequence[str],
 ) -> str:
-    """What a run's weights depend on: its settings, the data's and weight maps' provenance and
-    the bank's. A checkpoint resumes only a run with the same fingerprint."""
-    settings = {k: v for k, v in cfg.items() if k not in ("workers", "device")}
-    banks = [dict(open_data(path).attrs) for path in bank] if cfg["data"] == "bank" else []
+    """What a run's weights depend on: its result settings (not ``export``, which only picks the
+    state exported), the split, and the content of the arrays it reads (their stored bytes: any
+    change of a pixel, a label or a weight changes it). A checkpoint resumes only a run with the
+    same fingerprint; run settings (device, processes, workers, cadence) are not part of it."""
+    settings = rule_params("train", cfg)
+    del settings["export"]
+    augment = result_settings("augment", augment_cfg)
+    if cfg["data"] != "bank":  # the bank's size and sharding matter only when it is read
+        augment = {k: v for k, v in augment.items() if k not in ("bank_size", "shards")}
+    arrays = [name for name in ("raw", "labels", "weights", "mask") if name in group]
     recipe = {
         "train": settings,
         "model": model_cfg,
-        "augment": augment_cfg,
-        "data": dict(group.attrs),
-        "weights": dict(group["weights"].attrs),
-        "bank": banks,
+        "augment": augment,
+        "split": split,
+        "data": group.digest(arrays),
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _supersede(ckpt_dir: Path, paths: Sequence[Path]) -> None:
-    """Move checkpoints of another configuration or other data to ``superseded/``: a rerun after
-    a change starts afresh instead of resuming them, and nothing is deleted."""
-    old = ckpt_dir / "superseded"
-    old.mkdir(exist_ok=True)
-    for path in paths:
-        if path.is_file():
-            path.replace(old / path.name)
-    log.warning("%s: checkpoints of another configuration or data moved to %s", ckpt_dir, old)
 
 
 def _checkpoint(
@@ -505,18 +576,26 @@ def _checkpoint(
     scores: dict[str, float],
     meta: dict[str, Any],
 ) -> None:
-    """Gather the training state from every process; rank 0 writes it to ``path`` atomically."""
+    """Gather the training state from every process; rank 0 writes it to ``path`` atomically.
+    A state with non-finite weights is never saved."""
+    if not _finite(trainer.model):
+        raise RuntimeError(
+            f"training diverged: the weights are not finite at iteration {iteration}; lower "
+            "train.lr and rerun (nothing was saved or exported)"
+        )
     state = {**trainer.state(), "iteration": iteration, "best": best, "scores": scores, **meta}
     if rank == 0:
         _save(state, path)
 
 
 def _export(run: Path, checkpoint: Path) -> None:
-    """``run/model.pt``: a checkpoint's weights, model config, normalisation and scores."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    """``run/model.pt``: a checkpoint's weights, model config, normalisation, split and scores."""
+    ckpt = load_checkpoint(checkpoint)
     model = UNet(**ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
-    keep = ("normalization", "tile", "output_size", "iteration", "baseline_vrand")
+    if not _finite(model):
+        raise RuntimeError(f"{checkpoint}: the weights are not finite; not exported")
+    keep = ("normalization", "tile", "output_size", "iteration", "baseline_vrand", "split")
     metadata = {k: ckpt[k] for k in keep if k in ckpt}
     save_model(run / "model.pt", model, **metadata, **ckpt["scores"])
     log.info("exported %s from %s (iteration %d)", run / "model.pt", checkpoint, ckpt["iteration"])

@@ -24,8 +24,8 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from unetpipe.io import atomic_path, open_data
-from unetpipe.params import merge_params
+from unetpipe.config import section_params
+from unetpipe.io import STORE_EVERY_CHUNK, atomic_path, open_data
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,39 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def class_weight_map(labels: np.ndarray, class_weights: ClassWeights = "balanced") -> np.ndarray:
+def class_weight_map(
+    labels: np.ndarray, class_weights: ClassWeights = "balanced", known: np.ndarray | None = None
+) -> np.ndarray:
     """``w_c`` of Eq. 2 for the classes background (0) and cell (``labels > 0``), float32.
 
     ``"balanced"``: inverse class frequency, scaled so that its mean over the image is 1;
     ``None``: 1 everywhere; a mapping ``{class: weight}`` (keys 0 and 1, ints or strings).
+    ``known`` (boolean, default everywhere): the pixels the truth covers; the class frequencies
+    are counted there only, and the weight is 0 elsewhere (not taught, e.g. unlabelled cells).
     """
     cells = np.asarray(labels) > 0
+    known = np.ones(cells.shape, bool) if known is None else np.asarray(known, bool)
+    if known.shape != cells.shape:
+        raise ValueError(f"known {known.shape} and labels {cells.shape} differ in shape")
     if class_weights is None:
-        return np.ones(cells.shape, np.float32)
+        return known.astype(np.float32)
     if isinstance(class_weights, str):
         if class_weights != "balanced":
             raise ValueError(
                 f"class_weights must be balanced, None or a mapping: {class_weights!r}"
             )
-        counts = np.array([cells.size - np.count_nonzero(cells), np.count_nonzero(cells)])
+        total = np.count_nonzero(known)
+        counts = np.array(
+            [total - np.count_nonzero(cells & known), np.count_nonzero(cells & known)]
+        )
         present = np.count_nonzero(counts)
-        per_class = np.divide(cells.size, present * counts, out=np.zeros(2), where=counts > 0)
+        per_class = np.divide(total, present * counts, out=np.zeros(2), where=counts > 0)
     else:
         given = {int(k): float(v) for k, v in class_weights.items()}
         if set(given) != {0, 1}:
             raise ValueError(f"class_weights needs the classes 0 and 1, got {sorted(given)}")
         per_class = np.array([given[0], given[1]])
-    return per_class.astype(np.float32)[cells.astype(np.intp)]
+    return np.where(known, per_class.astype(np.float32)[cells.astype(np.intp)], np.float32(0))
 
 
 def border_margin(w0: float, sigma: float, tolerance: float) -> float:
@@ -111,12 +121,14 @@ def weight_map(
     *,
     tolerance: float = 1e-4,
     spacing: Sequence[float] | None = None,
+    known: np.ndarray | None = None,
 ) -> np.ndarray:
     """The weight map of Eq. 2 for a 2D (or, with distances in 3D, 3D) instance-label image.
 
     Returns float32 ``w_c + border``, the border term ``w0 exp(-(d1 + d2)^2 / (2 sigma^2))`` on
     background pixels (0 on cells and where there are fewer than two cells), exact to
-    ``tolerance * w0``. ``spacing`` is the pixel (voxel) size per axis, default 1.
+    ``tolerance * w0``. ``spacing`` is the pixel (voxel) size per axis, default 1. Where
+    ``known`` is False (pixels the truth does not cover) the weight is 0.
     """
     labels = _check_labels(labels)
     if w0 < 0 or sigma <= 0:
@@ -124,7 +136,7 @@ def weight_map(
     spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * labels.ndim
     if len(spacing) != labels.ndim or min(spacing) <= 0:
         raise ValueError(f"spacing must be {labels.ndim} positive numbers, got {spacing}")
-    weights = class_weight_map(labels, class_weights)
+    weights = class_weight_map(labels, class_weights, known)
     if labels.size and labels.max() > labels.size:
         # Sparse ids: renumber 1..n so that find_objects gives one box per cell.
         ids, packed = np.unique(labels, return_inverse=True)
@@ -133,7 +145,7 @@ def weight_map(
     if w0 == 0 or sum(box is not None for box in boxes) < 2:
         return weights
     d1, d2 = _two_nearest(labels, boxes, border_margin(w0, sigma, tolerance), spacing)
-    background = labels == 0
+    background = labels == 0 if known is None else (labels == 0) & np.asarray(known, bool)
     total = d1[background] + d2[background]
     weights[background] += (w0 * np.exp(-(total**2) / (2.0 * sigma**2))).astype(np.float32)
     return weights
@@ -172,22 +184,9 @@ def training_labels(group: Any, z: int) -> np.ndarray:
     return separate_instances(np.asarray(group["labels"][z]), gap)
 
 
-def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    defaults = {
-        "w0": 10.0,
-        "sigma": 5.0,
-        "class_weights": "balanced",
-        "separation_gap": 0,
-        "tolerance": 1e-4,
-        "mode": "2d",
-    }
-    merged = merge_params("weights", defaults, params)
-    if merged["mode"] not in ("2d", "3d"):
-        raise ValueError(f"weights mode must be '2d' or '3d', got {merged['mode']!r}")
-    return merged
-
-
-def _weights_of(labels: np.ndarray, params: dict[str, Any], spacing: tuple) -> np.ndarray:
+def _weights_of(
+    labels: np.ndarray, known: np.ndarray | None, params: dict[str, Any], spacing: tuple
+) -> np.ndarray:
     labels = separate_instances(labels, params["separation_gap"])
     return weight_map(
         labels,
@@ -196,6 +195,7 @@ def _weights_of(labels: np.ndarray, params: dict[str, Any], spacing: tuple) -> n
         params["class_weights"],
         tolerance=params["tolerance"],
         spacing=spacing,
+        known=known,
     )
 
 
@@ -203,11 +203,18 @@ def _write_block(
     data: str, target: str, start: int, stop: int, params: dict[str, Any], voxel: tuple
 ) -> None:
     """Weights of slices ``start:stop`` (whole z-chunks, so parallel writes never share a chunk)."""
-    labels = np.asarray(open_data(data)["labels"][start:stop])
+    group = open_data(data)
+    labels = np.asarray(group["labels"][start:stop])
+    known = np.asarray(group["mask"][start:stop]) > 0 if "mask" in group else None
     if params["mode"] == "3d":
-        weights = _weights_of(labels, params, voxel)
+        weights = _weights_of(labels, known, params, voxel)
     else:
-        weights = np.stack([_weights_of(image, params, voxel[1:]) for image in labels])
+        weights = np.stack(
+            [
+                _weights_of(image, None if known is None else known[i], params, voxel[1:])
+                for i, image in enumerate(labels)
+            ]
+        )
     zarr.open_array(target, mode="r+")[start:stop] = weights
 
 
@@ -223,7 +230,7 @@ def write_weights(
     renamed when complete; bad input (non-integer or negative labels, a shape unlike ``raw``'s)
     writes nothing.
     """
-    params = _params(params)
+    params = section_params("weights", params)
     group = open_data(data_zarr)
     if "labels" not in group:
         raise ValueError(f"{data_zarr} has no 'labels' array to compute weights from")
@@ -239,12 +246,22 @@ def write_weights(
     voxel = tuple(float(v) for v in group.attrs.get("voxel_size", (1.0, 1.0, 1.0)))
     depth = labels.shape[0] if params["mode"] == "3d" else labels.chunks[0]
     blocks = [(z, min(z + depth, labels.shape[0])) for z in range(0, labels.shape[0], depth)]
-    attrs = {**params, "voxel_size": list(voxel), "equation": "Ronneberger et al. 2015, Eq. 2"}
+    attrs = {
+        **params,
+        "voxel_size": list(voxel),
+        "ignored": "mask" in group,  # weight 0 where the group's mask says the truth is unknown
+        "equation": "Ronneberger et al. 2015, Eq. 2",
+    }
     if isinstance(params["class_weights"], Mapping):
         attrs["class_weights"] = {str(k): v for k, v in params["class_weights"].items()}
     with atomic_path(Path(data_zarr) / "weights") as tmp:
         zarr.create_array(
-            tmp, shape=labels.shape, chunks=labels.chunks, dtype="float32", attributes=attrs
+            tmp,
+            shape=labels.shape,
+            chunks=labels.chunks,
+            dtype="float32",
+            attributes=attrs,
+            config=STORE_EVERY_CHUNK,
         )
         jobs = [(str(data_zarr), str(tmp), start, stop, params, voxel) for start, stop in blocks]
         if threads <= 1 or len(jobs) == 1:

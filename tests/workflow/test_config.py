@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "unetpipe" / "config.schema.yaml").read_text())
 
 
 def config_doc():
@@ -50,7 +50,7 @@ def test_readme_rendering():
                 "description": "Section.",
                 "properties": {
                     "k": {"type": ["string", "null"], "default": None, "description": "A | b."},
-                    "e": {"enum": [1, 2], "default": 1, "description": "E."},
+                    "e": {"enum": [1, 2], "default": 1, "run_setting": True, "description": "E."},
                 },
             },
         }
@@ -68,10 +68,10 @@ def test_readme_rendering():
         "",
         "Section.",
         "",
-        "| key | type | default | description |",
-        "|---|---|---|---|",
-        "| `s.k` | string or null | `null` | A \\| b. |",
-        "| `s.e` | `1` \\| `2` | `1` | E. |",
+        "| key | type | default | reruns | description |",
+        "|---|---|---|---|---|",
+        "| `s.k` | string or null | `null` | yes | A \\| b. |",
+        "| `s.e` | `1` \\| `2` | `1` | no | E. |",
     ]
     with pytest.raises(ValueError, match="markers"):
         doc.updated("no markers", schema)

@@ -29,6 +29,7 @@ FAMILIES = {
     "segment": "evaluate",
     "evaluate": "evaluate",
     "report": "evaluate",
+    "crossval": "evaluate",
 }
 # Top-level import name -> conda-forge package.
 CONDA_NAME = {

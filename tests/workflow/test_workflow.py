@@ -41,7 +41,7 @@ def test_tiny_pipeline_beats_thresholding(tiny_run):
     assert (tiny_run / RUN / "model.pt").stat().st_size > 0
     assert list((tiny_run / RUN / "report").glob("*.png"))
     for rule in ("synth", "weights", "train", "predict", "evaluate", "report"):
-        assert list((tiny_run / "logs/tiny/benchmarks").glob(f"{rule}*.tsv")), rule
+        assert list((tiny_run / "logs/tiny").glob(f"**/benchmarks/{rule}*.tsv")), rule
     assert scheduled_rules(tiny_run) == set(), "a finished run has nothing left to do"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from unetpipe.datasets import REGISTRY, convert, download_dataset, provenance
+from unetpipe.config import defaults
+from unetpipe.datasets import REGISTRY, UNLABELLED, convert, download_dataset, provenance
 from unetpipe.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ def _convert(args: argparse.Namespace) -> int:
         val_slices=args.val_slices,
         voxel_size=args.voxel_size,
         provenance=provenance(args.source, args.url, args.sha256),
+        sequences=args.sequences,
+        silver_truth=args.silver_truth,
+        unlabelled=args.unlabelled,
     )
     return 0
 
@@ -47,24 +51,30 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, dataset: dict) -> None:
     parser.add_argument(
         "--val-slices",
         type=int,
         nargs="*",
-        default=[],
-        help="validation slices (default: the last 20%%)",
+        default=dataset["val_slices"],
+        help="validation slices (default: the last 20%%, of those with gold truth)",
     )
     parser.add_argument(
-        "--voxel-size", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("Z", "Y", "X")
+        "--voxel-size",
+        type=float,
+        nargs=3,
+        default=dataset["voxel_size"],
+        metavar=("Z", "Y", "X"),
+        help="voxel size recorded with the data (used by 3D weight maps)",
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    dataset, synth = defaults("dataset"), defaults("synth")
     p = subparsers.add_parser("download", help="download a dataset, sha256-verified, resumable")
-    p.add_argument("dataset", choices=sorted(REGISTRY))
+    p.add_argument("dataset", choices=sorted(REGISTRY), help="the registry entry")
     p.add_argument("--root", required=True, help="folder to download to (<root>/<dataset>.zip)")
-    p.add_argument("--url", help="download from this mirror instead")
+    p.add_argument("--url", help="download from this mirror (http or https) instead")
     p.add_argument("--sha256", help="expected sha256 instead of the registry's")
     p.set_defaults(func=_download)
 
@@ -75,19 +85,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="dataset name recorded in the group (default: source)")
     p.add_argument("--url", help="the URL the archive came from (recorded)")
     p.add_argument("--sha256", help="the expected sha256 (recorded)")
-    _common(p)
+    p.add_argument(
+        "--sequences",
+        nargs="*",
+        default=dataset["sequences"],
+        help="Cell Tracking Challenge: convert only these sequences (default: all)",
+    )
+    p.add_argument(
+        "--silver-truth",
+        action="store_true",
+        help="Cell Tracking Challenge: also the frames with silver truth only (<seq>_ST/SEG)",
+    )
+    p.add_argument(
+        "--unlabelled",
+        choices=UNLABELLED,
+        default=dataset["unlabelled"],
+        help="cells the gold truth leaves unlabelled (seen in the silver truth): ignored, or "
+        "background as the masks say",
+    )
+    _common(p, dataset)
     p.set_defaults(func=_convert)
 
     p = subparsers.add_parser("synth", help="write the built-in synthetic EM-like dataset")
     p.add_argument("out", help="the Zarr group to write, e.g. results/synthetic/data.zarr")
     p.add_argument("--name", default="synthetic", help="dataset name recorded in the group")
-    p.add_argument("--n-slices", type=int, default=12, help="labelled slices")
-    p.add_argument("--shape", type=int, nargs=2, default=[384, 384], metavar=("Y", "X"))
-    p.add_argument("--test-slices", type=int, default=2, help="slices of the test volume")
-    p.add_argument("--test-shape", type=int, nargs=2, default=[1024, 1024], metavar=("Y", "X"))
-    p.add_argument("--cell-size", type=float, default=40.0, help="mean cell diameter, pixels")
-    p.add_argument("--membrane-width", type=float, default=3.0, help="membrane thickness, pixels")
-    p.add_argument("--noise", type=float, default=0.08, help="noise std (intensities 0..1)")
-    p.add_argument("--seed", type=int, default=0)
-    _common(p)
+    p.add_argument("--n-slices", type=int, default=synth["n_slices"], help="labelled slices")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        default=synth["shape"],
+        metavar=("Y", "X"),
+        help="size of a labelled slice",
+    )
+    p.add_argument(
+        "--test-slices", type=int, default=synth["test_slices"], help="slices of the test volume"
+    )
+    p.add_argument(
+        "--test-shape",
+        type=int,
+        nargs=2,
+        default=synth["test_shape"],
+        metavar=("Y", "X"),
+        help="size of a test slice",
+    )
+    p.add_argument(
+        "--cell-size", type=float, default=synth["cell_size"], help="mean cell diameter, px"
+    )
+    p.add_argument(
+        "--membrane-width",
+        type=float,
+        default=synth["membrane_width"],
+        help="membrane thickness, px",
+    )
+    p.add_argument(
+        "--noise", type=float, default=synth["noise"], help="noise std (intensities 0..1)"
+    )
+    p.add_argument("--seed", type=int, default=synth["seed"], help="the data are a function of it")
+    _common(p, dataset)
     p.set_defaults(func=_synth)

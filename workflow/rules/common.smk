@@ -1,13 +1,28 @@
 # Paths and helpers shared by the rules. One dataset per configuration file.
+import re
 from pathlib import Path
+
+from unetpipe.config import rule_params
+from unetpipe.splits import fold_names
 
 DATASET = config["dataset"]["name"]
 RUN = config["run"]
 RESOURCES = f"resources/{DATASET}"
 RESULTS = f"results/{DATASET}"
 DATA = f"{RESULTS}/data.zarr"
-RUN_DIR = f"{RESULTS}/{RUN}"
 LOGS = f"logs/{DATASET}"
+# One run, results/<dataset>/<run>/, or one per cross-validation fold: <run>/<fold>/.
+FOLDS = fold_names(config["crossval"])
+RUNS = [f"{RUN}/{fold}" for fold in FOLDS] or [RUN]
+if FOLDS and config["train"]["data"] == "bank":
+    raise ValueError(
+        "crossval: the augmented bank holds tiles of one split's training slices; set "
+        "train.data: on_the_fly (and augment.bank_size: 0) for cross-validation"
+    )
+
+
+wildcard_constraints:
+    run="|".join(re.escape(run) for run in RUNS),
 
 
 def _sorted(value):
@@ -18,8 +33,16 @@ def _sorted(value):
 
 
 def section(name):
-    """A config section as a rule's params: changing it reruns that rule and what follows."""
-    return _sorted(config[name])
+    """The result settings of a config section as a rule's params: changing one reruns that
+    rule and what follows. Run settings (threads, devices, cadence ...) are not params; scripts
+    read them from snakemake.config (unetpipe.config.run_settings)."""
+    return _sorted(rule_params(name, config[name]))
+
+
+def split(wildcards):
+    """The fold of a run as params: {} for the group's own split, else crossval and fold."""
+    fold = wildcards.run[len(RUN) + 1 :]
+    return _sorted({"crossval": config["crossval"], "fold": fold} if fold else {})
 
 
 def rule_resources(rule_name, **defaults):
@@ -33,6 +56,20 @@ def rule_threads(rule_name, default):
     return config["resources"].get(rule_name, {}).get("threads", default)
 
 
+def local_files():
+    """Every data file of dataset.local_dir: convert's inputs, so that a file changed, added or
+    removed there reruns the conversion (a folder's own time does not change when a file in it
+    is overwritten)."""
+    root = Path(config["dataset"]["local_dir"])
+    if not root.is_dir():
+        raise ValueError(f"dataset.local_dir {root}: no such folder")
+    return sorted(
+        str(path)
+        for path in root.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.parts[-1:])
+    )
+
+
 def augment_shards():
     """The bank's shard folders (none when augment.bank_size is 0: training augments on the fly)."""
     if config["augment"]["bank_size"] == 0:
@@ -44,10 +81,11 @@ def augment_shards():
 
 
 def all_targets():
-    """What `snakemake` builds by default: every stage, ending with the report."""
-    return [
-        f"{DATA}/weights",
-        *augment_shards(),
-        f"{RUN_DIR}/metrics.json",
-        f"{RUN_DIR}/report",
-    ]
+    """What `snakemake` builds by default: every stage, ending with the report (and, with
+    cross-validation, the summary over the folds)."""
+    targets = [f"{DATA}/weights", *augment_shards()]
+    for run in RUNS:
+        targets += [f"{RESULTS}/{run}/metrics.json", f"{RESULTS}/{run}/report"]
+    if FOLDS:
+        targets += [f"{RESULTS}/{RUN}/crossval.json"]
+    return targets

@@ -51,9 +51,7 @@ else:
 
     rule convert:
         input:
-            config["dataset"]["local_dir"]
-            if SOURCE == "local"
-            else f"{RESOURCES}/{SOURCE}.zip",
+            local_files() if SOURCE == "local" else f"{RESOURCES}/{SOURCE}.zip",
         output:
             **DATA_OUTPUTS,
         log:

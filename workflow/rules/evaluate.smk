@@ -12,13 +12,13 @@ EVALUATED = [array for array in EVALUATED if array in config["predict"]["arrays"
 
 rule segment:
     input:
-        f"{RUN_DIR}/predictions/{{array}}.zarr",
+        f"{RESULTS}/{{run}}/predictions/{{array}}.zarr",
     output:
-        directory(f"{RUN_DIR}/segmentation/{{array}}.zarr"),
+        directory(f"{RESULTS}/{{run}}/segmentation/{{array}}.zarr"),
     log:
-        f"{LOGS}/segment_{{array}}.log",
+        f"{LOGS}/{{run}}/segment_{{array}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/segment_{{array}}.tsv"
+        f"{LOGS}/{{run}}/benchmarks/segment_{{array}}.tsv"
     conda:
         "../envs/evaluate.yaml"
     threads: rule_threads("segment", 2)
@@ -35,14 +35,18 @@ rule evaluate:
         group=f"{DATA}/zarr.json",
         raw=f"{DATA}/raw",
         labels=f"{DATA}/labels",
-        predictions=expand(f"{RUN_DIR}/predictions/{{array}}.zarr", array=EVALUATED),
-        segmentations=expand(f"{RUN_DIR}/segmentation/{{array}}.zarr", array=EVALUATED),
+        predictions=expand(
+            f"{RESULTS}/{{{{run}}}}/predictions/{{array}}.zarr", array=EVALUATED
+        ),
+        segmentations=expand(
+            f"{RESULTS}/{{{{run}}}}/segmentation/{{array}}.zarr", array=EVALUATED
+        ),
     output:
-        f"{RUN_DIR}/metrics.json",
+        f"{RESULTS}/{{run}}/metrics.json",
     log:
-        f"{LOGS}/evaluate.log",
+        f"{LOGS}/{{run}}/evaluate.log",
     benchmark:
-        f"{LOGS}/benchmarks/evaluate.tsv"
+        f"{LOGS}/{{run}}/benchmarks/evaluate.tsv"
     conda:
         "../envs/evaluate.yaml"
     resources:
@@ -50,33 +54,55 @@ rule evaluate:
     params:
         cfg=section("evaluate"),
         arrays=EVALUATED,
+        split=split,
     script:
         "../scripts/evaluate.py"
 
 
 rule report:
     input:
-        metrics=f"{RUN_DIR}/metrics.json",
+        metrics=f"{RESULTS}/{{run}}/metrics.json",
         group=f"{DATA}/zarr.json",
-        predictions=f"{RUN_DIR}/predictions/raw.zarr",
-        segmentation=f"{RUN_DIR}/segmentation/raw.zarr",
-        log=f"{RUN_DIR}/train/log.csv",
+        predictions=f"{RESULTS}/{{run}}/predictions/raw.zarr",
+        segmentation=f"{RESULTS}/{{run}}/segmentation/raw.zarr",
+        log=f"{RESULTS}/{{run}}/train/log.csv",
     output:
         report(
-            directory(f"{RUN_DIR}/report"),
+            directory(f"{RESULTS}/{{run}}/report"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Results",
         ),
     log:
-        f"{LOGS}/report.log",
+        f"{LOGS}/{{run}}/report.log",
     benchmark:
-        f"{LOGS}/benchmarks/report.tsv"
+        f"{LOGS}/{{run}}/benchmarks/report.tsv"
     conda:
         "../envs/evaluate.yaml"
     resources:
         **rule_resources("report", mem_mb=2000, runtime=10),
     params:
         cfg=section("report"),
+        split=split,
     script:
         "../scripts/report.py"
+
+
+rule crossval:
+    input:
+        expand(f"{RESULTS}/{{run}}/metrics.json", run=RUNS),
+    output:
+        json=f"{RESULTS}/{RUN}/crossval.json",
+        table=f"{RESULTS}/{RUN}/crossval.md",
+    log:
+        f"{LOGS}/{RUN}/crossval.log",
+    benchmark:
+        f"{LOGS}/{RUN}/benchmarks/crossval.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    resources:
+        **rule_resources("crossval", mem_mb=1000, runtime=10),
+    params:
+        folds=FOLDS,
+    script:
+        "../scripts/crossval.py"

@@ -5,14 +5,14 @@
 
 rule predict:
     input:
-        model=f"{RUN_DIR}/model.pt",
+        model=f"{RESULTS}/{{run}}/model.pt",
         group=f"{DATA}/zarr.json",
     output:
-        directory(f"{RUN_DIR}/predictions/{{array}}.zarr"),
+        directory(f"{RESULTS}/{{run}}/predictions/{{array}}.zarr"),
     log:
-        f"{LOGS}/predict_{{array}}.log",
+        f"{LOGS}/{{run}}/predict_{{array}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/predict_{{array}}.tsv"
+        f"{LOGS}/{{run}}/benchmarks/predict_{{array}}.tsv"
     wildcard_constraints:
         array="|".join(config["predict"]["arrays"]),
     conda:

@@ -1,5 +1,6 @@
 # Training (Section 3): the weighted loss of Eq. 1, SGD with momentum 0.99, checkpoints and resume.
-# checkpoints/ is not an output: it survives a failed or killed job, and the rerun resumes from it.
+# checkpoints/ is not an output: it survives a failed or killed job, and the rerun resumes from it
+# when the training's result settings and the content of its data are unchanged.
 
 
 rule train:
@@ -9,13 +10,13 @@ rule train:
         weights=f"{DATA}/weights",
         bank=augment_shards() if config["train"]["data"] == "bank" else [],
     output:
-        model=f"{RUN_DIR}/model.pt",
-        log=f"{RUN_DIR}/train/log.csv",
-        curves=f"{RUN_DIR}/train/curves.png",
+        model=f"{RESULTS}/{{run}}/model.pt",
+        log=f"{RESULTS}/{{run}}/train/log.csv",
+        curves=f"{RESULTS}/{{run}}/train/curves.png",
     log:
-        f"{LOGS}/train.log",
+        f"{LOGS}/{{run}}/train.log",
     benchmark:
-        f"{LOGS}/benchmarks/train.tsv"
+        f"{LOGS}/{{run}}/benchmarks/train.tsv"
     conda:
         "../envs/torch.yaml"
     threads: rule_threads("train", 2)
@@ -30,5 +31,6 @@ rule train:
         cfg=section("train"),
         model=section("model"),
         augment=section("augment"),
+        split=split,
     script:
         "../scripts/train.py"

@@ -3,18 +3,18 @@
 from pathlib import Path
 
 from unetpipe.augment import write_bank
-from unetpipe.log import setup_logging
+from unetpipe.log import logged
 from unetpipe.model import output_size
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-cfg, model = snakemake.params.cfg, snakemake.params.model
-write_bank(
-    Path(snakemake.input.group).parent,
-    snakemake.output[0],
-    shard=int(snakemake.wildcards.shard),
-    n_shards=cfg["shards"],
-    params=cfg,
-    input_size=cfg["tile"],
-    output_size=output_size(cfg["tile"], model["depth"], model["padding"]),
-)
+with logged(snakemake.log[0], "rule augment"):
+    cfg, model = snakemake.params.cfg, snakemake.params.model
+    write_bank(
+        Path(snakemake.input.group).parent,
+        snakemake.output[0],
+        shard=int(snakemake.wildcards.shard),
+        n_shards=cfg["shards"],
+        params=cfg,
+        input_size=cfg["tile"],
+        output_size=output_size(cfg["tile"], model["depth"], model["padding"]),
+    )

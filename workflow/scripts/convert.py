@@ -3,16 +3,19 @@
 from pathlib import Path
 
 from unetpipe.datasets import convert, provenance
-from unetpipe.log import setup_logging
+from unetpipe.log import logged
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-cfg = snakemake.params.cfg
-convert(
-    snakemake.input[0],
-    Path(snakemake.output.group).parent,
-    dataset=cfg["name"],
-    val_slices=cfg["val_slices"],
-    voxel_size=cfg["voxel_size"],
-    provenance=provenance(cfg["source"], cfg["url"], cfg["sha256"]),
-)
+with logged(snakemake.log[0], "rule convert"):
+    cfg = snakemake.params.cfg
+    convert(
+        cfg["local_dir"] if cfg["source"] == "local" else snakemake.input[0],
+        Path(snakemake.output.group).parent,
+        dataset=cfg["name"],
+        val_slices=cfg["val_slices"],
+        voxel_size=cfg["voxel_size"],
+        provenance=provenance(cfg["source"], cfg["url"], cfg["sha256"]),
+        sequences=cfg["sequences"],
+        silver_truth=cfg["silver_truth"],
+        unlabelled=cfg["unlabelled"],
+    )

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from unetpipe.datasets import download_dataset
-from unetpipe.log import setup_logging
+from unetpipe.log import logged
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-cfg = snakemake.params.cfg
-download_dataset(cfg["source"], Path(snakemake.output[0]).parent, cfg["url"], cfg["sha256"])
+with logged(snakemake.log[0], "rule download"):
+    cfg = snakemake.params.cfg
+    download_dataset(cfg["source"], Path(snakemake.output[0]).parent, cfg["url"], cfg["sha256"])

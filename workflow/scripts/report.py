@@ -2,17 +2,22 @@
 
 from pathlib import Path
 
-from unetpipe.log import setup_logging
+from unetpipe.io import open_data
+from unetpipe.log import logged
 from unetpipe.report import write_report
+from unetpipe.splits import resolve
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-write_report(
-    snakemake.input.metrics,
-    Path(snakemake.input.group).parent,
-    snakemake.input.predictions,
-    snakemake.input.segmentation,
-    snakemake.input.log,
-    snakemake.output[0],
-    snakemake.params.cfg,
-)
+with logged(snakemake.log[0], "rule report"):
+    data = Path(snakemake.input.group).parent
+    split = snakemake.params.split
+    write_report(
+        snakemake.input.metrics,
+        data,
+        snakemake.input.predictions,
+        snakemake.input.segmentation,
+        snakemake.input.log,
+        snakemake.output[0],
+        snakemake.params.cfg,
+        resolve(open_data(data), **split) if split else None,
+    )

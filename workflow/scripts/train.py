@@ -2,18 +2,24 @@
 
 from pathlib import Path
 
-from unetpipe.log import setup_logging
+from unetpipe.config import run_settings
+from unetpipe.io import open_data
+from unetpipe.log import logged
+from unetpipe.splits import resolve
 from unetpipe.train import train
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-bank = snakemake.input.bank  # one shard comes as a str, several or none as a list
-train(
-    Path(snakemake.input.raw).parent,
-    Path(snakemake.output.model).parent,
-    snakemake.params.cfg,
-    snakemake.params.model,
-    snakemake.params.augment,
-    bank=[bank] if isinstance(bank, str) else list(bank),
-    threads=snakemake.threads,
-)
+with logged(snakemake.log[0], "rule train"):
+    data = Path(snakemake.input.raw).parent
+    split = snakemake.params.split
+    bank = snakemake.input.bank  # one shard comes as a str, several or none as a list
+    train(
+        data,
+        Path(snakemake.output.model).parent,
+        {**snakemake.params.cfg, **run_settings("train", snakemake.config["train"])},
+        snakemake.params.model,
+        snakemake.params.augment,
+        bank=[bank] if isinstance(bank, str) else list(bank),
+        threads=snakemake.threads,
+        split=resolve(open_data(data), **split) if split else None,
+    )

@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
-from unetpipe.log import setup_logging
+from unetpipe.log import logged
 from unetpipe.weights import write_weights
 
 snakemake = globals()["snakemake"]
-setup_logging(snakemake.log[0])
-write_weights(Path(snakemake.input.group).parent, snakemake.params.cfg, threads=snakemake.threads)
+with logged(snakemake.log[0], "rule weights"):
+    write_weights(
+        Path(snakemake.input.group).parent, snakemake.params.cfg, threads=snakemake.threads
+    )

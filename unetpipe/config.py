@@ -1,0 +1,146 @@
+"""The configuration of a run (config/*.yaml): its schema, shipped inside the package, is the one
+source of every default, and it says which settings can change a result.
+
+A setting marked ``run_setting: true`` in the schema only says how fast, where or how often a stage
+works or reports (threads, workers, devices, schedulers, memory, batch sizes of inference,
+progress, checkpoint and validation cadence): it never reruns or restarts anything. Every other
+setting is a result setting: the workflow passes it to its rule as ``params``, so changing it
+reruns that stage and what follows, and training folds it into the fingerprint a checkpoint must
+match to be resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+SCHEMA_FILE = Path(__file__).with_name("config.schema.yaml")
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_FILE.read_text())
+
+
+def schema() -> dict[str, Any]:
+    """The configuration schema (a copy; JSON Schema 2020-12 with ``run_setting`` marks)."""
+    return copy.deepcopy(_schema())
+
+
+def _node(section: str) -> dict[str, Any]:
+    """The schema of a section or a dotted sub-section (``augment.elastic``)."""
+    node = _schema()
+    for part in section.split("."):
+        properties = node.get("properties", {})
+        if part not in properties:
+            raise ValueError(f"the configuration has no section {section!r}")
+        node = properties[part]
+    return node
+
+
+def _filling(validator_class: Any) -> Any:
+    """A validator that also fills in every missing key's ``default`` (as Snakemake's validate)."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator: Any, props: dict, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return validators.extend(validator_class, {"properties": properties})
+
+
+_Validator = _filling(Draft202012Validator)
+
+
+def _validated(
+    instance: dict[str, Any], node: dict[str, Any], where: str, section: str = ""
+) -> dict[str, Any]:
+    """``instance`` checked against ``node`` (defaults filled in); ``where`` names the file or
+    mapping in messages, ``section`` the dotted section ``node`` is the schema of."""
+    errors = sorted(_Validator(node).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return instance
+    error = errors[0]
+    path = ".".join([section, *map(str, error.absolute_path)]).strip(".")
+    if error.validator == "additionalProperties":  # a typo, most likely: name the known keys
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        raise ValueError(
+            f"{where}: unknown {path or 'top-level'} parameters {unknown}; known: {known}"
+        )
+    raise ValueError(f"{where}: {path + ': ' if path else ''}{error.message}")
+
+
+def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A configuration file (or mapping) validated against the schema, defaults filled in."""
+    where = "the configuration"
+    if isinstance(config, Mapping):
+        values = copy.deepcopy(dict(config))
+    elif config is None:
+        values = {}
+    else:
+        where = str(config)
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"{config}: no such configuration file")
+        values = yaml.safe_load(Path(config).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{config}: not a mapping of sections")
+    return _validated(values, _schema(), where)
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """Every default of a section (or a dotted sub-section), nested sections filled in."""
+    return section_params(section, None)
+
+
+def section_params(section: str, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``given`` (a section, possibly partial) over the section's defaults, validated: unknown
+    keys (typos) and values of the wrong type or range are a ValueError naming the key."""
+    values = copy.deepcopy(dict(given or {}))
+    return _validated(values, _node(section), f"{section} settings", section)
+
+
+def _split(section: str, values: Mapping[str, Any], run: bool) -> dict[str, Any]:
+    node = _node(section).get("properties", {})
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        sub = node.get(key, {})
+        if sub.get("run_setting", False):
+            if run:
+                out[key] = value
+        elif isinstance(value, Mapping) and "properties" in sub:
+            part = _split(f"{section}.{key}", value, run)
+            if part or not run:
+                out[key] = part
+        elif not run:
+            out[key] = value
+    return out
+
+
+def result_settings(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``values`` (a section) that can change what its stage writes."""
+    return _split(section, values, run=False)
+
+
+def run_settings(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``values`` (a section) marked ``run_setting``: how, not what."""
+    return _split(section, values, run=True)
+
+
+def rule_params(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """What a stage's outputs depend on, the ``params`` of its rule: the section's result
+    settings; for ``train`` with ``export: best`` also ``val_every``, which then picks the state
+    that is exported."""
+    params = result_settings(section, values)
+    if section == "train" and values.get("export") == "best":
+        params["val_every"] = values["val_every"]
+    return params

@@ -1,0 +1,68 @@
+"""Which labelled slices train a network and which score it: nothing is chosen on scored slices.
+
+A run uses the dataset group's own split (attribute ``splits``, from ``dataset.val_slices``) or
+one fold of a cross-validation (config section ``crossval``): ``k`` contiguous folds of the
+labelled slices (fold ``fold-<i>`` scores the i-th block), or, for the Cell Tracking Challenge,
+one sequence held out in turn (fold ``val-<sequence>``: trained on every labelled frame of the other
+sequences, scored on the gold-truth frames of this one, so that frames of one sequence, which
+look alike, never sit on both sides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from unetpipe.io import DataGroup, read_splits
+
+Split = dict[str, list[int]]
+
+
+def fold_names(crossval: Mapping[str, Any] | None) -> list[str]:
+    """The folds of a ``crossval`` section (``{"k": int, "sequences": [str]}``); [] when off."""
+    k, sequences = int((crossval or {}).get("k", 0)), list((crossval or {}).get("sequences", []))
+    if k and sequences:
+        raise ValueError("crossval: set either k (folds of slices) or sequences, not both")
+    if k == 1:
+        raise ValueError("crossval.k must be at least 2 (or 0: no cross-validation)")
+    if len(set(sequences)) != len(sequences):
+        raise ValueError(f"crossval.sequences lists a sequence twice: {sequences}")
+    return [f"fold-{i}" for i in range(1, k + 1)] if k else [f"val-{s}" for s in sequences]
+
+
+def gold(attrs: Mapping[str, Any], slices: Sequence[int]) -> list[int]:
+    """The slices among ``slices`` whose truth is gold (all of them for data without ``frames``):
+    the only ones measures and choices are made on when silver truth is trained on too."""
+    frames = attrs.get("frames")
+    if not frames:
+        return [int(z) for z in slices]
+    return [int(z) for z in slices if frames[z].get("truth", "gold") == "gold"]
+
+
+def resolve(
+    group: DataGroup, crossval: Mapping[str, Any] | None = None, fold: str | None = None
+) -> Split:
+    """The training and validation slices of ``fold`` (None: the group's own ``splits``)."""
+    if fold is None:
+        return read_splits(group)
+    names = fold_names(crossval)
+    if fold not in names:
+        raise ValueError(f"no fold {fold!r} in crossval {dict(crossval or {})}; folds: {names}")
+    attrs = group.attrs
+    n = group["labels"].shape[0]
+    if fold.startswith("fold-"):
+        blocks = np.array_split(np.arange(n), int(crossval["k"]))  # type: ignore[index]
+        held = blocks[int(fold[len("fold-") :]) - 1].tolist()
+    else:
+        sequence = fold[len("val-") :]
+        frames = attrs.get("frames") or []
+        sequences = sorted({str(f["sequence"]) for f in frames})
+        if sequence not in sequences:
+            raise ValueError(f"fold {fold}: the dataset has no sequence {sequence!r} {sequences}")
+        held = [i for i, f in enumerate(frames) if str(f["sequence"]) == sequence]
+    split = {"train": [i for i in range(n) if i not in set(held)], "val": gold(attrs, held)}
+    if not split["train"] or not split["val"]:
+        raise ValueError(f"fold {fold}: needs labelled slices outside it and gold ones inside it")
+    return split
