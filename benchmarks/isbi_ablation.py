@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from unetpipe.cli.train import load_config
+from unetpipe.config import load_config
 from unetpipe.datasets import convert
+from unetpipe.evaluate import evaluate_run
 from unetpipe.io import open_data, read_splits
 from unetpipe.predict import predict_zarr
-from unetpipe.report import evaluate_run
 from unetpipe.segment import segment_zarr
 from unetpipe.weights import write_weights
 

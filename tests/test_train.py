@@ -14,7 +14,7 @@ import torch
 import zarr
 
 from unetpipe.augment import open_bank, write_bank
-from unetpipe.cli.train import load_config
+from unetpipe.config import load_config
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import write_array
 from unetpipe.losses import weighted_cross_entropy
