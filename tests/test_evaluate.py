@@ -34,7 +34,14 @@ def test_metrics_json(evaluated_run):
     assert unet["pixel_error"] == pytest.approx(metrics.pixel_error(prob, truth))
     assert unet["v_rand"] == pytest.approx(metrics.isbi_scores(prob, truth)["v_rand"])
     assert unet["rand_error"] == pytest.approx(1 - unet["v_rand"])
-    for key in ("pixel_error", "rand_error"):
+    warping = metrics.warping_scores(prob, truth)
+    assert unet["warping_error"] == warping["warping_error"]
+    assert unet["warping_error_threshold"] == warping["warping_error_threshold"]
+    assert (unet["warping_splits"], unet["warping_mergers"]) == (
+        warping["warping_splits"],
+        warping["warping_mergers"],
+    )
+    for key in ("pixel_error", "rand_error", "warping_error"):
         assert unet[key] < val["baseline"][key]  # the network beats thresholding
     assert val["baseline"]["v_rand_threshold"] == report["baseline"]["threshold"]
     assert report["results"]["test"]["slices"] == [0, 1]
@@ -53,6 +60,8 @@ def test_thresholds_fixed_on_training_slices(evaluated_run):
     assert chosen["pixel_error"] == pytest.approx(grid[np.argmax(f1)])
     assert chosen["slice_v_rand"] == metrics.slice_v_rand(prob[:3], truth[:3])[1]
     assert chosen["v_rand"] == metrics.isbi_scores(prob[:3], truth[:3])["v_rand_threshold"]
+    warping = metrics.warping_scores(prob[:3], truth[:3])
+    assert chosen["warping_error"] == warping["warping_error_threshold"]
     unet = report["results"]["val"]["unet"]
     val_prob, val_truth = prob[3:5], truth[3:5]
     t = chosen["pixel_error"]
@@ -67,22 +76,30 @@ def test_thresholds_fixed_on_training_slices(evaluated_run):
     assert unet["slice_v_rand_t_train"] == pytest.approx(
         metrics.slice_v_rand(val_prob, val_truth, [t])[0]
     )
+    t = chosen["warping_error"]
+    assert (
+        unet["warping_error_t_train"]
+        == metrics.warping_error(val_prob, val_truth, t)["warping_error"]
+    )
     # a fixed threshold can only do as well as the best one on the scored slices
     for key in ("v_rand", "slice_v_rand"):
         assert unet[f"{key}_t_train"] <= unet[key] + 1e-12
-    assert unet["pixel_error_t_train"] >= unet["pixel_error"] - 1e-12
+    for key in ("pixel_error", "warping_error"):
+        assert unet[f"{key}_t_train"] >= unet[key] - 1e-12
     baseline = report["results"]["val"]["baseline"]
     assert baseline["v_rand_t_train"] == pytest.approx(baseline["v_rand"])  # one threshold
+    assert baseline["warping_error_t_train"] == baseline["warping_error"]
 
 
 def test_choose_thresholds_prefers_the_training_optimum():
     """Cells at 0.35 over a background of 0.25 on the training slices: only t = 0.3 separates
-    them there; slices whose background is 0.5 score worse at it than at their own best."""
+    them there (for the warping error, t >= 0.4 leaves no cell and is not scored); slices whose
+    background is 0.5 score worse at it than at their own best."""
     truth = np.zeros((2, 16, 16), np.uint32)
     truth[:, 2:7, 2:7], truth[:, 9:14, 9:14] = 1, 2
     prob = np.where(truth > 0, 0.35, 0.25)
     chosen = choose_thresholds(prob, truth, metrics.ISBI_THRESHOLDS.tolist(), False)
-    assert chosen == {"pixel_error": 0.3, "v_rand": 0.3, "slice_v_rand": 0.3}
+    assert chosen == {"pixel_error": 0.3, "v_rand": 0.3, "slice_v_rand": 0.3, "warping_error": 0.3}
     noisy = np.where(truth > 0, 0.75, 0.5)  # at t = 0.3 all is one component
     # both cells merged: split score 1, merge score 1/2, V_rand = 2/3
     assert metrics.slice_v_rand(noisy, truth, [chosen["slice_v_rand"]])[0] == pytest.approx(2 / 3)
@@ -115,6 +132,13 @@ def test_format_table_and_errors(evaluated_run, tmp_path):
         "paper",
         "u-net",
     ]
+    warping = next(line for line in table.splitlines() if line.startswith("warping error (split"))
+    results = report["results"]
+    scores = [
+        results[n][who]["warping_error"] for n in ("val", "test") for who in ("unet", "baseline")
+    ]
+    assert warping.split()[-5:] == [*(f"{v:.6f}" for v in scores), "0.000353"]
+    assert "not computed" not in table
     with pytest.raises(FileNotFoundError, match="evaluate"):
         summary(tmp_path)
     with pytest.raises(ValueError, match="unknown evaluate parameters"):

@@ -1,12 +1,18 @@
+import itertools
+
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from unetpipe import metrics
+from unetpipe.io import read_image
 from unetpipe.metrics import (
+    SIMPLE_POINT,
     foreground_iou,
     info_scores,
     isbi_scores,
+    neighbour_codes,
     pixel_error,
     pixel_fscores,
     rand_scores,
@@ -15,6 +21,8 @@ from unetpipe.metrics import (
     slice_v_rand,
     v_info,
     v_rand,
+    warping_error,
+    warping_scores,
 )
 
 
@@ -183,3 +191,194 @@ def test_bad_input():
         v_rand(np.ones(3, int), np.zeros(3, int))
     with pytest.raises(ValueError, match="no objects"):
         seg_score(np.ones(3, int), np.zeros(3, int))
+
+
+def test_simple_points_match_component_counts_on_all_256_neighbourhoods():
+    """Brute force: flipping the centre of a 3 x 3 patch keeps the number of 4-connected foreground
+    and of 8-connected background components of the patch, for both values of the centre."""
+    four, eight = ndimage.generate_binary_structure(2, 1), ndimage.generate_binary_structure(2, 2)
+
+    def counts(patch):
+        return ndimage.label(patch, four)[1], ndimage.label(~patch, eight)[1]
+
+    seen = set()
+    for ring in itertools.product([False, True], repeat=8):
+        patch = np.array([*ring[:4], False, *ring[4:]]).reshape(3, 3)
+        code = int(neighbour_codes(patch)[1, 1])
+        seen.add(code)
+        with_centre = patch.copy()
+        with_centre[1, 1] = True
+        assert SIMPLE_POINT[code] == (counts(patch) == counts(with_centre)), ring
+    assert len(seen) == 256 and SIMPLE_POINT.sum() == 116
+
+
+def fiji_warp(truth, target, priority):
+    """Fiji's simplePointWarp2d as written there: full passes over the differing pixels sorted by
+    decreasing priority (stable, column-major scan), until a pass flips nothing."""
+    image, target, priority = np.pad(truth, 1), np.pad(target, 1), np.pad(priority, 1)
+    while True:
+        wrong = [(y, x) for x in range(image.shape[1]) for y in range(image.shape[0])]
+        wrong = sorted((p for p in wrong if image[p] != target[p]), key=lambda p: -priority[p])
+        flips = 0
+        for y, x in wrong:
+            if SIMPLE_POINT[neighbour_codes(image[y - 1 : y + 2, x - 1 : x + 2])[1, 1]]:
+                image[y, x] = not image[y, x]
+                flips += 1
+        if flips == 0:
+            return image[1:-1, 1:-1]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_warping_queue_matches_fiji_full_passes(seed):
+    """The queue reproduces Fiji's pass order exactly (the order changes the result: ties
+    included by rounding the probabilities)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(6, 24, 2))
+    truth = ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.5
+    prob = ndimage.gaussian_filter(rng.random(shape), 1.0) + rng.normal(0, 0.1, shape)
+    prob = np.clip(np.round(prob * 8) / 8 if seed % 2 else prob, 0, 1).astype(np.float32)
+    target = prob.astype(np.float64) > 0.5
+    priority = np.abs(prob.astype(np.float64) - 0.5).astype(np.float32)
+    fast = metrics._warp_slice(truth, target, priority, np.ones(shape, bool))
+    np.testing.assert_array_equal(fast, fiji_warp(truth, target, priority))
+
+
+N = 43 * 43  # pixels of cells()
+ZERO = {name: 0 for name in metrics.TOPOLOGICAL_ERRORS}
+
+
+def topology(result):
+    """The nonzero pixel and error counts of a warping_error result."""
+    keys = [f"{name}_pixels" for name in ZERO] + [f"{name}s" for name in ZERO]
+    return {key: result[key] for key in keys if result[key]}
+
+
+def shifted(image, dy, dx):
+    """``image`` moved by (dy, dx), the edge rows/columns repeated where it leaves a gap."""
+    padded = np.pad(image, ((max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))), mode="edge")
+    return padded[
+        max(-dy, 0) : padded.shape[0] - max(dy, 0), max(-dx, 0) : padded.shape[1] - max(dx, 0)
+    ]
+
+
+@pytest.mark.parametrize("move", [(0, 1), (0, 2), (1, 0), (2, 2), (-2, 1)])
+def test_warping_ignores_shifted_boundaries(move):
+    truth = cells()
+    prob = shifted((truth > 0).astype(np.float32), *move)
+    assert np.count_nonzero((prob > 0.5) != (truth > 0)) >= 40  # the pixel error sees it
+    result = warping_error(prob, truth)
+    assert result["warping_error"] == 0.0 and result["mismatch_error"] == 0.0
+    assert topology(result) == {}
+    thinner = ndimage.binary_erosion(truth > 0, iterations=2)  # membranes 4 px wider
+    assert topology(warping_error(thinner, truth)) == {}
+
+
+def hand_cases():
+    """Each case: (prediction, what remains after warping cells() onto it), counted by hand."""
+    cell = (cells() > 0).astype(np.float32)
+    split, split2, merged, holed, removed, added = (cell.copy() for _ in range(6))
+    split[10, :20] = 0  # a 1-px membrane across cell 1: its last pixel cannot go
+    split2[10:12, :20] = 0  # 2 px thick: a 2-px bridge remains, one error
+    merged[5:10, 20:23] = 1  # a 5-px gap in the 3-px membrane of cells 1, 2: one column remains
+    holed[30:32, 30:32] = 0  # a 2 x 2 hole in cell 4: no pixel of it can go
+    removed[23:, :20] = 0  # cell 3 gone: it shrinks to one pixel
+    added[21, 21] = 1  # a 1-px object where the membranes cross
+    return {
+        "split": (split, {"split_pixels": 1, "splits": 1}),
+        "split2": (split2, {"split_pixels": 2, "splits": 1}),
+        "merger": (merged, {"merger_pixels": 5, "mergers": 1}),
+        "hole": (holed, {"hole_addition_pixels": 4, "hole_additions": 1}),
+        "removed": (removed, {"object_deletion_pixels": 1, "object_deletions": 1}),
+        "added": (added, {"object_addition_pixels": 1, "object_additions": 1}),
+    }
+
+
+@pytest.mark.parametrize("case", ["split", "split2", "merger", "hole", "removed", "added"])
+def test_warping_counts_topological_errors(case):
+    prob, expected = hand_cases()[case]
+    result = warping_error(prob, cells())
+    assert topology(result) == expected
+    moved = sum(v for k, v in expected.items() if k.endswith("_pixels"))
+    assert result["mismatch_error"] == moved / N
+    splits_and_mergers = expected.get("split_pixels", 0) + expected.get("merger_pixels", 0)
+    assert result["warping_error"] == splits_and_mergers / N  # holes and objects cost nothing
+    assert result["pixels"] == N
+    assert warping_error(prob.T, cells().T) == result  # the mirrored image: the same counts
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("split", {"merger_pixels": 20, "mergers": 1}),  # the whole line would join them
+        ("merger", {"split_pixels": 3, "splits": 1}),  # a 3-px row across the bridge
+        ("hole", {"hole_deletion_pixels": 1, "hole_deletions": 1}),
+        ("removed", {"object_addition_pixels": 400, "object_additions": 1}),
+        ("added", {"object_deletion_pixels": 1, "object_deletions": 1}),
+    ],
+)
+def test_warping_symmetric_cases_agree(case, expected):
+    """Ground truth and prediction swapped: the error changes class (split <-> merger, addition
+    <-> deletion) and keeps its count; the pixels differ, as warping is asymmetric (Jain et al.)."""
+    prob, forward = hand_cases()[case]
+    backward = topology(warping_error(cells() > 0, prob.astype(np.uint8)))
+    assert backward == expected
+    assert sorted(v for k, v in forward.items() if not k.endswith("_pixels")) == sorted(
+        v for k, v in backward.items() if not k.endswith("_pixels")
+    )
+
+
+def test_warping_pools_slices_and_limits_distance():
+    cases = hand_cases()
+    stack = np.stack([cases["split"][0], cases["merger"][0]])
+    result = warping_error(stack, np.stack([cells(), cells()]))
+    assert result["warping_error"] == (1 + 5) / (2 * N) and result["pixels"] == 2 * N
+    assert (result["splits"], result["mergers"]) == (1, 1)
+    # moved right by 1: cells 2 and 4 lose their first column (40 px) and 1, 3 gain one; the
+    # cells may not shrink when only background pixels may move
+    prob = shifted((cells() > 0).astype(np.float32), 0, 1)
+    assert warping_error(prob, cells(), mask_distance=1.0)["mismatch_error"] == 0.0
+    assert warping_error(prob, cells(), mask_distance=0.5)["mismatch_error"] == 40 / N
+
+
+def test_warping_scores_threshold_sweep():
+    truth = cells()
+    prob = (truth > 0).astype(np.float32)
+    prob[:20, 20:23] = 0.35  # a faint membrane between cells 1 and 2: merged below t = 0.4
+    faint = warping_scores(prob, truth, thresholds=[0.3])
+    # the membrane is 3 px wide: the cells grow across two columns, the third (20 px) remains
+    assert faint == {
+        "warping_error": 20 / N,
+        "warping_error_threshold": 0.3,
+        "warping_splits": 0,
+        "warping_mergers": 1,
+    }
+    assert warping_scores(prob, truth) == {
+        "warping_error": 0.0,
+        "warping_error_threshold": 0.4,  # the lowest of the best
+        "warping_splits": 0,
+        "warping_mergers": 0,
+    }
+    # t = 1.0 leaves no cell: every object deleted, no split or merger; it is left out
+    assert warping_error(prob, truth, threshold=1.0)["warping_error"] == 0.0
+    assert warping_scores(prob, truth, thresholds=[0.3, 1.0]) == faint
+    with pytest.raises(ValueError, match="no pixel"):
+        warping_scores(np.zeros_like(prob), truth)
+    with pytest.raises(ValueError, match="differ"):
+        warping_error(prob[:-1], truth)
+
+
+def test_warping_on_isbi_labels(isbi_dir):
+    """Real ground truth (slices 25-29, framed by 2 px of membrane so nothing leaves the image):
+    against itself and against itself moved by one pixel, the warping error is exactly 0, though
+    tens of thousands of pixels differ."""
+    folder = isbi_dir / "zhixuhao_unet/data/membrane/train/label"
+    truth = np.stack([read_image(folder / f"{z}.png") for z in range(25, 30)])
+    truth = np.pad(truth, ((0, 0), (2, 2), (2, 2)))
+    assert set(np.unique(truth)) == {0, 255}
+    same = warping_error(truth / 255.0, truth)
+    assert same["mismatch_error"] == 0.0 and topology(same) == {}
+    for move in [(1, 0), (0, -1)]:
+        moved = np.roll(truth, move, axis=(1, 2))
+        assert np.count_nonzero(moved != truth) > 50_000
+        result = warping_error(moved / 255.0, truth)
+        assert result["mismatch_error"] == 0.0 and topology(result) == {}

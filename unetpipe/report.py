@@ -20,7 +20,7 @@ import zarr
 from matplotlib.figure import Figure
 
 from unetpipe.config import section_params
-from unetpipe.evaluate import PAPER, ROWS, format_table
+from unetpipe.evaluate import PAPER, ROWS, format_table, format_value
 from unetpipe.io import atomic_path, open_data
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, resolve
@@ -96,11 +96,11 @@ def metrics_figure(report: dict[str, Any], path: Path, dpi: int) -> None:
         row, flags = [], []
         for entry in results.values():
             pair = [entry[who].get(key) for who in ("unet", "baseline")]
-            row += ["-" if v is None else f"{v:.4f}" for v in pair]
+            row += [format_value(key, v) for v in pair]
             better = None if None in pair else (min if lower else max)(pair)
             flags += [v is not None and v == better for v in pair]
         paper = PAPER["isbi2012"].get(key)
-        cells.append(row + ["-" if paper is None else f"{paper:.4f}"])
+        cells.append(row + [format_value(key, paper)])
         bold.append(flags + [False])
     fig = Figure(figsize=(2.2 + 1.3 * len(columns), 0.45 * len(ROWS) + 1.4), dpi=dpi)
     ax = fig.subplots()
