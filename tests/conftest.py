@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Iterator
@@ -35,12 +36,15 @@ def isbi_dir(shared_dir: Path) -> Path:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; honours ``Range: bytes=N-``; ``server.cut[path] = n`` sends only
-    n bytes of the next response and closes; ``server.fail[path] = k`` answers 503 k times."""
+    """Serves ``server.files`` with a strong ETag (its sha256); honours ``Range: bytes=N-`` and
+    ``If-Range`` (a range only of the same version, else the whole file); ``server.cut[path] = n``
+    sends only n bytes of the next response and closes; ``server.fail[path] = k`` answers 503 k
+    times; ``server.no_length`` drops the Content-Length header."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        server.if_range.append(self.headers.get("If-Range"))
         if server.fail.get(self.path, 0) > 0:
             server.fail[self.path] -= 1
             self.send_error(503)
@@ -49,15 +53,20 @@ class Handler(BaseHTTPRequestHandler):
         if data is None:
             self.send_error(404)
             return
+        etag = '"' + hashlib.sha256(data).hexdigest() + '"'
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match and self.headers.get("If-Range") not in (None, etag):
+            match = None  # another version: the whole file
         start = int(match[1]) if match else 0
         if start >= len(data) > 0 and match:
             self.send_error(416)
             return
         self.send_response(206 if match else 200)
+        self.send_header("ETag", etag)
         if match:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
+        if not server.no_length:
+            self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         self.wfile.write(data[start : start + server.cut.pop(self.path, len(data))])
 
@@ -70,7 +79,8 @@ def server() -> Iterator[ThreadingHTTPServer]:
     """A local HTTP server on 127.0.0.1 serving ``server.files`` (path -> bytes) at ``server.url``;
     ``server.requests`` lists the (path, Range header) of every request."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.files, httpd.cut, httpd.fail, httpd.requests = {}, {}, {}, []
+    httpd.files, httpd.cut, httpd.fail, httpd.requests, httpd.if_range = {}, {}, {}, [], []
+    httpd.no_length = False
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()

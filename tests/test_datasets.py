@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import stat
 import zipfile
@@ -115,6 +116,57 @@ def test_interrupted_transfer_resumes_with_range(server, isbi, tmp_path):
     download(f"{server.url}/isbi.zip", dest, sha(data), retries=0, progress=False)
     assert dest.read_bytes() == data and not (tmp_path / "isbi2012.zip.part").exists()
     assert server.requests == [("/isbi.zip", None), ("/isbi.zip", "bytes=1000-")]
+    assert server.if_range == [None, f'"{sha(data)}"']  # resumed only if the file is unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["isbi2012.zip"]
+
+
+def test_a_part_that_cannot_be_resumed_is_fetched_afresh(server, isbi, tmp_path):
+    """A leftover .part of unknown origin, one longer than the file (416), and one of a file
+    that changed since (another ETag) never end up spliced or renamed into the download."""
+    data = isbi[1]
+    server.files["/isbi.zip"] = data
+    dest, part = tmp_path / "isbi2012.zip", tmp_path / "isbi2012.zip.part"
+    part.write_bytes(b"x" * 300)  # no record of which file it is a piece of
+    download(f"{server.url}/isbi.zip", dest, sha(data), progress=False)
+    assert dest.read_bytes() == data and server.requests[-1] == ("/isbi.zip", None)
+    dest.unlink()
+    for first in (data + b"trailing garbage", b"an older version of the file" * 40):
+        server.files["/isbi.zip"], server.cut["/isbi.zip"] = first, len(first) - 5
+        with pytest.raises(RuntimeError, match="run again to resume"):
+            download(f"{server.url}/isbi.zip", dest, None, retries=0, progress=False)
+        server.files["/isbi.zip"] = data  # now the server has another, shorter version
+        if first.startswith(data):
+            part.write_bytes(first)  # longer than the file now served: HTTP 416
+        download(f"{server.url}/isbi.zip", dest, None, retries=0, progress=False)
+        assert dest.read_bytes() == data
+        assert not part.exists() and not (tmp_path / "isbi2012.zip.part.json").exists()
+        dest.unlink()
+    # A part of this very version, but longer than it (a server-side truncation): HTTP 416.
+    part.write_bytes(data + b"junk")
+    info = {"url": f"{server.url}/isbi.zip", "validator": f'"{sha(data)}"', "total": len(data)}
+    (tmp_path / "isbi2012.zip.part.json").write_text(json.dumps(info))
+    download(f"{server.url}/isbi.zip", dest, None, retries=0, progress=False)
+    assert dest.read_bytes() == data
+    assert server.requests[-2:] == [("/isbi.zip", f"bytes={len(data) + 4}-"), ("/isbi.zip", None)]
+
+
+def test_without_a_checksum_the_length_must_be_met_and_the_sum_is_recorded(server, isbi, tmp_path):
+    data = isbi[1]
+    server.files["/isbi.zip"] = data
+    dest = tmp_path / "isbi2012.zip"
+    server.cut["/isbi.zip"] = 100
+    with pytest.raises(RuntimeError, match="after 1 attempts"):
+        download(f"{server.url}/isbi.zip", dest, None, retries=0, progress=False)
+    assert not dest.exists()
+    download(f"{server.url}/isbi.zip", dest, None, retries=0, progress=False)
+    assert (tmp_path / "isbi2012.zip.sha256").read_text().split()[0] == sha(data)
+    dest.write_bytes(data[:-1])  # truncated later: the recorded sum catches it
+    requests = len(server.requests)
+    assert download(f"{server.url}/isbi.zip", dest, None, progress=False) == sha(data)
+    assert dest.read_bytes() == data and len(server.requests) == requests + 1
+    for url in ("file:///etc/passwd", "ftp://host/x.zip"):
+        with pytest.raises(ValueError, match="only http and https"):
+            download(url, tmp_path / "y.zip", progress=False)
 
 
 def test_transient_errors_are_retried(server, isbi, tmp_path):

@@ -176,9 +176,14 @@ t.train(args["data"], args["run"], *args["sections"], threads=1)
 """
 
 
-def run_child(data: Path, run: Path, kill_at: int = 0) -> int:
+def run_child(data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 10) -> int:
     config = sections(
-        iterations=30, val_every=30, checkpoint_every=10, workers=1, optimizer="sgd", lr=0.01
+        iterations=30,
+        val_every=30,
+        checkpoint_every=checkpoint_every,
+        workers=1,
+        optimizer="sgd",
+        lr=0.01,
     )
     config[1]["dropout"] = 0.5  # resumed dropout masks must match too
     args = {"data": str(data), "run": str(run), "sections": config, "kill_at": kill_at}
@@ -278,3 +283,96 @@ def test_bank_tiles_must_match_the_network(data, tmp_path):
         TileDataset(data, [0, 1], stats, 60, 44, augment, 0, mode="bank", bank=[shard])
     with pytest.raises(ValueError, match="no bank shards"):
         TileDataset(data, [0, 1], stats, TILE, 28, augment, 0, mode="bank")
+
+
+def test_a_diverging_run_stops_naming_the_step_and_exports_nothing(data, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"diverged: the loss is nan at iteration \d+.*train.lr"):
+        train(data, run, *sections(iterations=6, checkpoint_every=1, lr=1e6))
+    assert not (run / "model.pt").exists()
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in last["model"].values())  # the last finite state
+
+
+def test_non_finite_training_images_are_refused(data, tmp_path):
+    bad = tmp_path / "data.zarr"
+    shutil.copytree(data, bad)
+    raw = zarr.open_array(bad / "raw", mode="r")[:].astype(np.float32)
+    raw[0, 3, 4] = np.inf
+    group = zarr.open_group(bad, mode="a")
+    write_array(group, "raw", raw)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        train(bad, tmp_path / "run", *sections(iterations=1))
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_checkpoint_and_model_files_that_are_not_ours_are_one_clear_error(data, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for content in (b"", b"garbage", b"PK\x03\x04 truncated zip"):
+        (run / "checkpoints" / "last.pt").write_bytes(content)
+        with pytest.raises(ValueError, match=r"last.pt: not a readable unetpipe checkpoint"):
+            train(data, run, *sections(iterations=1))
+        (tmp_path / "model.pt").write_bytes(content)
+        with pytest.raises(ValueError, match=r"model.pt: not a readable unetpipe model"):
+            load_model(tmp_path / "model.pt")
+    torch.save({"anything": torch.zeros(1)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="not a unetpipe model file"):
+        load_model(tmp_path / "model.pt")
+
+
+def test_changed_data_content_starts_afresh(data, trained, tmp_path):
+    """Labels changed in place (same metadata, same attributes): the old checkpoint is moved
+    aside and the run trains anew from iteration 0."""
+    run, other = tmp_path / "run", tmp_path / "data.zarr"
+    shutil.copytree(trained, run)
+    shutil.copytree(data, other)
+    settings = sections(iterations=8, val_every=4, checkpoint_every=4)  # those of `trained`
+    labels = zarr.open_array(other / "labels", mode="r+")
+    labels[1, :8, :8] = 0
+    train(other, run, *settings)
+    assert (run / "checkpoints" / "superseded" / "last.pt").is_file()
+    assert [row["iteration"] for row in read_log(run)][0] == "1"
+
+
+def test_run_settings_resume_and_export_re_exports_without_training(data, trained, tmp_path):
+    """Cadence, workers and device do not restart a finished run; `export` only picks another
+    checkpoint: nothing is trained again."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "checkpoints" / "log.csv").read_text()
+    cadence = sections(iterations=8, val_every=3, checkpoint_every=5, workers=1, gpus=1)
+    cadence[0]["export"] = "best"  # `trained` uses val_every 4: with export best it counts
+    cadence[0]["val_every"] = 4
+    train(data, run, *cadence)
+    assert not (run / "checkpoints" / "superseded").exists()
+    assert (run / "checkpoints" / "log.csv").read_text() == before
+    last = sections(iterations=8, val_every=5, checkpoint_every=4, export="last")
+    train(data, run, *last)  # export last: the validation cadence does not matter
+    assert not (run / "checkpoints" / "superseded").exists()
+    assert (run / "checkpoints" / "log.csv").read_text() == before
+    assert load_model(run / "model.pt")[1]["iteration"] == 8
+    best = sections(iterations=8, val_every=5, checkpoint_every=4, export="best")
+    train(data, run, *best)  # export best at another cadence: another state would be best
+    assert (run / "checkpoints" / "superseded" / "last.pt").is_file()
+
+
+def test_changing_the_checkpoint_cadence_mid_run_resumes_to_the_same_weights(data, tmp_path):
+    """Killed at iteration 25 with checkpoints every 10, resumed with checkpoints every 7: the
+    same final weights as an uninterrupted run (CPU)."""
+    assert run_child(data, tmp_path / "straight") == 0
+    assert run_child(data, tmp_path / "killed", kill_at=25) == -signal.SIGKILL
+    assert run_child(data, tmp_path / "killed", checkpoint_every=7) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert b["iteration"] == 30
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-6)
+
+
+def test_library_calls_leave_process_settings_as_they_were(data, tmp_path):
+    threads = torch.get_num_threads()
+    benchmark = torch.backends.cudnn.benchmark
+    train(data, tmp_path / "run", *sections(iterations=1), threads=threads + 1)
+    assert torch.get_num_threads() == threads
+    assert torch.backends.cudnn.benchmark == benchmark

@@ -10,12 +10,14 @@ contract (DEVELOPERS.md) under a temporary name and renames it when complete.
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import re
 import stat
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Sequence
@@ -94,23 +96,58 @@ def provenance(source: str, url: str | None = None, sha256: str | None = None) -
     return {"url": entry.url, "expected_sha256": entry.sha256}
 
 
+def _validator(headers: Any) -> str | None:
+    """What identifies this version of the remote file for ``If-Range``: a strong ETag, else the
+    Last-Modified date (a weak ETag may not be used for ranges)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _start_afresh(part: Path, why: str) -> None:
+    for path in (part, _part_info(part)):
+        path.unlink(missing_ok=True)
+    log.info("%s: %s; downloading from the start", part, why)
+
+
+def _part_info(part: Path) -> Path:
+    """Beside ``<name>.part``: the URL and the validator of the file the part is a piece of."""
+    return part.with_name(part.name + ".json")
+
+
 def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> None:
-    """Append the rest of ``url`` to ``part``, asking for the missing bytes with a Range header."""
+    """Append the rest of ``url`` to ``part``, asking for the missing bytes with a Range header.
+
+    A part is resumed only when it is known to be a piece of this very file: same URL and a
+    validator (ETag or Last-Modified) sent as ``If-Range``, so that a server holding a newer
+    version sends it whole. A part of unknown origin, one the server cannot extend (416) or one
+    longer than the file is discarded and the file fetched from the start.
+    """
+    info = json.loads(_part_info(part).read_text()) if _part_info(part).is_file() else {}
+    if part.exists() and not (info.get("url") == url and info.get("validator")):
+        _start_afresh(part, "a partial download of unknown origin")
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    headers = {"Range": f"bytes={offset}-", "If-Range": info["validator"]} if offset else {}
     try:
-        request = urllib.request.Request(url, headers=headers)
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
     except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # nothing left to send: the part is complete
-            return
-        raise
+        if err.code != 416 or not offset:
+            raise
+        _start_afresh(part, "the server cannot extend the partial download (HTTP 416)")
+        return _fetch(url, part, timeout, chunk_size, progress)
     with response:
-        if offset and response.status != 206:
-            log.info("%s: server ignored the Range request; starting over", url)
+        resumed = offset and response.status == 206
+        if offset and not resumed:
+            log.info("%s: the server sent the whole file (changed, or no ranges)", url)
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
+        if not offset:
+            info = {"url": url, "validator": _validator(response.headers), "total": total}
+            _part_info(part).write_text(json.dumps(info))
         with (
             open(part, "ab" if offset else "wb") as f,
             tqdm(
@@ -125,9 +162,12 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
             while chunk := response.read(chunk_size):
                 f.write(chunk)
                 bar.update(len(chunk))
-    if total is not None and part.stat().st_size < total:
-        got = part.stat().st_size
+    got = part.stat().st_size
+    if total is not None and got < total:
         raise ConnectionError(f"{url}: connection closed after {got} of {total} bytes")
+    if total is not None and got > total:
+        _start_afresh(part, f"{got} bytes where the file has {total}")
+        raise ConnectionError(f"{url}: the partial download was longer than the file")
 
 
 def download(
@@ -140,21 +180,30 @@ def download(
     chunk_size: int = 1 << 20,
     progress: bool = True,
 ) -> str:
-    """Download ``url`` to ``dest``, verified against ``sha256``; return the file's sha256.
+    """Download ``url`` (http or https) to ``dest``, verified against ``sha256``; return the
+    file's sha256.
 
-    Bytes go to ``dest.part``, which survives a failure so the next call resumes it. Transient
-    errors (connection, timeout, HTTP 5xx/429) are retried ``retries`` times after
-    ``backoff * 2**attempt`` seconds. ``dest`` appears only when complete and verified; with
-    ``sha256=None`` the sum is logged as a warning instead (the ISBI mirror publishes none).
+    Bytes go to ``dest.part``, which survives a failure so the next call resumes it (see
+    :func:`_fetch`). Transient errors (connection, timeout, HTTP 5xx/429) are retried ``retries``
+    times after ``backoff * 2**attempt`` seconds. ``dest`` appears only when complete and
+    verified. With ``sha256=None`` (the ISBI mirror publishes none) the length the server
+    announced must be met, and the sum seen is recorded in ``dest.sha256``: later calls verify
+    ``dest`` against it.
     """
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{url}: only http and https URLs can be downloaded, not {scheme!r}")
     dest = Path(dest)
+    recorded = dest.with_name(dest.name + ".sha256")
     expected = sha256.lower() if sha256 else None
     if dest.exists():
         actual = sha256sum(dest)
-        if expected in (None, actual):
+        known = expected or (recorded.read_text().split()[0] if recorded.is_file() else None)
+        if known in (None, actual):
             log.info("%s already present (sha256 %s)", dest, actual)
             return actual
-        log.warning("%s has sha256 %s, expected %s: downloading again", dest, actual, expected)
+        log.warning("%s has sha256 %s, expected %s: downloading again", dest, actual, known)
+        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     log.info("downloading %s to %s", url, dest)
@@ -183,15 +232,21 @@ def download(
         time.sleep(delay)
     actual = sha256sum(part)
     if expected is None:
-        log.warning("%s: no published checksum; recorded sha256 %s", url, actual)
+        if json.loads(_part_info(part).read_text()).get("total") is None:
+            log.warning("%s: the server announced no length: completeness not checked", url)
+        log.warning("%s: no published checksum; recorded sha256 %s in %s", url, actual, recorded)
     elif actual != expected:
         part.unlink()
+        _part_info(part).unlink(missing_ok=True)
         raise ValueError(
             f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}. If the provider "
             f"repackaged the file and you trust it, pass --sha256 {actual} (or set config "
             "dataset.sha256)"
         )
     part.rename(dest)
+    _part_info(part).unlink(missing_ok=True)
+    if expected is None:
+        recorded.write_text(f"{actual}  {dest.name}\n")
     log.info("%s: sha256 %s%s", dest, actual, " verified" if expected else "")
     return actual
 

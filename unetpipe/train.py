@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetpipe.augment import resolve_params
-from unetpipe.config import result_settings, rule_params
+from unetpipe.config import result_settings
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, check_disjoint, open_data
 from unetpipe.losses import weighted_cross_entropy
@@ -331,15 +331,17 @@ def _training_data(group: Any, split: Split) -> dict[str, float]:
 
 
 def _resume(
-    ckpt_dir: Path, fingerprint: str, device: torch.device, rank: int
+    ckpt_dir: Path, meta: dict[str, Any], export: str, device: torch.device, rank: int
 ) -> dict[str, Any] | None:
     """The last checkpoint of this run, or None: a checkpoint of another configuration or other
-    data is moved to ``superseded/`` (nothing is deleted) and the run starts afresh."""
+    data is moved to ``superseded/`` (nothing is deleted) and the run starts afresh; so is one
+    validated at another cadence when ``export`` is ``best`` (the cadence picks that state)."""
     last = ckpt_dir / "last.pt"
     if not last.is_file():
         return None
     ckpt = load_checkpoint(last, device)
-    if ckpt["fingerprint"] == fingerprint:
+    same = ckpt["fingerprint"] == meta["fingerprint"]
+    if same and (export != "best" or ckpt.get("val_every") == meta["val_every"]):
         log.info("resuming from %s at iteration %d", last, ckpt["iteration"])
         return ckpt
     if rank == 0:
@@ -348,11 +350,14 @@ def _resume(
         for name in ("last.pt", "best.pt", "log.csv"):
             if (ckpt_dir / name).is_file():
                 (ckpt_dir / name).replace(old / name)
+        why = (
+            f"validated every {ckpt.get('val_every')} iterations, and export: best picks the "
+            "state by the validation cadence"
+            if same
+            else "made with other settings or other data (their content changed)"
+        )
         log.warning(
-            "%s: the checkpoints were made with other settings or other data (their content "
-            "changed): moved to %s; training starts afresh",
-            ckpt_dir,
-            old,
+            "%s: the checkpoints were %s: moved to %s; training starts afresh", ckpt_dir, why, old
         )
     return None
 
@@ -397,9 +402,10 @@ def _train(
             "output_size": trainer.model.output_size(tile),
             "normalization": stats,
             "split": split,
+            "val_every": cfg["val_every"],
             "fingerprint": _fingerprint(group, split, cfg, trainer.model.config, augment_cfg),
         }
-        ckpt = _resume(ckpt_dir, meta["fingerprint"], device, rank)
+        ckpt = _resume(ckpt_dir, meta, cfg["export"], device, rank)
         state = {"start": 0, "best": {"iteration": 0, "val_vrand": -1.0}, "scores": {}}
         if ckpt is not None:
             trainer.restore(ckpt, rank)
@@ -547,11 +553,11 @@ def _fingerprint(
     model_cfg: dict[str, Any],
     augment_cfg: dict[str, Any],
 ) -> str:
-    """What a run's weights depend on: its result settings (not ``export``, which only picks the
-    state exported), the split, and the content of the arrays it reads (their stored bytes: any
-    change of a pixel, a label or a weight changes it). A checkpoint resumes only a run with the
-    same fingerprint; run settings (device, processes, workers, cadence) are not part of it."""
-    settings = rule_params("train", cfg)
+    """What a run's weights depend on: its result settings (not ``export`` and ``val_every``, which
+    only pick the state exported), the split, and the content of the arrays it reads (their stored
+    bytes: any change of a pixel, a label or a weight changes it). A checkpoint resumes only a run
+    with the same fingerprint; run settings (device, processes, workers, cadence) are not in it."""
+    settings = result_settings("train", cfg)
     del settings["export"]
     augment = result_settings("augment", augment_cfg)
     if cfg["data"] != "bank":  # the bank's size and sharding matter only when it is read
