@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 import threading
@@ -158,3 +159,13 @@ def evaluated_run(tmp_path_factory):
         tmp / "data.zarr", predictions, segmentations, tmp / "metrics.json", {"thinning": True}
     )
     return tmp, data, report
+
+
+def cli_options(parser: argparse.ArgumentParser):
+    """(name, argparse action) of every option and argument of every sub-command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {opt}", a) for opt, a in cli_options(sub))
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            yield "/".join(action.option_strings) or action.dest, action

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
 from unetpipe.augment import (
-    DEFAULT_PARAMS,
     augment_sample,
     open_bank,
     resolve_params,
@@ -19,7 +17,6 @@ from unetpipe.augment import (
 )
 from unetpipe.intensity import dataset_statistics, normalize
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 PARTS = ("elastic", "rotation", "shift", "flip", "gray")
 
 
@@ -186,17 +183,6 @@ def test_bad_input():
         resolve_params({"elastic": {"alpha": 1}})
     with pytest.raises(ValueError, match="non-negative"):
         sample_rng(-1, 0)
-
-
-def schema_defaults(node: dict):
-    if node.get("type") == "object" and "properties" in node:
-        return {k: schema_defaults(v) for k, v in node["properties"].items()}
-    return node["default"]
-
-
-def test_defaults_match_the_config_schema():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    assert schema_defaults(schema["properties"]["augment"]) == DEFAULT_PARAMS
 
 
 def make_group(path: Path) -> Path:

@@ -24,7 +24,7 @@ import zarr
 
 from unetpipe.config import defaults, section_params
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import atomic_path, create_array, open_data, read_splits
+from unetpipe.io import atomic_path, check_disjoint, create_array, open_data, read_splits
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,7 @@ def write_bank(
     renamed when complete.
     """
     params = resolve_params(params)
+    check_disjoint(out_path, data_zarr_path)
     group = open_data(data_zarr_path)
     missing = [name for name in ("raw", "labels", "weights") if name not in group]
     if missing:

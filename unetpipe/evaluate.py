@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from unetpipe import metrics
 from unetpipe.config import section_params
-from unetpipe.io import CheckedArray, atomic_path, open_data
+from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, gold, resolve
 
@@ -212,6 +212,7 @@ def evaluate_run(
     (:func:`choose_thresholds`) and every set scored at them. ``cfg`` = the evaluate section;
     ``split`` = the run's training and validation slices (default: the group's ``splits``)."""
     params = section_params("evaluate", cfg)
+    check_disjoint(output, data, *predictions.values(), *segmentations.values())
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
     split = split or resolve(group)

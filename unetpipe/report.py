@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from unetpipe.config import section_params
 from unetpipe.evaluate import PAPER, ROWS, format_table, format_value
-from unetpipe.io import atomic_path, open_data
+from unetpipe.io import atomic_path, check_disjoint, open_data
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, resolve
 
@@ -192,6 +192,7 @@ def write_report(
     validation slices (of ``split``, default the group's), and ``summary.txt`` (the table of
     :func:`unetpipe.evaluate.format_table`)."""
     params = section_params("report", cfg)
+    check_disjoint(output, metrics_json, data, predictions, segmentation, train_log)
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
     pred = zarr.open_array(str(predictions), mode="r")

@@ -105,3 +105,34 @@ def test_every_config_builds_its_dag(config, tmp_path):
         config = tmp_path / config.name
         config.write_text(yaml.safe_dump(values, sort_keys=False))
     assert "report" in scheduled_rules(tmp_path, configfile=config)
+
+
+def test_a_file_changed_in_local_dir_reruns_the_conversion(tmp_path):
+    """Overwriting a file inside dataset.local_dir (the folder's own time does not change) or
+    adding one reruns convert; an untouched folder reruns nothing."""
+    import numpy as np
+    import tifffile
+
+    local = tmp_path / "isbi"
+    local.mkdir()
+    rng = np.random.default_rng(0)
+    labels = np.full((3, 32, 32), 255, np.uint8)
+    labels[:, 15, :] = 0
+    raw = rng.integers(0, 255, (3, 32, 32), np.uint8)
+    tifffile.imwrite(local / "train-volume.tif", raw, photometric="minisblack")
+    tifffile.imwrite(local / "train-labels.tif", labels, photometric="minisblack")
+    config = yaml.safe_load(TINY.read_text())
+    config["dataset"] = {"name": "local", "source": "local", "local_dir": str(local)}
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    target = "results/local/data.zarr/zarr.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    check(snakemake(work, target, "--cores", "1", configfile=path))
+    assert scheduled_rules(work, target, configfile=path) == set()
+    labels[1, :, 20] = 0  # the same file name, new content, written later
+    tifffile.imwrite(local / "train-labels.tif", labels, photometric="minisblack")
+    assert scheduled_rules(work, target, configfile=path) == {"convert"}
+    check(snakemake(work, target, "--cores", "1", configfile=path))
+    tifffile.imwrite(local / "test-volume.tif", np.zeros((1, 32, 32), np.uint8))
+    assert scheduled_rules(work, target, configfile=path) == {"convert"}

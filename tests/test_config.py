@@ -1,0 +1,129 @@
+"""The configuration (unetpipe.config): the schema inside the package is the one source of the
+defaults of the workflow, the command line and the library; typos are refused everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unetpipe import augment, config, datasets, predict, synthetic, weights
+from unetpipe.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_schema_ships_in_the_package_and_the_workflow_reads_that_file():
+    assert config.SCHEMA_FILE.parent == REPO / "unetpipe"
+    link = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    assert link.resolve() == config.SCHEMA_FILE.resolve()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert "config.schema.yaml" in pyproject  # package data of the wheel
+
+
+def test_defaults_nest_and_copies_do_not_leak():
+    elastic = config.defaults("augment")["elastic"]
+    assert (
+        elastic
+        == config.defaults("augment.elastic")
+        == {
+            "enabled": True,
+            "grid": 3,
+            "sigma": 10.0,
+        }
+    )
+    elastic["grid"] = 99
+    assert config.defaults("augment")["elastic"]["grid"] == 3
+    assert augment.DEFAULT_PARAMS == config.defaults("augment")
+
+
+def test_typos_and_bad_values_are_refused_with_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model parameters \['depht'\]; known: \['depth'"):
+        config.section_params("model", {"depht": 3})
+    with pytest.raises(ValueError, match=r"unknown augment.elastic parameters \['alpha'\]"):
+        augment.resolve_params({"elastic": {"alpha": 1}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"depht": 3}}))
+    with pytest.raises(ValueError, match=rf"{path}: unknown model parameters"):
+        config.load_config(path)
+    path.write_text(yaml.safe_dump({"train": {"lr": -1}}))
+    with pytest.raises(ValueError, match=r"train.lr: -1 is less than or equal to the minimum"):
+        config.load_config(path)
+    with pytest.raises(FileNotFoundError, match="no such configuration file"):
+        config.load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="no section"):
+        config.defaults("nosuch")
+
+
+def test_run_and_result_settings_split_every_section():
+    full = config.load_config(None)
+    for section, values in full.items():
+        if not isinstance(values, dict) or section == "resources":
+            continue
+        run, result = config.run_settings(section, values), config.result_settings(section, values)
+        assert set(run) | set(result) == set(values), section
+        for key in set(run) & set(result):  # only a nested section can have both kinds
+            assert isinstance(values[key], dict), (section, key)
+    assert set(config.run_settings("train", full["train"])) == {
+        "val_every",
+        "checkpoint_every",
+        "device",
+        "gpus",
+        "workers",
+    }
+    assert set(config.result_settings("predict", full["predict"])) == {
+        "arrays",
+        "mirror",
+        "tta",
+        "dtype",
+    }
+
+
+def _parameters(function) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(function).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+@pytest.mark.parametrize(
+    "function, section, names",
+    [
+        (weights.weight_map, "weights", ["w0", "sigma", "class_weights", "tolerance"]),
+        (synthetic.write_synthetic, "synth", ["cell_size", "membrane_width", "noise", "seed"]),
+        (datasets.convert, "dataset", ["val_slices", "voxel_size"]),
+        (
+            predict.predict_zarr,
+            "predict",
+            ["tile", "block", "batch_size", "memory_gb", "mirror", "tta", "dtype", "device"],
+        ),
+        (predict.predict_zarr, "predict", ["scheduler", "n_workers", "threads_per_worker"]),
+        (predict.predict_zarr, "predict", ["address", "progress"]),
+    ],
+)
+def test_signature_defaults_are_the_schemas(function, section, names):
+    """Public functions keep defaults in their signatures (their interface): the schema's."""
+    given, schema = _parameters(function), config.defaults(section)
+    for name in names:
+        expected = schema[name]
+        value = given[name]
+        assert (list(value) if isinstance(value, tuple) else value) == expected, name
+
+
+def test_cli_defaults_are_the_schemas():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    checks = {
+        "weights": ("weights", ["w0", "sigma", "separation_gap", "tolerance", "mode"]),
+        "synth": ("synth", ["n_slices", "shape", "test_slices", "cell_size", "noise", "seed"]),
+        "convert": ("dataset", ["sequences", "unlabelled", "val_slices", "voxel_size"]),
+    }
+    for command, (section, names) in checks.items():
+        defaults = config.defaults(section)
+        actions = {a.dest: a for a in commands.choices[command]._actions}
+        for name in names:
+            assert actions[name].default == defaults[name], (command, name)
