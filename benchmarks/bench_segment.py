@@ -27,22 +27,24 @@ from scipy import ndimage
 
 from unetpipe.datasets import binary_to_instances
 from unetpipe.io import open_data, read_splits, read_stack
-from unetpipe.report import score_instances
 from unetpipe.segment import (
     DEFAULTS,
     cell_probability,
+    score,
     segment_volume,
     segment_zarr,
     tune_segmentation,
 )
 
 ISBI_LABELS = (
-    Path(__file__).resolve().parents[1] / ".." / "shared/data/isbi2012/reconstructed/train-labels.tif"
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared/data/isbi2012/reconstructed/train-labels.tif"
 )
 METHODS = {  # the method's settings besides its tuned grid
     "components": {"method": "components"},
     "watershed": {"method": "watershed", "relief": "distance"},
-    "agglomerate": {"method": "agglomerate", "relief": "probability", "mask": False},
+    "agglomerate": {"method": "agglomerate"},  # relief distance, no mask (EM)
 }
 
 
@@ -121,11 +123,11 @@ def main() -> None:
         start = time.perf_counter()
         labels = segment_volume(prob[scored], **chosen)
         took = time.perf_counter() - start
-        scores = score_instances(labels, truth[scored])
+        v_rand, seg = (score(labels, truth[scored], m) for m in ("v_rand", "seg"))
         grid = {k: chosen[k] for k in table[0] if k != args.measure}
         print(
-            f"{name:12s} {scores['instances_v_rand']:7.4f} {scores['seg']:6.4f} "
-            f"{scores['instances']:7d} {tuned:7.1f} {took:9.2f}  {grid} "
+            f"{name:12s} {v_rand:7.4f} {seg:6.4f} {int(labels.max()):7d} {tuned:7.1f} "
+            f"{took:9.2f}  {grid} "
             f"(train {args.measure} {max(r[args.measure] for r in table):.4f}, {len(table)} rows)"
         )
         chosen_all[name] = chosen

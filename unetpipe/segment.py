@@ -57,15 +57,11 @@ DEFAULTS = {
 TUNE_DEFAULTS = {"enabled": False, "measure": "v_rand", "grid": {}}
 GRIDS = {  # the tuner's default grids, per method (every value a list)
     "components": {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_size": [0, 16, 64]},
-    "watershed": {
-        "threshold": [0.4, 0.5, 0.6],
-        "min_distance": [3, 5, 7, 10],
-        "min_size": [0, 16, 64],
-    },
+    "watershed": {"threshold": [0.4, 0.5, 0.6], "min_distance": [5, 10], "min_size": [0, 16, 64]},
     "agglomerate": {
         "sigma": [1.0, 2.0],
-        "merge_threshold": np.round(np.arange(0.2, 0.81, 0.05), 2).tolist(),
-        "min_size": [0, 16, 64],
+        "merge_threshold": np.round(np.arange(0.3, 0.81, 0.05), 2).tolist(),
+        "min_size": [0, 64],
     },
 }
 _AFTER = ("merge_threshold", "min_size")  # parameters applied after the (costly) labelling
@@ -246,7 +242,7 @@ def tune_segmentation(
     measure: str = "v_rand",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Post-processing fixed on training slices: every combination of ``grid`` (parameter ->
-    values; the method's :data:`GRIDS` for the keys it does not give) over the ``cfg`` segment
+    values; empty or None: the method's :data:`GRIDS`) over the ``cfg`` segment
     parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth``; the first
     best wins. Returns the chosen parameters and the table of scores (one row per combination).
     Only the given arrays are read: pass the training slices, never the scored ones.
@@ -257,7 +253,7 @@ def tune_segmentation(
     base = {k: v for k, v in merge_params("segment", DEFAULTS, cfg).items() if k not in _RUN}
     _check(base)
     method = base["method"]
-    grid = {**GRIDS[method], **(grid or {})}
+    grid = dict(grid or GRIDS[method])
     unknown = set(grid) - set(base)
     if unknown:
         raise ValueError(f"unknown segment parameters {sorted(unknown)} in the tuning grid")
