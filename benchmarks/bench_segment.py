@@ -4,11 +4,11 @@ parameters fixed on the training slices (unetpipe.segment.tune_segmentation), sc
 With a prediction Zarr (classes, z, y, x) and the dataset's Zarr group, the slices are the group's
 splits unless given. Without a prediction, a stand-in cell-probability map is made from the real
 ISBI 2012 labels (../shared/data/isbi2012, or the group's labels): the membranes with gaps
-(disks of cell on the membrane, which join cells), dark specks inside the cells (which split
-them), Gaussian blur and noise, quantised to uint8 like a prediction. Prints instance V_rand and
-SEG on the scored slices, the chosen parameters, the timings, the time of the agglomeration on one
-512 x 512 slice, and checks that the block-wise (Dask, Zarr) agglomeration equals the in-memory
-one on the scored slices.
+(which join cells), dark specks and organelle-like rings inside the cells (which split them),
+Gaussian blur and noise, quantised to uint8 like a prediction (:func:`stand_in`). Prints instance
+V_rand and SEG on the scored slices, the chosen parameters, the timings, the time of the
+agglomeration on one 512 x 512 slice, and checks that the block-wise (Dask, Zarr) agglomeration
+equals the in-memory one on the scored slices.
 
     python benchmarks/bench_segment.py                                  # stand-in, 0-24 / 25-29
     python benchmarks/bench_segment.py --predictions RUN/predictions/raw.zarr --data data.zarr
@@ -29,6 +29,7 @@ from unetpipe.datasets import binary_to_instances
 from unetpipe.io import open_data, read_splits, read_stack
 from unetpipe.segment import (
     DEFAULTS,
+    GRIDS,
     cell_probability,
     score,
     segment_volume,
@@ -41,28 +42,39 @@ ISBI_LABELS = (
     / ".."
     / "shared/data/isbi2012/reconstructed/train-labels.tif"
 )
-METHODS = {  # the method's settings besides its tuned grid
-    "components": {"method": "components"},
-    "watershed": {"method": "watershed", "relief": "distance"},
-    "agglomerate": {"method": "agglomerate"},  # relief distance, no mask (EM)
+METHODS = {  # name: (the method's settings, its tuning grid; None = the method's default)
+    "components": ({"method": "components"}, None),
+    "watershed": ({"method": "watershed", "relief": "distance"}, None),
+    "agglomerate": ({"method": "agglomerate"}, None),  # relief distance, no mask (EM)
+    "agglomerate-mask": (  # background = probability <= threshold, as for cells
+        {"method": "agglomerate", "mask": True},
+        GRIDS["agglomerate"] | {"threshold": [0.3, 0.5, 0.7]},
+    ),
 }
 
 
 def stand_in(truth: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A noisy cell-probability stack (uint8) from instance labels (0 = membrane)."""
+    """A noisy cell-probability stack (uint8) from instance labels (0 = membrane): per slice 20
+    gaps (disks of 7 px) in the membranes, 60 dark specks (disks of 7 px, probability 0.3) and
+    8 organelle-like rings (radius 5-8 px, 0.25) inside the cells, Gaussian blur (1.5 px), and
+    noise (std 0.25, blurred by 1 px)."""
     rng = np.random.default_rng(seed)
     cell = (truth > 0).astype(np.float64)
     disk = np.hypot(*np.mgrid[-4:5, -4:5]) <= 3.5
+    yy, xx = np.mgrid[: truth.shape[1], : truth.shape[2]]
     for z in range(truth.shape[0]):
-        membrane = np.flatnonzero(truth[z] == 0)
-        gaps = np.zeros(truth.shape[1:], bool)
-        gaps.flat[rng.choice(membrane, 40, replace=False)] = True
-        cell[z][ndimage.binary_dilation(gaps, disk)] = 1.0  # gaps in the membranes
-        specks = np.zeros(truth.shape[1:], bool)
-        specks.flat[rng.choice(np.flatnonzero(truth[z] > 0), 60, replace=False)] = True
-        cell[z][ndimage.binary_dilation(specks, disk)] = 0.3  # dark organelles
+        inside = np.flatnonzero(truth[z] > 0)
+        marks = np.zeros(truth.shape[1:], bool)
+        marks.flat[rng.choice(np.flatnonzero(truth[z] == 0), 20, replace=False)] = True
+        cell[z][ndimage.binary_dilation(marks, disk)] = 1.0  # gaps in the membranes
+        marks[:] = False
+        marks.flat[rng.choice(inside, 60, replace=False)] = True
+        cell[z][ndimage.binary_dilation(marks, disk)] = 0.3  # dark specks
+        for centre, radius in zip(rng.choice(inside, 8), rng.uniform(5, 8, 8), strict=True):
+            y, x = divmod(int(centre), truth.shape[2])
+            cell[z][np.abs(np.hypot(yy - y, xx - x) - radius) < 0.75] = 0.25  # organelles
     prob = ndimage.gaussian_filter(cell, (0, 1.5, 1.5))
-    prob += ndimage.gaussian_filter(rng.normal(0, 0.35, prob.shape), (0, 1, 1))
+    prob += ndimage.gaussian_filter(rng.normal(0, 0.25, prob.shape), (0, 1, 1))
     return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
 
 
@@ -105,20 +117,19 @@ def main() -> None:
         "--isbi-labels", default=ISBI_LABELS, help="ISBI train-labels.tif for the stand-in"
     )
     parser.add_argument("--measure", default="v_rand", choices=["v_rand", "seg"])
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--threads", type=int, default=2, help="Dask threads (block-wise check)")
     args = parser.parse_args()
     prob, truth, train, scored, what = load(args)
     print(f"{what}; {prob.shape[1]} x {prob.shape[2]} slices; tuned on {train} by {args.measure}")
     print(f"scored on {scored}; timings on a shared, loaded 2-core machine\n")
-    header = f"{'method':12s} {'V_rand':>7s} {'SEG':>6s} {'objects':>7s} {'tune s':>7s}"
+    header = f"{'method':16s} {'V_rand':>7s} {'SEG':>6s} {'objects':>7s} {'tune s':>7s}"
     print(f"{header} {'segment s':>9s}  chosen")
     chosen_all = {}
     for name in args.methods.split(","):
         start = time.perf_counter()
-        chosen, table = tune_segmentation(
-            prob[train], truth[train], METHODS[name], measure=args.measure
-        )
+        cfg, grid = METHODS[name]
+        chosen, table = tune_segmentation(prob[train], truth[train], cfg, grid, args.measure)
         tuned = time.perf_counter() - start
         start = time.perf_counter()
         labels = segment_volume(prob[scored], **chosen)
@@ -126,7 +137,7 @@ def main() -> None:
         v_rand, seg = (score(labels, truth[scored], m) for m in ("v_rand", "seg"))
         grid = {k: chosen[k] for k in table[0] if k != args.measure}
         print(
-            f"{name:12s} {v_rand:7.4f} {seg:6.4f} {int(labels.max()):7d} {tuned:7.1f} "
+            f"{name:16s} {v_rand:7.4f} {seg:6.4f} {int(labels.max()):7d} {tuned:7.1f} "
             f"{took:9.2f}  {grid} "
             f"(train {args.measure} {max(r[args.measure] for r in table):.4f}, {len(table)} rows)"
         )

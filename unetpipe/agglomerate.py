@@ -15,17 +15,22 @@ map (``relief="distance"``; the seeds are the distance transform's maxima). A fa
 supervoxels scores the larger boundary probability of its two pixels, quantised to 1/65535 so that
 sums are exact integers.
 
-Block-wise, exactly: the relief of a pixel depends only on the pixels within the halo of
-:func:`halo` (the truncated Gaussian's radius, the distance cap, one more for the neighbours), so a
-block read with that halo computes the same pointers as the whole volume; pointers that leave a
-block are joined across the seam afterwards (union-find), face sums are integers, supervoxels are
-numbered by the raster index of their minimum and objects by their first supervoxel, and the
-agglomeration is a deterministic function of the region graph, which is the same. So the result
-(labels included, not only up to a relabelling) does not depend on the blocks: one block = the
-whole volume. ``mode="2d"``
-treats every (y, x) slice on its own (no z neighbours, no z smoothing), as for anisotropic EM
-stacks; ``"3d"`` uses all three axes. The region graph and the agglomeration are global, in memory
-(about 100 bytes per face of the graph).
+Block-wise, exactly. The relief of a pixel depends only on the pixels within ``reach`` of it
+(the truncated Gaussian's radius ``int(4 sigma + 0.5)``; ``max_distance - 1`` for the capped
+distance, since a distance below the cap is to a pixel within it), and its drainage pointer on its
+neighbours' reliefs, so a block read with the :func:`halo` ``reach + 1`` computes the whole
+volume's pointers (bit for bit: scipy's filters compute a pixel from the same inputs in the same
+order whatever the array's extent; ``tests/test_agglomerate.py`` checks that this halo suffices
+and one pixel less does not). Pointers that leave a block are joined across the seam afterwards
+(union-find over the blocks' face pixels), so supervoxels cross seams; face sums are integers;
+supervoxels are numbered by the raster index of their minimum and objects by their first
+supervoxel; the agglomeration is a deterministic function of the region graph, which is therefore
+the same. So the result, labels included (not only up to a relabelling), does not depend on the
+blocks: one block = the whole volume. The region graph and the agglomeration are global and in
+memory (arrays of the touching supervoxel pairs; a dict per region for the final heap phase).
+
+``mode="2d"`` treats every (y, x) slice on its own (no z neighbours, no z smoothing), as for
+anisotropic EM stacks; ``"3d"`` uses all three axes.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class Settings:
     """The supervoxel settings: where and how the watershed runs."""
 
     mode: str = "2d"
-    relief: str = "probability"
+    relief: str = "distance"
     sigma: float = 1.0
     max_distance: int = 10
     threshold: float = 0.5
@@ -417,7 +422,8 @@ def build(
     returns the cell probability of a region; ``store`` (numpy or Zarr, the volume's shape,
     uint32, chunks aligned with the blocks) receives each block's tree labels. ``run`` maps a
     function over the blocks (serially, or in parallel with Dask). Returns the hierarchy and
-    ``write(table)``, which writes the objects of a :meth:`Hierarchy.table` into ``store``."""
+    ``write(table)``, which replaces the tree labels in ``store`` by the objects of a
+    :meth:`Hierarchy.table` (once: it reads the tree labels)."""
     shape = tuple(store.shape)
     block = tuple(min(b, n) for b, n in zip(block, shape, strict=True))
     boxes = blocks_of(shape, block)

@@ -95,7 +95,7 @@ def _check(params: Mapping[str, Any]) -> None:
 def _slice_labels(probability: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """Components, or components split by a watershed, of one slice (no size filter)."""
     mask = probability > params["threshold"]
-    labels = ndimage.label(mask)[0]
+    labels = metrics.components(mask)[0]
     if params["method"] == "watershed" and labels.any():
         distance = ndimage.distance_transform_edt(mask)
         peaks = peak_local_max(
@@ -165,6 +165,8 @@ def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
 
 def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """:func:`_slice_labels` of every slice, labels made distinct over the stack."""
+    if params["method"] == "components":
+        return metrics.components(volume > params["threshold"])
     out = np.zeros(volume.shape, np.int64)
     offset = 0
     for z, plane in enumerate(volume):
