@@ -1,8 +1,17 @@
+
 import numpy as np
 import pytest
 import zarr
 
-from unetpipe.segment import segment_slice, segment_zarr
+from unetpipe.evaluate import score_instances
+from unetpipe.segment import (
+    score,
+    segment_slice,
+    segment_volume,
+    segment_zarr,
+    tune_on_slices,
+    tune_segmentation,
+)
 
 
 def two_touching_disks():
@@ -75,3 +84,173 @@ def test_segment_zarr_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="classes"):
         segment_zarr(one_class.store.root, tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def ridge_slices():
+    """Two slices, each two flat regions (cell probability 0.9) split by a vertical ridge of
+    probability 0.35 (boundary 0.65); the truth is the two regions."""
+    prob = np.full((2, 20, 30), 0.9, np.float32)
+    prob[:, :, 15] = 0.35
+    truth = np.zeros((2, 20, 30), np.uint32)
+    truth[:, :, :15], truth[:, :, 16:] = 1, 2
+    return prob, truth
+
+
+def test_agglomerate_slice_ridge_merges_above_its_level():
+    prob, _ = ridge_slices()
+    cfg = {"method": "agglomerate", "relief": "probability", "sigma": 0.0, "min_size": 0}
+    apart = segment_slice(prob[0], merge_threshold=0.6, **cfg)
+    assert apart.max() == 2 and apart[5, 3] != apart[5, 25] and (apart > 0).all()
+    assert (segment_slice(prob[0], merge_threshold=0.7, **cfg) == 1).all()
+    masked = segment_slice(prob[0], merge_threshold=0.7, mask=True, threshold=0.5, **cfg)
+    assert masked.max() == 2 and (masked[:, 15] == 0).all()  # the ridge is background
+
+
+class Recording:
+    """An array that records which slices (first index of its (z, ...) reads) were read."""
+
+    def __init__(self, array, axis=0):
+        self.array, self.axis, self.read = array, axis, set()
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.chunks = getattr(array, "chunks", array.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        z = key[self.axis] if len(key) > self.axis else slice(None)
+        self.read.update(range(self.shape[self.axis])[z] if isinstance(z, slice) else [z])
+        return self.array[key]
+
+
+def test_tuner_picks_the_known_best_and_reads_only_training_slices():
+    prob, truth = ridge_slices()
+    prob[1] = 0.1  # slice 1 is not for tuning: it would score nothing
+    pred = np.stack([1 - prob, prob])
+    cfg = {"method": "agglomerate", "relief": "probability", "sigma": 0.0}
+    grid = {"merge_threshold": [0.5, 0.6, 0.7], "min_size": [0]}
+    recorded_pred, recorded_truth = Recording(pred, axis=1), Recording(truth)
+    tune = {"grid": grid, "measure": "v_rand"}
+    chosen, table = tune_on_slices(recorded_pred, recorded_truth, [0], merge(cfg), tune)
+    assert recorded_pred.read == {0} and recorded_truth.read == {0}
+    assert chosen["merge_threshold"] == 0.5 and chosen["method"] == "agglomerate"  # first best
+    assert [r["merge_threshold"] for r in table] == [0.5, 0.6, 0.7]
+    assert [r["v_rand"] for r in table[:2]] == [1.0, 1.0] and table[2]["v_rand"] < 0.7
+    # components: the threshold between the ridge and the cells is the only perfect one
+    chosen, table = tune_segmentation(
+        prob[:1], truth[:1], {"method": "components"}, {"threshold": [0.2, 0.5, 0.95]}, "seg"
+    )
+    assert chosen["threshold"] == 0.5 and [r["seg"] for r in table][1] == 1.0
+    assert [r["seg"] for r in table][2] == 0.0  # nothing above 0.95
+
+
+def merge(cfg):
+    from unetpipe.config import section_params
+
+    return section_params("segment", cfg)
+
+
+def test_tuner_scores_equal_direct_scores():
+    rng = np.random.default_rng(0)
+    prob = ndimage_smooth(rng.random((3, 40, 40)))
+    truth = segment_volume(prob, method="components", threshold=0.5, min_size=0)
+    for method in ("components", "watershed", "agglomerate"):
+        chosen, table = tune_segmentation(prob, truth, {"method": method}, measure="seg")
+        for row in table[::5]:
+            params = chosen | {k: v for k, v in row.items() if k != "seg"}
+            assert row["seg"] == pytest.approx(score(segment_volume(prob, **params), truth, "seg"))
+        scores = score_instances(segment_volume(prob, **chosen), truth)
+        assert scores["seg"] == pytest.approx(score(segment_volume(prob, **chosen), truth, "seg"))
+        assert scores["instances_v_rand"] == pytest.approx(
+            score(segment_volume(prob, **chosen), truth, "v_rand")
+        )
+
+
+def ndimage_smooth(x):
+    from scipy import ndimage
+
+    x = ndimage.gaussian_filter(x, (0, 2, 2))
+    return ((x - x.min()) / (x.max() - x.min())).astype(np.float32)
+
+
+def write_predictions(path, prob, chunks):
+    pred = zarr.create_array(
+        str(path), shape=(2, *prob.shape), chunks=(2, *chunks), dtype=np.float32
+    )
+    pred[1] = prob
+    pred[0] = 1 - prob
+    return pred
+
+
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_segment_zarr_agglomerate_blockwise_equals_whole_volume(tmp_path, mode):
+    prob = ndimage_smooth(np.random.default_rng(1).random((4, 48, 40)))
+    write_predictions(tmp_path / "pred.zarr", prob, (1, 16, 16))
+    cfg = {"method": "agglomerate", "mode": mode, "merge_threshold": 0.45, "min_size": 4}
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, threads=2)
+    seg = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")
+    whole = segment_volume(prob, **cfg)
+    assert seg.chunks == (1, 16, 16) and 5 < whole.max()
+    np.testing.assert_array_equal(seg[:], whole)  # identical labels, not only up to relabelling
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "b.zarr", cfg | {"block": [2, 48, 7]})
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:], whole)
+
+
+def test_segment_zarr_object_across_seams_keeps_one_id(tmp_path):
+    prob = np.full((2, 40, 60), 0.05, np.float32)
+    prob[0, 5:35, 10:50] = 0.9  # a square over four (y, x) blocks
+    prob[1, 15:25, 2:58] = 0.9  # a bar over four blocks along x
+    write_predictions(tmp_path / "pred.zarr", prob, (1, 20, 15))
+    cfg = {"method": "agglomerate", "mask": True, "merge_threshold": 0.3, "min_size": 0}
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg)
+    labels = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[:]
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert (labels[0][prob[0] > 0.5] == 1).all() and (labels[1][prob[1] > 0.5] == 2).all()
+
+
+def test_segment_zarr_tunes_on_training_slices(tmp_path, caplog):
+    prob, truth = ridge_slices()
+    write_predictions(tmp_path / "pred.zarr", prob, (1, 20, 30))
+    labels = Recording(truth)
+    cfg = {
+        "method": "agglomerate",
+        "relief": "probability",
+        "sigma": 0.0,
+        "merge_threshold": 0.8,
+        "tune": {"enabled": True, "grid": {"merge_threshold": [0.5, 0.7], "min_size": [0]}},
+    }
+    with caplog.at_level("INFO", logger="unetpipe.segment"):
+        segment_zarr(
+            tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, truth=labels, tune_slices=[1]
+        )
+    assert labels.read == {1}
+    seg = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")
+    tuning = seg.attrs["tuning"]
+    assert tuning["chosen"] == {"merge_threshold": 0.5, "min_size": 0} and tuning["slices"] == [1]
+    assert [row["v_rand"] for row in tuning["table"]][0] == 1.0 and tuning["measure"] == "v_rand"
+    assert seg.attrs["segment"]["merge_threshold"] == 0.5
+    assert seg[:].max() == 4  # both slices split by the ridge, as tuned
+    assert "fixed on slices [1]" in caplog.text
+    with pytest.raises(ValueError, match="labels and the training slices"):
+        segment_zarr(tmp_path / "pred.zarr", tmp_path / "x.zarr", cfg)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_bad_agglomerate_and_tuning_parameters(tmp_path):
+    prob, truth = ridge_slices()
+    with pytest.raises(ValueError, match="mode 3d needs method agglomerate"):
+        segment_volume(prob, method="components", mode="3d")
+    with pytest.raises(ValueError, match=r"segment.mode: .4d. is not one of"):
+        segment_volume(prob, method="agglomerate", mode="4d")
+    with pytest.raises(ValueError, match="unknown segment parameters"):
+        tune_segmentation(prob, truth, {"method": "components"}, {"thresh": [0.5]})
+    with pytest.raises(ValueError, match="cannot vary method"):
+        tune_segmentation(prob, truth, {}, {"method": ["components", "watershed"]})
+    with pytest.raises(ValueError, match="measure"):
+        tune_segmentation(prob, truth, {}, measure="iou")
+    with pytest.raises(ValueError, match="not consecutive"):
+        tune_on_slices(
+            np.stack([1 - prob, prob]),
+            truth,
+            [0, 2],
+            merge({"mode": "3d", "method": "agglomerate"}),
+            {"grid": {}, "measure": "v_rand"},
+        )

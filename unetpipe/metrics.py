@@ -84,12 +84,29 @@ def _foreground_table(
     foreground = gt > 0
     if not foreground.any():
         raise ValueError("the ground truth has no foreground (all labels are 0)")
-    i, j, n = contingency(gt[foreground], seg[foreground])
+    return _foreground_sums(*contingency(gt[foreground], seg[foreground]))
+
+
+def _foreground_sums(
+    i: np.ndarray, j: np.ndarray, n: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """:func:`_foreground_table` from the contingency entries of the foreground pixels."""
     n = n.astype(np.float64)
     assigned = j > 0
     t = np.bincount(i, weights=n)
     s = np.bincount(j[assigned], weights=n[assigned])
     return n[assigned], t[t > 0], s[s > 0], float(n[~assigned].sum())
+
+
+def v_rand_of_table(i: ArrayLike, j: ArrayLike, n: ArrayLike) -> float:
+    """:func:`v_rand` from the :func:`contingency` ``(i, j, n_ij)`` of (ground truth,
+    segmentation) over all pixels: the same value, without the pixels (for scoring many
+    relabellings of one segmentation)."""
+    i, j, n = (np.asarray(x) for x in (i, j, n))
+    foreground = i > 0
+    if not foreground.any():
+        raise ValueError("the ground truth has no foreground (all labels are 0)")
+    return _fscore(*_rand(*_foreground_sums(i[foreground], j[foreground], n[foreground])))
 
 
 def _fscore(a: float, b: float) -> float:
@@ -283,7 +300,13 @@ def seg_score(segmentation: ArrayLike, reference: ArrayLike) -> float:
     ref = _as_labels(reference, "reference")
     if seg.shape != ref.shape:
         raise ValueError(f"segmentation {seg.shape} and reference {ref.shape} differ in shape")
-    r, s, n = contingency(ref, seg)
+    return seg_score_of_table(*contingency(ref, seg))
+
+
+def seg_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
+    """:func:`seg_score` from the :func:`contingency` ``(r, s, n_rs)`` of (reference,
+    segmentation) over all pixels."""
+    r, s, n = (np.asarray(x) for x in (r, s, n))
     ref_size = np.bincount(r, weights=n)
     seg_size = np.bincount(s, weights=n)
     objects = np.count_nonzero(ref_size[1:])

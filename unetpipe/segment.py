@@ -1,15 +1,25 @@
 """Probabilities to instances. The paper segments by the network's pixel classes alone; separating
 touching cells is left to the weighted loss (Eq. 2), so instances are the connected components of
-the thresholded cell probability, optionally split by a seeded watershed.
+the thresholded cell probability (``components``), optionally split by a seeded watershed
+(``watershed``). Beyond the paper, ``agglomerate`` is the field's standard for a boundary map: a
+watershed into supervoxels merged by mean boundary probability (:mod:`unetpipe.agglomerate`).
 
-Slices are segmented in 2D. A slice is read whole even when its (y, x) plane spans several Zarr
-chunks (memory: one slice), so labels agree across chunk borders by construction; the output keeps
-the predictions' chunking and its labels are distinct over the whole stack.
+Post-processing parameters can be fixed on training slices (:func:`tune_segmentation`: the best
+instance V_rand or CTC SEG over a grid), never on the slices that are scored.
+
+``components`` and ``watershed`` segment each slice in 2D, read whole even when its (y, x) plane
+spans several Zarr chunks, so labels agree across chunk borders by construction. ``agglomerate``
+runs on blocks (the predictions' chunks, or ``block``) with the seams joined exactly: its result,
+labels included, is that of the whole volume in one piece. Output labels are distinct over the
+stack.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +30,137 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 
+from unetpipe import agglomerate as agg
+from unetpipe import metrics
+from unetpipe.config import defaults, section_params
 from unetpipe.io import atomic_path
-from unetpipe.params import merge_params
 
 log = logging.getLogger(__name__)
 
-METHODS = ("components", "watershed")
-RELIEFS = ("distance", "probability")
-DEFAULTS = {
-    "threshold": 0.5,
-    "method": "components",
-    "relief": "distance",
-    "min_distance": 7,
-    "min_size": 16,
+METHODS = ("components", "watershed", "agglomerate")
+RELIEFS = agg.RELIEFS
+MEASURES = ("v_rand", "seg")
+DEFAULTS = defaults("segment")
+"""The ``segment`` config section's defaults (from the schema, unetpipe/config.schema.yaml)."""
+GRIDS = {  # the tuner's default grids, per method (every value a list)
+    "components": {"threshold": [0.3, 0.4, 0.5, 0.6, 0.7], "min_size": [0, 16, 64]},
+    "watershed": {"threshold": [0.4, 0.5, 0.6], "min_distance": [5, 10], "min_size": [0, 16, 64]},
+    "agglomerate": {
+        "sigma": [1.0, 2.0],
+        "merge_threshold": np.round(np.arange(0.3, 0.81, 0.05), 2).tolist(),
+        "min_size": [0, 64],
+    },
 }
+_AFTER = ("merge_threshold", "min_size")  # parameters applied after the (costly) labelling
+_RUN = ("block", "tune")  # not parameters of the labels
+
+
+def _settings(params: Mapping[str, Any]) -> agg.Settings:
+    return agg.Settings(
+        mode=params["mode"],
+        relief=params["relief"],
+        sigma=float(params["sigma"]),
+        max_distance=int(params["max_distance"]),
+        threshold=float(params["threshold"]),
+        mask=bool(params["mask"]),
+    )
+
+
+def _check(params: Mapping[str, Any]) -> None:
+    if params["method"] not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {params['method']!r}")
+    if params["relief"] not in RELIEFS:
+        raise ValueError(f"relief must be one of {RELIEFS}, got {params['relief']!r}")
+    if params["mode"] not in agg.MODES:
+        raise ValueError(f"mode must be one of {agg.MODES}, got {params['mode']!r}")
+    if params["mode"] == "3d" and params["method"] != "agglomerate":
+        raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
+    if params["method"] == "agglomerate":
+        _settings(params)  # checks mode, sigma, max_distance
+
+
+def _slice_labels(probability: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Components, or components split by a watershed, of one slice (no size filter)."""
+    mask = probability > params["threshold"]
+    labels = metrics.components(mask)[0]
+    if params["method"] == "watershed" and labels.any():
+        distance = ndimage.distance_transform_edt(mask)
+        peaks = peak_local_max(
+            distance,
+            min_distance=max(1, int(params["min_distance"])),
+            labels=labels,
+            exclude_border=False,
+        )
+        seeds = np.zeros(mask.shape, bool)
+        seeds[tuple(peaks.T)] = True
+        markers = ndimage.label(seeds, structure=np.ones((3, 3)))[0]  # touching peaks: one seed
+        height = -distance if params["relief"] == "distance" else 1.0 - probability
+        labels = watershed(height, markers, mask=mask)
+    return labels
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def _hierarchy(
+    probability: np.ndarray, params: Mapping[str, Any], stop: float
+) -> tuple[agg.Hierarchy, np.ndarray]:
+    """The agglomeration hierarchy of an in-memory (z, y, x) volume, in one block, and its
+    supervoxel image."""
+    store = np.zeros(probability.shape, np.uint32)
+    hierarchy, write = agg.build(
+        lambda lo, hi: probability[tuple(map(slice, lo, hi))],
+        store,
+        probability.shape,
+        _settings(params),
+        stop,
+    )
+    write(np.arange(hierarchy.count + 1, dtype=np.uint32))
+    return hierarchy, store
+
+
+def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
+    """Instances (uint32, 1..n, 0 = background) of a (z, y, x) cell-probability stack (or one
+    (y, x) slice), labels distinct over the stack; ``params`` = :data:`DEFAULTS` keys.
+
+    ``components``: 4-connected components of ``probability > threshold`` in each slice.
+    ``watershed``: each component split by a watershed from the maxima (at least ``min_distance``
+    apart) of its distance transform, flooding the negated distance or ``1 - probability``
+    (``relief``). ``agglomerate``: :mod:`unetpipe.agglomerate` stopped at ``merge_threshold``
+    (slice by slice for ``mode`` 2d, in 3D for 3d; ``mask``: pixels with probability at most
+    ``threshold`` are background). Objects smaller than ``min_size`` pixels are removed.
+    """
+    params = section_params("segment", params)
+    _check(params)
+    prob = np.asarray(probability, dtype=np.float32)
+    if prob.ndim not in (2, 3):
+        raise ValueError(f"expected a (y, x) slice or (z, y, x) stack, got shape {prob.shape}")
+    volume = prob[None] if prob.ndim == 2 else prob
+    if params["method"] == "agglomerate":
+        stop = float(params["merge_threshold"])
+        hierarchy, supervoxels = _hierarchy(volume, params, stop)
+        labels = hierarchy.table(stop, int(params["min_size"]))[supervoxels]
+    else:
+        labels = _stack_labels(volume, params)
+        labels = relabel_sequential(_drop_small(labels, int(params["min_size"])))[0]
+    labels = labels.astype(np.uint32)
+    return labels[0] if prob.ndim == 2 else labels
+
+
+def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """:func:`_slice_labels` of every slice, labels made distinct over the stack."""
+    if params["method"] == "components":
+        return metrics.components(volume > params["threshold"])
+    out = np.zeros(volume.shape, np.int64)
+    offset = 0
+    for z, plane in enumerate(volume):
+        labels = _slice_labels(plane, params)
+        out[z] = np.where(labels > 0, labels + offset, 0)
+        offset += int(labels.max())
+    return out
 
 
 def segment_slice(
@@ -43,91 +170,283 @@ def segment_slice(
     relief: str = "distance",
     min_distance: int = 7,
     min_size: int = 16,
+    **agglomeration: Any,
 ) -> np.ndarray:
-    """Instances (uint32, 1..n, 0 = background) of one cell-probability slice.
-
-    ``components``: 4-connected components of ``probability > threshold``. ``watershed``: each
-    component is split by a watershed from the maxima (at least ``min_distance`` apart) of its
-    distance transform, flooding the negated distance or ``1 - probability`` (``relief``).
-    Objects smaller than ``min_size`` pixels are removed.
-    """
+    """Instances (uint32, 1..n, 0 = background) of one cell-probability slice: see
+    :func:`segment_volume` (``agglomeration``: its ``sigma``, ``merge_threshold``, ``mask`` ...)."""
     if probability.ndim != 2:
         raise ValueError(f"segment_slice expects a (y, x) slice, got shape {probability.shape}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if relief not in RELIEFS:
-        raise ValueError(f"relief must be one of {RELIEFS}, got {relief!r}")
-    mask = probability > threshold
-    labels = ndimage.label(mask)[0]
-    if method == "watershed" and labels.any():
-        distance = ndimage.distance_transform_edt(mask)
-        peaks = peak_local_max(
-            distance, min_distance=max(1, min_distance), labels=labels, exclude_border=False
+    return segment_volume(
+        probability,
+        threshold=threshold,
+        method=method,
+        relief=relief,
+        min_distance=min_distance,
+        min_size=min_size,
+        **agglomeration,
+    )
+
+
+def score(labels: np.ndarray, truth: np.ndarray, measure: str, mode: str = "2d") -> float:
+    """Instance score of a (z, y, x) labelling: ``v_rand`` (instance V_rand, no thinning) or
+    ``seg`` (CTC SEG), slices scored separately as :func:`unetpipe.evaluate.score_instances` does
+    (``mode`` 2d), or the volume as one (3d)."""
+    labels = metrics.slice_unique(labels) if mode == "2d" else labels
+    return _Scorer(truth, measure, mode).entries(labels)(None)
+
+
+class _Scorer:
+    """:func:`score` against one truth of many relabellings ``table[labels]`` of a labelling,
+    from their contingency table (computed once per labelling)."""
+
+    def __init__(self, truth: np.ndarray, measure: str, mode: str) -> None:
+        if measure not in MEASURES:
+            raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+        self.truth = metrics.slice_unique(truth) if mode == "2d" else truth
+        self.function = (
+            metrics.v_rand_of_table if measure == "v_rand" else metrics.seg_score_of_table
         )
-        seeds = np.zeros(mask.shape, bool)
-        seeds[tuple(peaks.T)] = True
-        markers = ndimage.label(seeds, structure=np.ones((3, 3)))[0]  # touching peaks: one seed
-        height = -distance if relief == "distance" else 1.0 - probability
-        labels = watershed(height, markers, mask=mask)
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    labels[small[labels]] = 0
-    return relabel_sequential(labels)[0].astype(np.uint32)
+
+    def entries(self, labels: np.ndarray) -> Any:
+        """The scores of relabellings of ``labels`` (ids at most its size, objects within one
+        slice each in 2d mode): a function of the table (``None``: ``labels`` as they are)."""
+        i, j, n = metrics.contingency(self.truth, labels)
+
+        def scored(table: np.ndarray | None) -> float:
+            if table is None:
+                return self.function(i, j, n)
+            merged = table[j].astype(np.int64)
+            key, inverse = np.unique(i * (int(merged.max()) + 1) + merged, return_inverse=True)
+            base = int(merged.max()) + 1
+            return self.function(key // base, key % base, np.bincount(inverse, weights=n))
+
+        return scored
+
+
+def tune_segmentation(
+    probability: np.ndarray,
+    truth: np.ndarray,
+    cfg: Mapping[str, Any] | None = None,
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    measure: str = "v_rand",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Post-processing fixed on training slices: every combination of ``grid`` (parameter ->
+    values; empty or None: the method's :data:`GRIDS`) over the ``cfg`` segment
+    parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth``; the first
+    best wins. Returns the chosen parameters and the table of scores (one row per combination).
+    Only the given arrays are read: pass the training slices, never the scored ones.
+
+    Costly steps run once per combination of the other parameters: ``min_size`` (and for
+    ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after.
+    """
+    base = {k: v for k, v in section_params("segment", cfg).items() if k not in _RUN}
+    _check(base)
+    method = base["method"]
+    grid = dict(grid or GRIDS[method])
+    unknown = set(grid) - set(base)
+    if unknown:
+        raise ValueError(f"unknown segment parameters {sorted(unknown)} in the tuning grid")
+    if {"method", "mode"} & set(grid):
+        raise ValueError("the tuning grid cannot vary method or mode: tune each on its own")
+    if any(len(v) == 0 for v in grid.values()):
+        raise ValueError("every parameter of the tuning grid needs at least one value")
+    prob = np.asarray(probability, dtype=np.float32)
+    truth = np.asarray(truth)
+    if prob.ndim != 3 or prob.shape != truth.shape:
+        raise ValueError(f"probability {prob.shape} and truth {truth.shape}: need equal (z, y, x)")
+    before = [k for k in grid if k not in _AFTER]
+    after = [k for k in _AFTER if k in grid]
+    rows = []
+    scorer = _Scorer(truth, measure, base["mode"])
+    for values in itertools.product(*(grid[k] for k in before)):
+        params = {**base, **dict(zip(before, values, strict=True))}
+        _check(params)
+        if method == "agglomerate":
+            stop = float(max(grid.get("merge_threshold", [params["merge_threshold"]])))
+            hierarchy, labels = _hierarchy(prob, params, stop)
+        else:
+            labels = _stack_labels(prob, params)
+            sizes = np.bincount(labels.ravel())
+        scores = scorer.entries(labels)
+        for late in itertools.product(*(grid[k] for k in after)):
+            chosen = {**params, **dict(zip(after, late, strict=True))}
+            if method == "agglomerate":
+                table = hierarchy.table(float(chosen["merge_threshold"]), int(chosen["min_size"]))
+            else:
+                table = np.where(sizes >= int(chosen["min_size"]), np.arange(sizes.size), 0)
+                table[0] = 0
+            row = {k: chosen[k] for k in grid}
+            rows.append(row | {measure: scores(table)})
+    best = max(range(len(rows)), key=lambda i: (rows[i][measure], -i))
+    return base | {k: rows[best][k] for k in grid}, rows
 
 
 def cell_probability(predictions: zarr.Array, z: int) -> np.ndarray:
     """Slice ``z`` of channel 1 (cell) of a (classes, z, y, x) prediction, as float32 in [0, 1]
     (integer predictions are scaled by their dtype's maximum)."""
-    prob = np.asarray(predictions[1, z])
+    return cell_region(predictions, (z, 0, 0), (z + 1, *predictions.shape[2:]))[0]
+
+
+def cell_region(predictions: zarr.Array, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """Channel 1 (cell) of a (classes, z, y, x) prediction over the (z, y, x) box [lo, hi), as
+    float32 in [0, 1] (integer predictions are scaled by their dtype's maximum)."""
+    prob = np.asarray(predictions[(1, *map(slice, lo, hi))])
     if np.issubdtype(prob.dtype, np.integer):
         return prob.astype(np.float32) / np.iinfo(prob.dtype).max
     return prob.astype(np.float32)
 
 
-def segment_zarr(
-    predictions: str | Path, output: str | Path, cfg: dict[str, Any] | None = None, threads: int = 1
-) -> None:
-    """Segment every slice of a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
-
-    Slices run in parallel (Dask, ``threads`` workers); a second pass adds per-slice offsets so
-    that labels are distinct over the stack. ``cfg`` = the ``segment`` config section.
-    """
-    params = merge_params("segment", DEFAULTS, cfg)
-    source = zarr.open_array(str(predictions), mode="r")
+def _open_predictions(path: str | Path) -> zarr.Array:
+    source = zarr.open_array(str(path), mode="r")
     if source.ndim != 4 or source.shape[0] < 2 or source.shape[1] == 0:
-        raise ValueError(f"{predictions}: not (classes >= 2, z, y, x): {source.shape}")
-    n_slices = source.shape[1]
+        raise ValueError(f"{path}: not (classes >= 2, z, y, x): {source.shape}")
+    return source
+
+
+def tune_on_slices(
+    predictions: Any,
+    truth: Any,
+    slices: Sequence[int],
+    params: Mapping[str, Any],
+    tune: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`tune_segmentation` on slices ``slices`` of a (classes, z, y, x) prediction array and
+    a (z, y, x) labels array; nothing else of either is read. In 3d mode the slices must be
+    consecutive (one sub-volume)."""
+    slices = [int(z) for z in slices]
+    if not slices:
+        raise ValueError("segment.tune needs training slices: give at least one")
+    if params["mode"] == "3d" and slices != list(range(slices[0], slices[0] + len(slices))):
+        raise ValueError(
+            f"mode 3d tunes on one sub-volume: the slices {slices} are not consecutive"
+        )
+    prob = np.stack([cell_probability(predictions, z) for z in slices])
+    labels = np.stack([np.asarray(truth[z]) for z in slices])
+    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"])
+
+
+def _dask_runner(threads: int) -> agg.Runner:
+    def run(function: Any, items: Sequence[Any]) -> list:
+        tasks = [dask.delayed(function, pure=False)(item) for item in items]
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=threads))
+
+    return run
+
+
+def segment_zarr(
+    predictions: str | Path,
+    output: str | Path,
+    cfg: dict[str, Any] | None = None,
+    threads: int = 1,
+    truth: Any = None,
+    tune_slices: Sequence[int] | None = None,
+    tune_predictions: str | Path | None = None,
+) -> None:
+    """Segment a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
+
+    ``cfg`` = the ``segment`` config section. Slices (components, watershed) or blocks
+    (agglomerate) run in parallel (Dask, ``threads`` workers); labels are distinct over the stack.
+    With ``tune.enabled``, the parameters of :data:`GRIDS` (or ``tune.grid``) are first fixed by
+    :func:`tune_on_slices` on slices ``tune_slices`` of ``tune_predictions`` (default
+    ``predictions``) against the same slices of ``truth`` (a labels array); the choice and its
+    table of scores are logged and kept in the output's ``tuning`` attribute.
+    """
+    params = section_params("segment", cfg)
+    tune = params["tune"]
+    _check(params)
+    source = _open_predictions(predictions)
+    attributes: dict[str, Any] = {"predictions": str(predictions)}
+    if tune["enabled"]:
+        if truth is None or tune_slices is None:
+            raise ValueError("segment.tune.enabled needs the labels and the training slices")
+        start = time.perf_counter()
+        tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
+        chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune)
+        params = params | chosen
+        best = max(row[tune["measure"]] for row in table)
+        attributes["tuning"] = {
+            "measure": tune["measure"],
+            "slices": [int(z) for z in tune_slices],
+            "predictions": str(tune_predictions or predictions),
+            "chosen": {k: chosen[k] for k in table[0] if k != tune["measure"]},
+            "score": best,
+            "table": table,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        log.info(
+            "segment parameters fixed on slices %s: %s (%s %.4f; %d combinations in %.1f s)",
+            attributes["tuning"]["slices"],
+            attributes["tuning"]["chosen"],
+            tune["measure"],
+            best,
+            len(table),
+            attributes["tuning"]["seconds"],
+        )
+    attributes["segment"] = params
+    if params["method"] == "agglomerate":
+        block = tuple(params["block"] or source.chunks[1:])
+        if len(block) != 3 or min(block) < 1:
+            raise ValueError(f"segment.block must be 3 positive sizes (z, y, x), got {block}")
+        chunks = tuple(min(b, n) for b, n in zip(block, source.shape[1:], strict=True))
+    else:
+        chunks = (1, *source.chunks[2:])  # one slice per chunk: parallel writes never share
 
     with atomic_path(output) as tmp:
         target = zarr.create_array(
             str(tmp),
             shape=source.shape[1:],
-            chunks=(1, *source.chunks[2:]),  # one slice per chunk: parallel writes never share
+            chunks=chunks,
             dtype=np.uint32,
             fill_value=0,
-            attributes={"segment": params, "predictions": str(predictions)},
+            attributes=attributes,
         )
+        if params["method"] == "agglomerate":
+            count = _agglomerate_zarr(source, target, params, threads)
+        else:
+            count = _slices_zarr(source, target, params, threads)
+    log.info("%s: %d instances in %d slices", output, count, source.shape[1])
 
-        def label(z: int) -> int:
-            labels = segment_slice(cell_probability(source, z), **params)
-            target[z] = labels
-            return int(labels.max())
 
-        def shift(z: int, offset: int) -> None:
-            labels = target[z]
-            target[z] = np.where(labels > 0, labels + np.uint32(offset), 0)
+def _agglomerate_zarr(
+    source: zarr.Array, target: zarr.Array, params: Mapping[str, Any], threads: int
+) -> int:
+    stop = float(params["merge_threshold"])
+    hierarchy, write = agg.build(
+        lambda lo, hi: cell_region(source, lo, hi),
+        target,
+        target.chunks,
+        _settings(params),
+        stop,
+        _dask_runner(threads),
+    )
+    table = hierarchy.table(stop, int(params["min_size"]))
+    write(table)
+    return int(table.max())
 
-        counts = dask.compute(
-            *[dask.delayed(label)(z) for z in range(n_slices)],
-            scheduler="threads",
-            num_workers=threads,
-        )
-        offsets = np.cumsum((0, *counts[:-1]))
-        if int(offsets[-1]) + counts[-1] >= 2**32:
-            raise ValueError("more than 2^32 - 1 instances do not fit uint32 labels")
-        dask.compute(
-            *[dask.delayed(shift)(z, int(o)) for z, o in enumerate(offsets) if o > 0],
-            scheduler="threads",
-            num_workers=threads,
-        )
-    log.info("%s: %d instances in %d slices", output, int(sum(counts)), n_slices)
+
+def _slices_zarr(
+    source: zarr.Array, target: zarr.Array, params: Mapping[str, Any], threads: int
+) -> int:
+    def label(z: int) -> int:
+        labels = segment_volume(cell_probability(source, z), **params)
+        target[z] = labels
+        return int(labels.max())
+
+    def shift(z: int, offset: int) -> None:
+        labels = target[z]
+        target[z] = np.where(labels > 0, labels + np.uint32(offset), 0)
+
+    counts = dask.compute(
+        *[dask.delayed(label)(z) for z in range(source.shape[1])],
+        scheduler="threads",
+        num_workers=threads,
+    )
+    offsets = np.cumsum((0, *counts[:-1]))
+    if int(offsets[-1]) + counts[-1] >= 2**32:
+        raise ValueError("more than 2^32 - 1 instances do not fit uint32 labels")
+    dask.compute(
+        *[dask.delayed(shift)(z, int(o)) for z, o in enumerate(offsets) if o > 0],
+        scheduler="threads",
+        num_workers=threads,
+    )
+    return int(sum(counts))

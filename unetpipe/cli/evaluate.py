@@ -6,18 +6,50 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
 from unetpipe.config import load_config
 from unetpipe.evaluate import evaluate_run, summary
-from unetpipe.io import open_data
+from unetpipe.io import open_data, read_splits
 from unetpipe.report import write_report
-from unetpipe.segment import segment_zarr
+from unetpipe.segment import MEASURES, METHODS, RELIEFS, segment_zarr
 from unetpipe.splits import resolve
 
 
 def _segment(args: argparse.Namespace) -> int:
-    cfg = {"threshold": args.threshold, "method": args.method, "min_size": args.min_size}
-    segment_zarr(args.predictions, args.output, cfg, args.threads)
+    keys = ["threshold", "method", "relief", "min_distance", "min_size", "mode", "sigma"]
+    keys += ["max_distance", "mask", "merge_threshold", "block"]
+    cfg = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    truth = slices = None
+    if args.tune:
+        if not args.data:
+            raise ValueError("--tune needs --data, the dataset's data.zarr (labels, splits)")
+        group = open_data(args.data)
+        truth = group["labels"]
+        slices = _slices(args.tune_slices) if args.tune_slices else read_splits(group)["train"]
+        grid = dict(_grid(text) for text in args.grid or [])
+        cfg["tune"] = {"enabled": True, "measure": args.measure, "grid": grid}
+    segment_zarr(
+        args.predictions, args.output, cfg, args.threads, truth, slices, args.tune_predictions
+    )
     return 0
+
+
+def _grid(text: str) -> tuple[str, list]:
+    """``merge_threshold=0.4,0.5`` -> ("merge_threshold", [0.4, 0.5])."""
+    key, equals, values = text.partition("=")
+    if not (equals and values):
+        raise ValueError(f"--grid {text!r}: write KEY=VALUE,VALUE,... (e.g. min_size=0,64)")
+    return key, yaml.safe_load(f"[{values}]")
+
+
+def _slices(text: str) -> list[int]:
+    """``0-24,27`` -> [0, 1, ..., 24, 27]."""
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out += range(int(first), int(last or first) + 1)
+    return out
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, dict | None]:
@@ -67,13 +99,43 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("segment", help="cell probabilities (Zarr) to instances (Zarr)")
+    p = subparsers.add_parser(
+        "segment",
+        help="cell probabilities (Zarr) to instances (Zarr)",
+        description="Unset options take the segment config's defaults (config/README.md).",
+    )
     p.add_argument("predictions", help="(classes, z, y, x) prediction Zarr")
     p.add_argument("output", help="(z, y, x) uint32 instance Zarr to write")
-    p.add_argument("--threshold", type=float, default=0.5, help="cell probability threshold")
-    p.add_argument("--method", choices=["components", "watershed"], default="components")
-    p.add_argument("--min-size", type=int, default=16, help="smallest instance in pixels")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--method", choices=METHODS, help="components, watershed or agglomerate")
+    p.add_argument("--threshold", type=float, help="cell probability threshold (foreground)")
+    p.add_argument("--min-size", type=int, help="smallest instance in pixels")
+    p.add_argument("--relief", choices=RELIEFS, help="watershed relief: distance or probability")
+    p.add_argument("--min-distance", type=int, help="watershed: least distance between seeds")
+    p.add_argument("--mode", choices=["2d", "3d"], help="agglomerate: slice by slice or in 3D")
+    p.add_argument("--sigma", type=float, help="agglomerate: smoothing of the boundary map (px)")
+    p.add_argument("--max-distance", type=int, help="agglomerate: cap of the distance relief")
+    p.add_argument(
+        "--mask",
+        action=argparse.BooleanOptionalAction,
+        help="agglomerate: pixels at most --threshold are background (cells on a background)",
+    )
+    p.add_argument("--merge-threshold", type=float, help="agglomerate: stop merging at this mean")
+    p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="agglomerate block")
+    p.add_argument("--tune", action="store_true", help="fix parameters on training slices first")
+    p.add_argument("--data", help="--tune: the dataset's data.zarr (its labels and splits)")
+    p.add_argument("--tune-slices", help="--tune: slices such as 0-24 (default: the train split)")
+    p.add_argument("--tune-predictions", help="--tune: predictions of raw, if PREDICTIONS is not")
+    p.add_argument(
+        "--measure", choices=MEASURES, default="v_rand", help="--tune: score to maximise"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="--tune: values of one parameter to try (repeat per parameter; none given: the "
+        "method's default grid)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="Dask worker threads")
     p.set_defaults(func=_segment)
 
     for name, func, text in [
