@@ -10,9 +10,22 @@ if config["dataset"]["source"] == "synthetic" and config["synth"]["test_slices"]
 EVALUATED = [array for array in EVALUATED if array in config["predict"]["arrays"]]
 
 
+def segment_inputs(wildcards):
+    """The predictions to segment; with segment.tune the dataset's labels and the predictions of
+    raw too, whose training slices fix the post-processing."""
+    inputs = {
+        "predictions": f"{RESULTS}/{wildcards.run}/predictions/{wildcards.array}.zarr"
+    }
+    if config["segment"]["tune"]["enabled"]:
+        inputs["group"] = f"{DATA}/zarr.json"
+        inputs["labels"] = f"{DATA}/labels"
+        inputs["raw_predictions"] = f"{RESULTS}/{wildcards.run}/predictions/raw.zarr"
+    return inputs
+
+
 rule segment:
     input:
-        f"{RESULTS}/{{run}}/predictions/{{array}}.zarr",
+        unpack(segment_inputs),
     output:
         directory(f"{RESULTS}/{{run}}/segmentation/{{array}}.zarr"),
     log:
@@ -26,6 +39,7 @@ rule segment:
         **rule_resources("segment", mem_mb=4000, runtime=30),
     params:
         cfg=section("segment"),
+        split=split,
     script:
         "../scripts/segment.py"
 

@@ -1,8 +1,27 @@
-"""Rule segment: cell probabilities to uint32 instances (unetpipe.segment)."""
+"""Rule segment: cell probabilities to uint32 instances (unetpipe.segment), with segment.tune the
+post-processing fixed first on the gold-truth training slices of the run's split."""
 
+from pathlib import Path
+
+from unetpipe.config import run_settings
+from unetpipe.io import open_data
 from unetpipe.log import logged
 from unetpipe.segment import segment_zarr
+from unetpipe.splits import gold, resolve
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule segment"):
-    segment_zarr(snakemake.input[0], snakemake.output[0], snakemake.params.cfg, snakemake.threads)
+    cfg = {**snakemake.params.cfg, **run_settings("segment", snakemake.config["segment"])}
+    truth = slices = raw = None
+    if cfg["tune"]["enabled"]:
+        group = open_data(Path(snakemake.input.group).parent)
+        split = snakemake.params.split
+        train = (resolve(group, **split) if split else resolve(group))["train"]
+        truth, slices, raw = (
+            group["labels"],
+            gold(group.attrs, train),
+            snakemake.input.raw_predictions,
+        )
+    segment_zarr(
+        snakemake.input.predictions, snakemake.output[0], cfg, snakemake.threads, truth, slices, raw
+    )
