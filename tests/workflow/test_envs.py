@@ -29,6 +29,7 @@ FAMILIES = {
     "segment": "evaluate",
     "evaluate": "evaluate",
     "report": "evaluate",
+    "export_bioimageio": "torch",
 }
 # Top-level import name -> conda-forge package.
 CONDA_NAME = {
@@ -46,6 +47,7 @@ CONDA_NAME = {
     "matplotlib": "matplotlib-base",
     "yaml": "pyyaml",
     "jsonschema": "jsonschema",
+    "bioimageio": "bioimageio.core",
 }
 SPEC = re.compile(r"^(?P<name>[a-z0-9_.-]+)(?: (?P<version>[^ ]+))?(?: (?P<build>[^ ]+))?$")
 

@@ -44,10 +44,16 @@ def augment_shards():
 
 
 def all_targets():
-    """What `snakemake` builds by default: every stage, ending with the report."""
+    """What `snakemake` builds by default: every stage, ending with the report (and the
+    bioimage.io model package when export.bioimageio is true)."""
     return [
         f"{DATA}/weights",
         *augment_shards(),
         f"{RUN_DIR}/metrics.json",
         f"{RUN_DIR}/report",
+        *(
+            [f"{RUN_DIR}/{RUN}.bioimageio.zip"]
+            if config["export"]["bioimageio"]
+            else []
+        ),
     ]
