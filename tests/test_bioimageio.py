@@ -95,6 +95,10 @@ def test_package_describes_the_model_and_its_run(package: Path, run: Path) -> No
     assert [a["type"] for a in raw["axes"]] == ["batch", "channel", "space", "space"]
     assert [a["size"] for a in raw["axes"][2:]] == [{"min": 44, "step": 4}] * 2
     assert raw["pad"] == {"mode": "reflect"}
+    assert (raw["sample_tensor"]["source"], probabilities["sample_tensor"]["source"]) == (
+        "sample_input.tif",
+        "sample_output.tif",
+    )
     assert [(a["halo"], a["size"]) for a in probabilities["axes"][2:]] == [
         (20, {"tensor_id": "raw", "axis_id": axis}) for axis in ("y", "x")
     ]
@@ -206,6 +210,10 @@ def test_bad_run_dirs_fail_with_one_clear_error(tmp_path: Path, run: Path) -> No
     save_model(tmp_path / "model.pt", UNet(depth=2, base_channels=2))
     with pytest.raises(ValueError, match="no normalization metadata"):
         export_bioimageio(tmp_path, output)
+    norm = {"mean": 0.0, "std": 1.0}
+    save_model(tmp_path / "model.pt", UNet(in_channels=2, depth=2), normalization=norm)
+    with pytest.raises(ValueError, match="1 input channel"):
+        export_bioimageio(tmp_path, output)
     with pytest.raises(ValueError, match=r"\.zip"):
         export_bioimageio(run, tmp_path / "out.tar")
     assert main(["export", str(tmp_path), "--bioimageio", str(output)]) == 1
@@ -214,7 +222,7 @@ def test_bad_run_dirs_fail_with_one_clear_error(tmp_path: Path, run: Path) -> No
 
 def test_a_failed_model_test_leaves_nothing(tmp_path: Path, run: Path, monkeypatch) -> None:
     failed = {"status": "failed", "checks": [{"name": "reproduce", "status": "failed"}]}
-    monkeypatch.setattr("unetpipe.bioimageio.test_package", lambda package: failed)
+    monkeypatch.setattr("unetpipe.bioimageio.model_test", lambda package: failed)
     with pytest.raises(RuntimeError, match="model test failed"):
         export_bioimageio(run, tmp_path / "out.zip")
     assert list(tmp_path.iterdir()) == []

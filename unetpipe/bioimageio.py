@@ -12,8 +12,8 @@ QuPath, BiaPy and napari plugins run it. The package of a run holds
 * the overlap-tile rules of Fig. 2 (:mod:`unetpipe.tiling`) in the spec's terms: input extents
   ``min + n * step`` (:func:`package_geometry`) and an output of the input's size whose ``halo``
   border is to be cropped;
-* a test input and the expected output made by running the model, a cover image, and a README with
-  the training data, the scores of ``metrics.json`` and the paper's citation.
+* a test input and the expected output made by running the model (also as TIFF samples), a cover
+  image, and a README with the training data, the scores of ``metrics.json`` and the citation.
 
 Why a same-size network with a halo rather than the valid network with its output ``2 * halo``
 smaller (the spec's size-reference ``offset``): consumers tile with the ``halo`` only. Neither
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 import zarr
 from PIL import Image
@@ -76,14 +77,15 @@ DATASET_TAGS = {
     "phc-c2dh-u373": ["transmission-light-microscopy", "cells"],
     "dic-c2dh-hela": ["transmission-light-microscopy", "cells"],
 }
-# Which tools run a bioimage.io model package, and with which of its weights (their docs).
+# Which tools run a bioimage.io model package, and with which of its weights (from their
+# documentation and source; only bioimageio.core is run here).
 TOOLS = [
     ("bioimageio.core (Python; `bioimageio test`, `bioimageio predict`)", "both"),
-    ("ilastik (Neural Network Classification workflow, via tiktorch)", "both"),
-    ("deepImageJ (Fiji, via JDLL)", "torchscript (Java runs no state dicts)"),
-    ("QuPath (Bioimage Model Zoo + Deep Java Library extensions; 2D)", "torchscript"),
-    ("BiaPy (inference, fine-tuning)", "pytorch_state_dict (torchscript before 3.5)"),
-    ("napari (napari-bioimageio model manager + bioimageio.core)", "both"),
+    ("ilastik (Neural Network Classification workflow; tiktorch, bioimageio.core)", "both"),
+    ("deepImageJ (Fiji, through JDLL)", "torchscript (Java runs no state dicts)"),
+    ("QuPath (Bioimage Model Zoo + Deep Java Library extensions; 2D only)", "torchscript"),
+    ("BiaPy (inference, fine-tuning)", "pytorch_state_dict (older versions: torchscript)"),
+    ("napari (napari-bioimageio model manager, runs with bioimageio.core)", "both"),
 ]
 
 
@@ -132,7 +134,7 @@ def export_bioimageio(
     data; without it the test input is seeded noise with the training statistics. The cover is
     the run's first report overlay when there is one. Nothing is left at ``output`` unless
     ``bioimageio.core``'s model test passed. Returns the test's status and checks
-    (:func:`test_package`).
+    (:func:`model_test`).
     """
     params = merge_params("export", EXPORT_DEFAULTS, cfg)
     run_dir, output = Path(run_dir), Path(output)
@@ -147,6 +149,8 @@ def export_bioimageio(
     model, metadata = load_model(model_path)
     if "normalization" not in metadata:
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
+    if model.config["in_channels"] != 1:
+        raise ValueError(f"{model_path}: only grey-value (1 input channel) networks are exported")
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 
@@ -160,7 +164,7 @@ def export_bioimageio(
         folder = Path(tmp)
         descr = _describe(folder, model_path, model, metadata, group, params)
         package = save_bioimageio_package(descr, output_path=folder / output.name)
-        result = test_package(package)
+        result = model_test(package)
         if result["status"] != "passed":
             failed = [c for c in result["checks"] if c["status"] == "failed"]
             raise RuntimeError(f"{output}: the bioimage.io model test failed: {failed}")
@@ -170,7 +174,7 @@ def export_bioimageio(
     return result
 
 
-def test_package(package: str | Path) -> dict[str, Any]:
+def model_test(package: str | Path) -> dict[str, Any]:
     """``bioimageio.core``'s model test of a package, on CPU: format validation, the test input
     reproducing the test output with each weight format, and inference at other valid sizes and
     batch sizes. Returns ``{"status": ..., "checks": [{"name", "status", "errors"}, ...]}``."""
@@ -232,6 +236,8 @@ def _describe(
         traced = torch.jit.trace(net, x)
     np.save(folder / "test_input.npy", raw[None, None])
     np.save(folder / "test_output.npy", probs)
+    tifffile.imwrite(folder / "sample_input.tif", raw)  # the same, for people and viewers
+    tifffile.imwrite(folder / "sample_output.tif", probs[0])
     traced.save(str(folder / "weights.torchscript.pt"))
     torch.save(model.state_dict(), folder / "weights.pt")
     shutil.copyfile(model_module.__file__, folder / "unet.py")
@@ -241,8 +247,7 @@ def _describe(
     )
 
     in_id = v0_5.TensorId("raw")
-    channels = ["raw"] if config["in_channels"] == 1 else range(config["in_channels"])
-    classes = ["background", "cell"] if config["n_classes"] == 2 else range(config["n_classes"])
+    classes = ["background", "cell"] if config["n_classes"] == 2 else None
     pytorch_version = v0_5.Version(torch.__version__.split("+")[0])
     tags = ["unet", f"{config['dims']}d", "pytorch", "semantic-segmentation", "unetpipe"]
     tags += DATASET_TAGS.get(_registry_name(attrs, dataset), []) + list(params["tags"])
@@ -267,7 +272,7 @@ def _describe(
                 description="grey values as acquired (normalised by the preprocessing)",
                 axes=[
                     v0_5.BatchAxis(),
-                    v0_5.ChannelAxis(channel_names=[v0_5.Identifier(f"{c}") for c in channels]),
+                    v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
                     *(
                         v0_5.SpaceInputAxis(
                             id=v0_5.AxisId(axis),
@@ -278,6 +283,7 @@ def _describe(
                     ),
                 ],
                 test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+                sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
                 data=v0_5.IntervalOrRatioDataDescr(type="float32"),
                 # numpy's reflect, as unetpipe mirrors (an explicit mode: a default one is
                 # left out of rdf.yaml and read back as constant padding)
@@ -297,7 +303,12 @@ def _describe(
                 description="class probabilities (soft-max over channels); channel 1 = cell",
                 axes=[
                     v0_5.BatchAxis(),
-                    v0_5.ChannelAxis(channel_names=[v0_5.Identifier(f"{c}") for c in classes]),
+                    v0_5.ChannelAxis(
+                        channel_names=[
+                            v0_5.Identifier(c)
+                            for c in classes or [f"class{i}" for i in range(config["n_classes"])]
+                        ]
+                    ),
                     *(
                         v0_5.SpaceOutputAxisWithHalo(
                             id=v0_5.AxisId(axis),
@@ -308,6 +319,7 @@ def _describe(
                     ),
                 ],
                 test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
                 data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
             )
         ],
@@ -463,8 +475,12 @@ def _readme(
         "```",
         "pip install bioimageio.core torch",
         "bioimageio test PACKAGE.zip",
-        "bioimageio predict PACKAGE.zip --inputs image.tif --blockwise true",
+        "bioimageio predict PACKAGE.zip --inputs image.tif --outputs '{output_id}.tif' "
+        "--blockwise true",
         "```",
+        "",
+        f"bioimageio.core (0.11) wants the image's extents in the tile series ({minimum} + "
+        f"{step} n px): pad or crop other images first.",
         "",
         "Tools that run bioimage.io model packages, and the weights each uses (from their "
         "documentation; only bioimageio.core was run on this package):",
