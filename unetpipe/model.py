@@ -216,9 +216,9 @@ class UNetProbabilities(UNet):
     :mod:`unetpipe.predict` extrapolates past a border, Fig. 2) by the ``context`` that valid
     convolutions consume per side, plus ``extra`` px after the end that make it a valid input and
     are cropped from the output; the soft-max turns the logits into the class probabilities p_k(x)
-    of Eq. 1. Padding in front by the context alone keeps unetpipe's pooling grid: a pass over a
-    whole image equals :func:`unetpipe.predict.predict_image`. Same parameters and state-dict
-    keys as :class:`UNet`.
+    of Eq. 1. Padding in front by the context alone keeps unetpipe's pooling grid: for a valid
+    net, a pass over a whole image equals :func:`unetpipe.predict.predict_image`. Same parameters
+    and state-dict keys as :class:`UNet`.
     """
 
     def __init__(self, **config: Any) -> None:
