@@ -209,6 +209,36 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class UNetProbabilities(UNet):
+    """The U-Net as a network whose output has its input's size, for tools that tile images
+    themselves (a bioimage.io package, :mod:`unetpipe.bioimageio`); inputs are multiples of
+    ``2**(depth - 1)`` px per axis. The input is mirror-padded (numpy's ``reflect``, as
+    :mod:`unetpipe.predict` extrapolates past a border, Fig. 2) by the ``context`` that valid
+    convolutions consume per side, plus ``extra`` px after the end that make it a valid input and
+    are cropped from the output; the soft-max turns the logits into the class probabilities p_k(x)
+    of Eq. 1. Padding in front by the context alone keeps unetpipe's pooling grid: for a valid
+    net, a pass over a whole image equals :func:`unetpipe.predict.predict_image`. Same parameters
+    and state-dict keys as :class:`UNet`.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        depth, padding = self.config["depth"], self.config["padding"]
+        smallest = valid_input_size(1, depth, padding)
+        self.context = (smallest - output_size(smallest, depth, padding)) // 2
+        self.extra = (smallest - 2 * self.context) % 2 ** (depth - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = self.config["dims"]
+        if self.context or self.extra:
+            pads = [self.context, self.context + self.extra] * dims
+            x = nn.functional.pad(x, pads, mode="reflect")
+        x = super().forward(x)
+        if self.extra:
+            x = x[(slice(None), slice(None)) + (slice(0, -self.extra),) * dims]
+        return torch.softmax(x, dim=1)
+
+
 def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:
     """Export weights + model config (+ metadata such as normalisation) to one file, atomically.
 

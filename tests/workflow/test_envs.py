@@ -30,6 +30,7 @@ FAMILIES = {
     "evaluate": "evaluate",
     "report": "evaluate",
     "crossval": "evaluate",
+    "export_bioimageio": "torch",
 }
 # Top-level import name -> conda-forge package.
 CONDA_NAME = {
@@ -47,6 +48,7 @@ CONDA_NAME = {
     "matplotlib": "matplotlib-base",
     "yaml": "pyyaml",
     "jsonschema": "jsonschema",
+    "bioimageio": "bioimageio.core",
 }
 SPEC = re.compile(r"^(?P<name>[a-z0-9_.-]+)(?: (?P<version>[^ ]+))?(?: (?P<build>[^ ]+))?$")
 

@@ -73,6 +73,26 @@ def test_forcerun_one_stage(tiny_run, tmp_path):
     ).read_text()
 
 
+def test_bioimageio_package_is_built_only_when_asked(tmp_path):
+    assert "export_bioimageio" not in scheduled_rules(tmp_path)
+    config = changed_config(tmp_path, "export", "bioimageio", True)
+    assert "export_bioimageio" in scheduled_rules(tmp_path, configfile=config)
+
+
+@pytest.mark.slow
+def test_bioimageio_package_at_the_end_of_a_run(tiny_run, tmp_path):
+    """export.bioimageio on a finished run adds the package, tested by bioimageio.core."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = changed_config(workdir, "export", "bioimageio", True)
+    assert scheduled_rules(workdir, configfile=config) == {"export_bioimageio", "all"}
+    check(snakemake(workdir, "--cores", "2", configfile=config))
+    assert (workdir / RUN / "tiny.bioimageio.zip").stat().st_size > 0
+    log = (workdir / "logs/tiny/export_bioimageio.log").read_text()
+    assert "bioimage.io test: passed  Reproduce test outputs from test inputs (torchscript)" in log
+    assert "bioimage.io test: failed" not in log
+
+
 def test_one_target_builds_only_what_it_needs(tmp_path):
     rules = scheduled_rules(tmp_path, str(RUN / "model.pt"))
     assert "synth" in rules and "train" in rules

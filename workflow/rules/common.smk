@@ -81,11 +81,14 @@ def augment_shards():
 
 
 def all_targets():
-    """What `snakemake` builds by default: every stage, ending with the report (and, with
-    cross-validation, the summary over the folds)."""
+    """What `snakemake` builds by default: every stage, ending with the report (with
+    cross-validation also the summary over the folds; with export.bioimageio the bioimage.io
+    model package of each run)."""
     targets = [f"{DATA}/weights", *augment_shards()]
     for run in RUNS:
         targets += [f"{RESULTS}/{run}/metrics.json", f"{RESULTS}/{run}/report"]
+        if config["export"]["bioimageio"]:
+            targets.append(f"{RESULTS}/{run}/{RUN}.bioimageio.zip")
     if FOLDS:
         targets += [f"{RESULTS}/{RUN}/crossval.json"]
     return targets
