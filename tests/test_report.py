@@ -7,6 +7,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from unetpipe import metrics
+from unetpipe.ngff import open_image
 from unetpipe.report import (
     PAPER,
     choose_thresholds,
@@ -268,7 +269,7 @@ def test_ctc_evaluation_per_sequence(tmp_path):
     report = evaluate_run(tmp_path / "data.zarr", predictions, segmentations, tmp_path / "m.json")
     sequences = report["results"]["val"]["sequences"]
     assert "sequences" not in report["results"]["test"]  # test_labels are not CTC frames
-    seg, truth = zarr.open_array(str(segmentations["raw"])), data["labels"]
+    seg, truth = open_image(segmentations["raw"]), data["labels"]
     for z, sequence, frame in [(3, "01", 9), (4, "02", 4)]:
         entry = sequences[sequence]
         assert entry["frames"] == [frame] and entry["paper_iou"] == 0.9203

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import zarr
 
+from unetpipe.ngff import open_image
 from unetpipe.segment import segment_slice, segment_zarr
 
 
@@ -54,7 +55,7 @@ def test_segment_zarr_multi_chunk_slices(tmp_path):
     pred[0] = 255 - pred[1]
     out = tmp_path / "seg.zarr"
     segment_zarr(pred.store.root, out, {"method": "components", "min_size": 4}, threads=2)
-    seg = zarr.open_array(str(out), mode="r")
+    seg = open_image(out)
     assert seg.shape == (3, 40, 60) and seg.chunks == (1, 20, 30) and seg.dtype == np.uint32
     labels = seg[:]
     assert len(np.unique(labels[0])) == 2 and len(np.unique(labels[1])) == 2  # one object each

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from unetpipe import metrics
 from unetpipe.io import atomic_path, open_data, read_splits
+from unetpipe.ngff import open_image
 from unetpipe.params import merge_params
 from unetpipe.segment import cell_probability
 
@@ -218,7 +219,7 @@ def evaluate_run(
         train_truth,
         float(params["baseline_sigma"]),
     )
-    raw_pred = zarr.open_array(str(predictions["raw"]), mode="r")
+    raw_pred = open_image(predictions["raw"], "czyx")
     chosen = choose_thresholds(
         np.stack([cell_probability(raw_pred, z) for z in splits["train"]]),
         train_truth,
@@ -232,9 +233,9 @@ def evaluate_run(
     results: dict[str, Any] = {}
     for name, array, label_array, slices in sets:
         truth = _stack(group[label_array], slices)
-        pred = zarr.open_array(str(predictions[array]), mode="r")
+        pred = open_image(predictions[array], "czyx")
         prob = np.stack([cell_probability(pred, z) for z in slices])
-        instances = _stack(zarr.open_array(str(segmentations[array]), mode="r"), slices)
+        instances = _stack(open_image(segmentations[array]), slices)
         base_prob = baseline_probability(_stack(group[array], slices), baseline)
         base_instances = metrics.components(base_prob > baseline["threshold"])
         results[name] = {
@@ -479,8 +480,8 @@ def write_report(
     params = merge_params("report", REPORT_DEFAULTS, cfg)
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
-    pred = zarr.open_array(str(predictions), mode="r")
-    seg = zarr.open_array(str(segmentation), mode="r")
+    pred = open_image(predictions, "czyx")
+    seg = open_image(segmentation)
     dpi = int(params["dpi"])
     with atomic_path(output) as tmp:
         tmp.mkdir()

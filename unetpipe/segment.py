@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 
-from unetpipe.io import atomic_path
+from unetpipe.ngff import label_image, open_image
 from unetpipe.params import merge_params
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,21 @@ def cell_probability(predictions: zarr.Array, z: int) -> np.ndarray:
 def segment_zarr(
     predictions: str | Path, output: str | Path, cfg: dict[str, Any] | None = None, threads: int = 1
 ) -> None:
-    """Segment every slice of a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
+    """Segment every slice of (classes, z, y, x) predictions (OME-Zarr, Zarr or ImageJ TIFF) into
+    a (z, y, x) uint32 OME-Zarr label image of them (:func:`unetpipe.ngff.label_image`).
 
     Slices run in parallel (Dask, ``threads`` workers); a second pass adds per-slice offsets so
     that labels are distinct over the stack. ``cfg`` = the ``segment`` config section.
     """
     params = merge_params("segment", DEFAULTS, cfg)
-    source = zarr.open_array(str(predictions), mode="r")
+    source = open_image(predictions, "czyx")
     if source.ndim != 4 or source.shape[0] < 2 or source.shape[1] == 0:
         raise ValueError(f"{predictions}: not (classes >= 2, z, y, x): {source.shape}")
     n_slices = source.shape[1]
 
-    with atomic_path(output) as tmp:
+    with label_image(output, source) as level0:
         target = zarr.create_array(
-            str(tmp),
+            str(level0),
             shape=source.shape[1:],
             chunks=(1, *source.chunks[2:]),  # one slice per chunk: parallel writes never share
             dtype=np.uint32,

@@ -49,9 +49,13 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("segment", help="cell probabilities (Zarr) to instances (Zarr)")
-    p.add_argument("predictions", help="(classes, z, y, x) prediction Zarr")
-    p.add_argument("output", help="(z, y, x) uint32 instance Zarr to write")
+    p = subparsers.add_parser("segment", help="cell probabilities to an OME-Zarr label image")
+    p.add_argument("predictions", help="(classes, z, y, x): OME-Zarr, Zarr array or ImageJ TIFF")
+    p.add_argument(
+        "output",
+        help="OME-Zarr label image to write: beside the predictions (seg.ome.zarr) or inside "
+        "them (PRED.ome.zarr/labels/cells)",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="cell probability threshold")
     p.add_argument("--method", choices=["components", "watershed"], default="components")
     p.add_argument("--min-size", type=int, default=16, help="smallest instance in pixels")
