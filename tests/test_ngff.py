@@ -107,8 +107,24 @@ def test_tiff_voxel_size(tiffs: dict[str, Path], tmp_path: Path) -> None:
     path = tmp_path / "centimeter.tif"
     tifffile.imwrite(path, STACK[0], resolution=(2e4, 4e4), resolutionunit="CENTIMETER")
     image = open_image(path)
-    assert image.shape == (1, 70, 90) and image.space.unit == (None, "centimeter", "centimeter")
-    assert image.space.scale == pytest.approx((1.0, 2.5e-5, 5e-5))
+    assert image.shape == (1, 70, 90) and image.space.unit == (None, "micrometer", "micrometer")
+    assert image.space.scale == pytest.approx((1.0, 0.25, 0.5))  # 1e4 / (4e4, 2e4 px per cm)
+
+
+def test_real_isbi_stack_is_memory_mapped(isbi_dir: Path) -> None:
+    path = isbi_dir / "reconstructed" / "train-volume.tif"
+    image = open_image(path)  # 30 uncompressed pages (axis I): a (z, y, x) stack
+    assert image.shape == (30, 512, 512) and image._raw is not None
+    np.testing.assert_array_equal(image[7:9, 100:300], tifffile.imread(path)[7:9, 100:300])
+
+
+def test_real_lzw_frame_of_the_cell_tracking_challenge(shared_dir: Path) -> None:
+    path = shared_dir / "data/ctc/DIC-C2DH-HeLa/01/t000.tif"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    image = open_image(path)  # LZW, 0.19 micrometer pixels given in pixels per centimeter
+    np.testing.assert_array_equal(image[0], tifffile.imread(path))
+    assert image.space.scale[1:] == pytest.approx((0.19, 0.19), rel=1e-4) and image._raw is None
 
 
 def test_axes_are_mapped_dropped_and_inserted(tmp_path: Path) -> None:
@@ -160,6 +176,7 @@ def test_zarr_array_takes_the_dataset_voxel_size(tmp_path: Path) -> None:
     image = open_image(tmp_path / "data.zarr" / "raw")
     assert image.space.scale == (50.0, 4.0, 4.0) and image.chunks == (1, 70, 90)
     assert open_image(group["raw"]).path == image.path  # a zarr.Array object: same image
+    assert open_image(image) is image
     np.testing.assert_array_equal(image[3], STACK[3])
 
 
@@ -170,7 +187,7 @@ def test_bad_inputs_say_what_to_give(tmp_path: Path) -> None:
         open_image(tmp_path / "missing.zarr")
     group = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
     group.create_array("raw", shape=(1, 4, 4), dtype="uint8")
-    with pytest.raises(ValueError, match=r"give one of its arrays: \['raw'\]"):
+    with pytest.raises(ValueError, match=r"give one of its members: \[.raw.\]"):
         open_image(tmp_path / "data.zarr")
     group.attrs["multiscales"] = [{"version": "0.3", "axes": ["z", "y", "x"], "datasets": []}]
     with pytest.raises(ValueError, match="version 0.3"):

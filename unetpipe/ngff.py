@@ -52,7 +52,7 @@ _UNITS = {
     **{f"{micro}m": "micrometer" for micro in ("u", "\u00b5", "\u03bc", "\\u00B5")},
     "microns": "micrometer",
 }
-_TIFF_UNITS = {2: "inch", 3: "centimeter"}  # the ResolutionUnit tag
+_TIFF_MICROMETERS = {2: 25400.0, 3: 10000.0}  # per unit of the ResolutionUnit tag: inch, cm
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,9 @@ def _sliced(key: int | slice) -> bool:
     return isinstance(key, slice)
 
 
-def open_image(source: str | Path | zarr.Array, axes: str = "zyx", level: int = 0) -> ImageArray:
+def open_image(
+    source: str | Path | zarr.Array | ImageArray, axes: str = "zyx", level: int = 0
+) -> ImageArray:
     """An image as an :class:`ImageArray` with ``axes`` (letters of c, z, y, x), and its space.
 
     ``source``: a TIFF file (multi-page, BigTIFF, compressed; the first series), a Zarr array
@@ -171,6 +173,8 @@ def open_image(source: str | Path | zarr.Array, axes: str = "zyx", level: int = 
     length 1 that are not asked for are dropped, axes asked for but absent get length 1; a stack
     axis (time, pages) stands for z when there is no z.
     """
+    if isinstance(source, ImageArray) and source.axes == axes and level == 0:
+        return source
     if isinstance(source, zarr.Array):
         if not isinstance(source.store, LocalStore):
             return _plain(str(source.store), source, axes, Space(), array=source)
@@ -288,16 +292,17 @@ def _tiff_scale(tif: tifffile.TiffFile, names: str) -> tuple[list[float], list[s
                 units[i] = _UNITS.get(pixels.get(f"PhysicalSize{name.upper()}Unit", "\u00b5m"))
         return scale, units
     page = tif.series[0].keyframe
-    unit = _TIFF_UNITS.get(int(page.resolutionunit))
     imagej = tif.imagej_metadata or {}
+    per_unit = _TIFF_MICROMETERS.get(int(page.resolutionunit), 1.0)  # inch, cm -> micrometer
+    unit = "micrometer" if int(page.resolutionunit) in _TIFF_MICROMETERS else None
     if tif.is_imagej:
-        unit = _UNITS.get(str(imagej.get("unit", "")))
+        per_unit, unit = 1.0, _UNITS.get(str(imagej.get("unit", "")))
     for i, name in enumerate(names):
         if name == "z" and "spacing" in imagej:
             scale[i], units[i] = float(imagej["spacing"]), unit
         elif name in "yx":
             resolution = page.resolution[0 if name == "x" else 1]
-            scale[i] = 1.0 / resolution if resolution > 0 else 1.0
+            scale[i] = per_unit / resolution if resolution > 0 else 1.0
             units[i] = unit
     return scale, units
 
@@ -313,9 +318,9 @@ def _ome(attrs: dict[str, Any]) -> dict[str, Any]:
 def _open_ome_zarr(path: Path, group: zarr.Group, axes: str, level: int) -> ImageArray:
     ome = _ome(group.attrs.asdict())
     if "multiscales" not in ome:
-        arrays = sorted(name for name, _ in group.arrays())
         raise ValueError(
-            f"{path}: a Zarr group without OME-Zarr multiscales; give one of its arrays: {arrays}"
+            f"{path}: a Zarr group without OME-Zarr multiscales; give one of its members: "
+            f"{sorted(group.keys())}"
         )
     multiscale = ome["multiscales"][0]
     version = ome.get("version", multiscale.get("version"))

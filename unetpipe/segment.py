@@ -20,7 +20,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
 
-from unetpipe.ngff import label_image, open_image
+from unetpipe.ngff import ImageArray, label_image, open_image
 from unetpipe.params import merge_params
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def segment_slice(
     return relabel_sequential(labels)[0].astype(np.uint32)
 
 
-def cell_probability(predictions: zarr.Array, z: int) -> np.ndarray:
+def cell_probability(predictions: zarr.Array | ImageArray, z: int) -> np.ndarray:
     """Slice ``z`` of channel 1 (cell) of a (classes, z, y, x) prediction, as float32 in [0, 1]
     (integer predictions are scaled by their dtype's maximum)."""
     prob = np.asarray(predictions[1, z])
