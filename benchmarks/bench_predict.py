@@ -7,7 +7,9 @@
 3. Against MONAI's ``sliding_window_inference`` (roi 512, overlap 0.25) with a same-padded U-Net of
    the paper's width (base 64) on a MONAI_SIZE^2 image (skipped when MONAI is absent:
    ``pip install --no-deps monai``).
-4. Memory: peak RSS of ``predict_zarr`` when the volume grows 4x (each size in a subprocess).
+4. Memory: peak RSS of ``predict_zarr`` when the volume grows 4x (each size in a subprocess),
+   read from a Zarr array, an uncompressed TIFF (memory-mapped per read) and a zlib-compressed
+   TIFF (strips decoded through tifffile's Zarr store).
 
     python benchmarks/bench_predict.py                 # full size (several minutes on 2 cores)
     python benchmarks/bench_predict.py --size 1024 --monai-size 512 --mem-size 1024
@@ -21,9 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 import zarr
 
@@ -34,16 +38,34 @@ from unetpipe.tiling import Geometry, plan_axis
 STATS = {"mean": 128.0, "std": 50.0}
 
 
+def random_slices(slices: int, size: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(0)
+    for _ in range(slices):
+        yield rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+
+
 def make_input(path: Path, slices: int, size: int) -> zarr.Array:
     """A uint8 volume (slices, size, size), chunks of at most 1024^2, written slice by slice."""
     chunk = min(size, 1024)
     array = zarr.create_array(
         str(path), shape=(slices, size, size), chunks=(1, chunk, chunk), dtype="uint8"
     )
-    rng = np.random.default_rng(0)
-    for z in range(slices):
-        array[z] = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+    for z, image in enumerate(random_slices(slices, size)):
+        array[z] = image
     return array
+
+
+def make_tiff(path: Path, slices: int, size: int, compression: str | None) -> Path:
+    """The same volume as a multi-page TIFF, written page by page."""
+    tifffile.imwrite(
+        path,
+        random_slices(slices, size),
+        shape=(slices, size, size),
+        dtype=np.uint8,
+        photometric="minisblack",
+        compression=compression,
+    )
+    return path
 
 
 def tiles_of_run(model: UNet, shape: tuple[int, ...], memory_gb: float) -> list[tuple[int, int]]:
@@ -185,24 +207,38 @@ def peak_rss_child(model_path: str, input_path: str, output_path: str, memory_gb
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+INPUTS = {
+    "zarr": lambda path, n, size: make_input(path.with_suffix(".zarr"), n, size).store.root,
+    "tiff": lambda path, n, size: make_tiff(path.with_suffix(".tif"), n, size, None),
+    "tiff-zlib": lambda path, n, size: make_tiff(path.with_suffix(".tif"), n, size, "zlib"),
+}
+
+
 def memory(folder: Path, size: int, slices: int, base: int, depth: int, memory_gb: float) -> None:
     torch.manual_seed(0)
     save_model(folder / "mem.pt", UNet(base_channels=base, depth=depth).eval(), normalization=STATS)
-    rss = {}
-    for n in (slices, 4 * slices):
-        make_input(folder / f"mem{n}.zarr", n, size)
-        args = [folder / "mem.pt", folder / f"mem{n}.zarr", folder / f"memout{n}.zarr", memory_gb]
-        out = subprocess.run(
-            [sys.executable, __file__, "--rss-child", *map(str, args)],
-            check=True,
-            capture_output=True,
-            text=True,
+    extra = 3 * slices * size * size / 2**20
+    print(f"[4] peak RSS, {size}^2 slices, base {base}, {slices} -> {4 * slices} slices")
+    print(f"    (the larger stack holds {extra:.0f} MiB more: a whole read would add that)")
+    for name, make in INPUTS.items():
+        rss = {}
+        for n in (slices, 4 * slices):
+            source = make(folder / f"{name}-{n}", n, size)
+            output = folder / f"{name}-{n}.ome.zarr"
+            args = [folder / "mem.pt", source, output, memory_gb]
+            out = subprocess.run(
+                [sys.executable, __file__, "--rss-child", *map(str, args)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            rss[n] = int(out.stdout.split()[-1]) / 2**20
+        small, large = rss[slices], rss[4 * slices]
+        growth = large / small - 1
+        print(
+            f"    {name:9s} {small:.2f} GiB -> {large:.2f} GiB: growth {growth:+.1%}"
+            "  (target <= +10%)"
         )
-        rss[n] = int(out.stdout.split()[-1]) / 2**20
-    small, large = rss[slices], rss[4 * slices]
-    print(f"[4] peak RSS, {size}^2 slices, base {base}: {slices} slices {small:.2f} GiB,")
-    growth = large / small - 1
-    print(f"    {4 * slices} slices {large:.2f} GiB: growth {growth:+.1%}  (target <= +10%)")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@ from conftest import cli_options
 
 import unetpipe.cli.evaluate
 from unetpipe.cli import build_parser, main
+from unetpipe.ngff import open_image
 
 
 def test_expected_error_is_one_line(tmp_path):
@@ -55,7 +56,7 @@ def test_segment_agglomerate_tuned_on_the_train_split(tmp_path):
         "min_size=0",
     ]
     assert main(args) == 0
-    seg = zarr.open_array(str(out), mode="r")
+    seg = open_image(out)
     assert seg.attrs["tuning"]["slices"] == [0]
     assert seg.attrs["tuning"]["chosen"] == {"merge_threshold": 0.6, "min_size": 0}
     assert seg[0].max() == 2 and len(np.unique(seg[1])) == 1

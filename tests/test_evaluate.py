@@ -20,6 +20,7 @@ from unetpipe.evaluate import (
     summary,
     table2_dataset,
 )
+from unetpipe.ngff import open_image
 
 
 def test_metrics_json(evaluated_run):
@@ -191,7 +192,7 @@ def test_ctc_evaluation_per_sequence(tmp_path):
     report = evaluate_run(tmp_path / "data.zarr", predictions, segmentations, tmp_path / "m.json")
     sequences = report["results"]["val"]["sequences"]
     assert "sequences" not in report["results"]["test"]  # test_labels are not CTC frames
-    seg, truth = zarr.open_array(str(segmentations["raw"])), data["labels"]
+    seg, truth = open_image(segmentations["raw"]), data["labels"]
     for z, sequence, frame in [(3, "01", 9), (4, "02", 4)]:
         entry = sequences[sequence]
         assert entry["frames"] == [frame] and entry["paper_iou"] == 0.9203
@@ -223,7 +224,7 @@ def test_unknown_truth_is_not_scored_and_the_split_is_the_runs(tmp_path):
     mask = np.ones(labels.shape, np.uint8)
     mask[4, :, 40:] = 0  # the right part of validation slice 4 is unknown
     data.create_array("mask", data=mask, chunks=(1, *mask.shape[1:]))
-    seg = zarr.open_array(str(segmentations["raw"]), mode="r+")
+    seg = zarr.open_array(str(segmentations["raw"] / "0"), mode="r+")  # level 0
     seg[4, :, 40:] = 99  # one false cell over the whole unknown part
     masked = evaluate_run(tmp_path / "data.zarr", predictions, segmentations, tmp_path / "b.json")
     prob = np.asarray(zarr.open_array(str(predictions["raw"]))[1], np.float32)

@@ -21,6 +21,7 @@ import unetpipe
 from unetpipe.cli import main
 from unetpipe.intensity import normalize
 from unetpipe.model import UNet, save_model
+from unetpipe.ngff import open_image
 from unetpipe.predict import predict_image, predict_zarr, slurm_cluster_options
 from unetpipe.tiling import Geometry
 
@@ -194,7 +195,7 @@ def test_predict_zarr_equals_predict_image_per_slice(model_file: Path, tmp_path:
     raw = make_volume(tmp_path / "raw.zarr", (2, 90, 130))
     output = tmp_path / "pred.zarr"
     result = predict_zarr(model_file, raw, output, tile=76, progress=False)
-    probs = zarr.open_array(str(output), mode="r")
+    probs = open_image(output, "czyx")
     # Tile 76 predicts 36 px: 90 = 3 blocks of 30 -> 32 (4 px pooling grid), 130 = 4 x 36.
     assert result["block"] == (1, 32, 36) and result["blocks"] == 2 * 3 * 4
     assert probs.shape == (2, 2, 90, 130) and probs.chunks == (2, 1, 32, 36)
@@ -210,7 +211,7 @@ def test_predict_zarr_equals_predict_image_per_slice(model_file: Path, tmp_path:
     result = predict_zarr(
         model_file, str(tmp_path / "raw.zarr"), output, dtype="uint8", progress=False
     )
-    as_bytes = zarr.open_array(str(output), mode="r")[:]
+    as_bytes = open_image(output, "czyx")[:]
     assert as_bytes.dtype == np.uint8 and result["blocks"] == 2  # auto tile: one block per slice
     np.testing.assert_allclose(as_bytes / 255, expected, atol=0.5 / 255 + 1e-5, rtol=0)
 
@@ -222,12 +223,12 @@ def test_predict_zarr_3d_net_and_tta(tmp_path: Path) -> None:
     raw = make_volume(tmp_path / "raw.zarr", (10, 20, 24))
     predict_zarr(path, raw, tmp_path / "p.zarr", tile=32, block=(8, 8, 8), progress=False)
     expected = predict_image(model, normalize(raw[:], STATS), tile=32)
-    probs = zarr.open_array(str(tmp_path / "p.zarr"), mode="r")
+    probs = open_image(tmp_path / "p.zarr", "czyx")
     assert probs.chunks == (2, 8, 8, 8)
     np.testing.assert_allclose(probs[:].astype(np.float32), expected, atol=1e-3, rtol=0)
     predict_zarr(path, raw, tmp_path / "t.zarr", tile=32, tta=True, progress=False)
     tta = predict_image(model, normalize(raw[:], STATS), tile=32, tta=True)
-    tiled = zarr.open_array(str(tmp_path / "t.zarr"), mode="r")[:].astype(np.float32)
+    tiled = open_image(tmp_path / "t.zarr", "czyx")[:].astype(np.float32)
     np.testing.assert_allclose(tiled, tta, atol=1e-3, rtol=0)
 
 
@@ -235,7 +236,7 @@ def test_local_cluster_gives_the_same_output(model_file: Path, tmp_path: Path) -
     raw = make_volume(tmp_path / "raw.zarr", (2, 40, 50))
     predict_zarr(model_file, raw, tmp_path / "a.zarr", tile=60, progress=False)
     predict_zarr(model_file, raw, tmp_path / "b.zarr", tile=60, scheduler="local", progress=False)
-    a, b = (zarr.open_array(str(tmp_path / n), mode="r")[:] for n in ("a.zarr", "b.zarr"))
+    a, b = (open_image(tmp_path / n, "czyx")[:] for n in ("a.zarr", "b.zarr"))
     assert np.array_equal(a, b)
 
 
@@ -270,8 +271,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(
     predict_zarr(
         model_file, tmp_path / "raw.zarr", tmp_path / "again.zarr", tile=60, progress=False
     )
-    resumed = zarr.open_array(str(output), mode="r")[:]
-    assert np.array_equal(resumed, zarr.open_array(str(tmp_path / "again.zarr"), mode="r")[:])
+    resumed = open_image(output, "czyx")[:]
+    assert np.array_equal(resumed, open_image(tmp_path / "again.zarr", "czyx")[:])
 
 
 def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> None:
@@ -330,5 +331,5 @@ def test_command_line(model_file: Path, tmp_path: Path) -> None:
     make_volume(tmp_path / "raw.zarr", (1, 30, 40))
     args = ["predict", str(model_file), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
     assert main([*args, "--tile", "60", "--dtype", "uint8", "--no-progress"]) == 0
-    assert zarr.open_array(str(tmp_path / "p.zarr"), mode="r").shape == (2, 1, 30, 40)
+    assert open_image(tmp_path / "p.zarr", "czyx").shape == (2, 1, 30, 40)
     assert main(["predict", str(tmp_path / "none.pt"), *args[2:]]) == 1

@@ -3,6 +3,7 @@ import pytest
 import zarr
 
 from unetpipe.evaluate import score_instances
+from unetpipe.ngff import open_image
 from unetpipe.segment import (
     score,
     segment_slice,
@@ -62,7 +63,7 @@ def test_segment_zarr_multi_chunk_slices(tmp_path):
     pred[0] = 255 - pred[1]
     out = tmp_path / "seg.zarr"
     segment_zarr(pred.store.root, out, {"method": "components", "min_size": 4}, threads=2)
-    seg = zarr.open_array(str(out), mode="r")
+    seg = open_image(out)
     assert seg.shape == (3, 40, 60) and seg.chunks == (1, 20, 30) and seg.dtype == np.uint32
     labels = seg[:]
     assert len(np.unique(labels[0])) == 2 and len(np.unique(labels[1])) == 2  # one object each
@@ -185,12 +186,12 @@ def test_segment_zarr_agglomerate_blockwise_equals_whole_volume(tmp_path, mode):
     write_predictions(tmp_path / "pred.zarr", prob, (1, 16, 16))
     cfg = {"method": "agglomerate", "mode": mode, "merge_threshold": 0.45, "min_size": 4}
     segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, threads=2)
-    seg = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")
+    seg = open_image(tmp_path / "seg.zarr")
     whole = segment_volume(prob, **cfg)
     assert seg.chunks == (1, 16, 16) and 5 < whole.max()
     np.testing.assert_array_equal(seg[:], whole)  # identical labels, not only up to relabelling
     segment_zarr(tmp_path / "pred.zarr", tmp_path / "b.zarr", cfg | {"block": [2, 48, 7]})
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:], whole)
+    np.testing.assert_array_equal(open_image(tmp_path / "b.zarr")[:], whole)
 
 
 def test_segment_zarr_object_across_seams_keeps_one_id(tmp_path):
@@ -200,7 +201,7 @@ def test_segment_zarr_object_across_seams_keeps_one_id(tmp_path):
     write_predictions(tmp_path / "pred.zarr", prob, (1, 20, 15))
     cfg = {"method": "agglomerate", "mask": True, "merge_threshold": 0.3, "min_size": 0}
     segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg)
-    labels = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[:]
+    labels = open_image(tmp_path / "seg.zarr")[:]
     assert sorted(np.unique(labels)) == [0, 1, 2]
     assert (labels[0][prob[0] > 0.5] == 1).all() and (labels[1][prob[1] > 0.5] == 2).all()
 
@@ -221,7 +222,7 @@ def test_segment_zarr_tunes_on_training_slices(tmp_path, caplog):
             tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, truth=labels, tune_slices=[1]
         )
     assert labels.read == {1}
-    seg = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")
+    seg = open_image(tmp_path / "seg.zarr")
     tuning = seg.attrs["tuning"]
     assert tuning["chosen"] == {"merge_threshold": 0.5, "min_size": 0} and tuning["slices"] == [1]
     assert [row["v_rand"] for row in tuning["table"]][0] == 1.0 and tuning["measure"] == "v_rand"

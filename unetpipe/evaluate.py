@@ -25,6 +25,7 @@ from scipy import ndimage
 from unetpipe import metrics
 from unetpipe.config import section_params
 from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data
+from unetpipe.ngff import ImageArray, open_image
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, gold, resolve
 
@@ -57,7 +58,7 @@ FIXED_THRESHOLDS = ("pixel_error", "v_rand", "slice_v_rand", "warping_error")
 """The measures scored also at a threshold fixed on the training slices (``<measure>_t_train``)."""
 
 
-def _stack(array: zarr.Array | CheckedArray, slices: Sequence[int]) -> np.ndarray:
+def _stack(array: zarr.Array | CheckedArray | ImageArray, slices: Sequence[int]) -> np.ndarray:
     return np.stack([np.asarray(array[z]) for z in slices])
 
 
@@ -220,7 +221,7 @@ def evaluate_run(
     known = _known(group, fit)
     train_truth = np.where(known, _stack(group["labels"], fit), 0)
     baseline = fit_baseline(_stack(group["raw"], fit), train_truth, float(params["baseline_sigma"]))
-    raw_pred = zarr.open_array(str(predictions["raw"]), mode="r")
+    raw_pred = open_image(predictions["raw"], "czyx")
     train_prob = np.stack([cell_probability(raw_pred, z) for z in fit])
     chosen = choose_thresholds(
         np.where(known, train_prob, 0), train_truth, thresholds, params["thinning"]
@@ -233,9 +234,9 @@ def evaluate_run(
     for name, array, label_array, slices in sets:
         known = _known(group, slices) if array == "raw" else True
         truth = np.where(known, _stack(group[label_array], slices), 0)
-        pred = zarr.open_array(str(predictions[array]), mode="r")
+        pred = open_image(predictions[array], "czyx")
         prob = np.where(known, np.stack([cell_probability(pred, z) for z in slices]), 0)
-        instances = _stack(zarr.open_array(str(segmentations[array]), mode="r"), slices)
+        instances = _stack(open_image(segmentations[array]), slices)
         instances = np.where(known, instances, 0)
         base_prob = np.where(known, baseline_probability(_stack(group[array], slices), baseline), 0)
         base_instances = metrics.components(base_prob > baseline["threshold"])

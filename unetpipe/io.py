@@ -297,12 +297,15 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     _remove(old)
 
 
-def check_disjoint(output: str | Path, *inputs: str | Path) -> None:
+def check_disjoint(output: str | Path, *inputs: str | Path, beside: str | None = None) -> None:
     """Refuse, before anything is written, an output that is, contains or lies inside an input:
-    writing it would delete or overwrite the input."""
+    writing it would delete or overwrite the input. ``beside``: a sub-folder of the inputs where
+    outputs may lie (an OME-Zarr image's ``labels``)."""
     out = Path(output).resolve()
     for given in inputs:
         source = Path(given).resolve()
+        if beside and (source / beside) in out.parents:
+            continue
         if out == source or out in source.parents or source in out.parents:
             relation = "is" if out == source else "contains" if out in source.parents else "lies in"
             raise ValueError(

@@ -30,6 +30,7 @@ import zarr
 from unetpipe.intensity import normalize
 from unetpipe.io import sha256sum
 from unetpipe.model import UNet, load_model
+from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.tiling import AxisPlan, Geometry, max_tile_for_budget, plan_axis, read_mirrored
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ class _Job:
     """Everything a Dask task needs to predict one block; small and picklable."""
 
     model_path: str
-    source: Any  # zarr.Array (z, y, x)
+    source: ImageArray  # (z, y, x), reopened lazily by each worker
     target: str  # the temporary output array
     block: tuple[int, int, int]
     max_tile: tuple[int, ...]
@@ -335,25 +336,27 @@ def predict_zarr(
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict a Zarr volume (z, y, x) of any size into a Zarr array (classes, z, y, x).
+    """Predict a volume (z, y, x) of any size into an OME-Zarr image (classes, z, y, x).
+
+    The input is a TIFF, a Zarr array or an OME-Zarr image, read lazily
+    (:func:`unetpipe.ngff.open_image`); the output's full-resolution level ``0`` gets the
+    input's voxel size and a pyramid (:func:`unetpipe.ngff.write_image`).
 
     The volume is cut into output blocks on the pooling grid, one Zarr chunk each; a Dask task
     reads its block plus halo, runs its tiles through the model (loaded once per worker) and writes
     its own chunk, so memory is bounded by the blocks in flight. Output goes to
-    ``<output>.partial`` and is renamed when complete; a killed run restarted with the same model
-    and parameters skips the blocks already written. ``dtype`` float16 stores probabilities,
-    uint8 stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster),
-    address (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its
-    options). Returns counts and timings.
+    ``<output>.partial`` and becomes level 0 of ``output`` when complete; a killed run restarted
+    with the same model and parameters skips the blocks already written. ``dtype`` float16 stores
+    probabilities, uint8 stores ``round(255 p)``. ``scheduler``: threads, local (a distributed
+    LocalCluster), address (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster,
+    ``slurm`` its options). Returns counts and timings.
     """
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     started = time.perf_counter()
-    source = input_zarr_array
-    if not isinstance(source, zarr.Array):
-        source = zarr.open_array(str(source), mode="r")
+    source = open_image(input_zarr_array)
     model_path = str(Path(model_path).resolve())
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if not Path(model_path).is_file():
@@ -384,8 +387,8 @@ def predict_zarr(
         "model_sha256": sha256sum(model_path),
         "model_config": model.config,
         "normalization": metadata["normalization"],
-        "input": {"store": str(source.store), "path": source.path, "shape": list(source.shape)},
-        "input_attrs": dict(source.attrs),
+        "input": {"path": source.path, "format": source.format, "shape": list(source.shape)},
+        "input_attrs": source.attrs,
         "tile": list(max_tile),
         "block": list(block),
         "mirror": mirror,
@@ -418,9 +421,7 @@ def predict_zarr(
     if missing:
         raise RuntimeError(f"{len(missing)} blocks were not written; rerun to resume")
     shutil.rmtree(_done_dir(partial))
-    if output.exists():
-        shutil.rmtree(output)
-    partial.rename(output)
+    write_image(output, partial, source.space)
     seconds = time.perf_counter() - started
     log.info("wrote %s in %.1f s", output, seconds)
     return {"blocks": len(blocks), "computed": len(todo), "seconds": seconds, "block": block}

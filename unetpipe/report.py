@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 from matplotlib.figure import Figure
 
 from unetpipe.config import section_params
 from unetpipe.evaluate import PAPER, ROWS, format_table, format_value
 from unetpipe.io import atomic_path, check_disjoint, open_data
+from unetpipe.ngff import open_image
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, resolve
 
@@ -195,8 +195,8 @@ def write_report(
     check_disjoint(output, metrics_json, data, predictions, segmentation, train_log)
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
-    pred = zarr.open_array(str(predictions), mode="r")
-    seg = zarr.open_array(str(segmentation), mode="r")
+    pred = open_image(predictions, "czyx")
+    seg = open_image(segmentation)
     dpi = int(params["dpi"])
     with atomic_path(output) as tmp:
         tmp.mkdir()

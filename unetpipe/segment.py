@@ -33,7 +33,8 @@ from skimage.segmentation import relabel_sequential, watershed
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
 from unetpipe.config import defaults, section_params
-from unetpipe.io import atomic_path
+from unetpipe.io import STORE_EVERY_CHUNK, check_disjoint
+from unetpipe.ngff import ImageArray, label_image, open_image
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def tune_segmentation(
     return base | {k: rows[best][k] for k in grid}, rows
 
 
-def cell_probability(predictions: zarr.Array, z: int) -> np.ndarray:
+def cell_probability(predictions: zarr.Array | ImageArray, z: int) -> np.ndarray:
     """Slice ``z`` of channel 1 (cell) of a (classes, z, y, x) prediction, as float32 in [0, 1]
     (integer predictions are scaled by their dtype's maximum)."""
     return cell_region(predictions, (z, 0, 0), (z + 1, *predictions.shape[2:]))[0]
@@ -296,8 +297,8 @@ def cell_region(predictions: zarr.Array, lo: Sequence[int], hi: Sequence[int]) -
     return prob.astype(np.float32)
 
 
-def _open_predictions(path: str | Path) -> zarr.Array:
-    source = zarr.open_array(str(path), mode="r")
+def _open_predictions(path: str | Path) -> ImageArray:
+    source = open_image(path, "czyx")
     if source.ndim != 4 or source.shape[0] < 2 or source.shape[1] == 0:
         raise ValueError(f"{path}: not (classes >= 2, z, y, x): {source.shape}")
     return source
@@ -354,6 +355,8 @@ def segment_zarr(
     params = section_params("segment", cfg)
     tune = params["tune"]
     _check(params)
+    inputs = [predictions, *([tune_predictions] if tune_predictions else [])]
+    check_disjoint(output, *inputs, beside="labels")  # NGFF: labels/<name> inside the image
     source = _open_predictions(predictions)
     attributes: dict[str, Any] = {"predictions": str(predictions)}
     if tune["enabled"]:
@@ -391,14 +394,15 @@ def segment_zarr(
     else:
         chunks = (1, *source.chunks[2:])  # one slice per chunk: parallel writes never share
 
-    with atomic_path(output) as tmp:
+    with label_image(output, source) as level0:
         target = zarr.create_array(
-            str(tmp),
+            str(level0),
             shape=source.shape[1:],
             chunks=chunks,
             dtype=np.uint32,
             fill_value=0,
             attributes=attributes,
+            config=STORE_EVERY_CHUNK,
         )
         if params["method"] == "agglomerate":
             count = _agglomerate_zarr(source, target, params, threads)
@@ -408,7 +412,7 @@ def segment_zarr(
 
 
 def _agglomerate_zarr(
-    source: zarr.Array, target: zarr.Array, params: Mapping[str, Any], threads: int
+    source: ImageArray, target: zarr.Array, params: Mapping[str, Any], threads: int
 ) -> int:
     stop = float(params["merge_threshold"])
     hierarchy, write = agg.build(
@@ -425,7 +429,7 @@ def _agglomerate_zarr(
 
 
 def _slices_zarr(
-    source: zarr.Array, target: zarr.Array, params: Mapping[str, Any], threads: int
+    source: ImageArray, target: zarr.Array, params: Mapping[str, Any], threads: int
 ) -> int:
     def label(z: int) -> int:
         labels = segment_volume(cell_probability(source, z), **params)

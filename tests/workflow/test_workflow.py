@@ -46,6 +46,23 @@ def test_tiny_pipeline_beats_thresholding(tiny_run):
 
 
 @pytest.mark.slow
+def test_predictions_and_segmentations_are_ome_zarr(tiny_run):
+    """What napari opens: an NGFF image per predicted array, its label image beside it."""
+    models = pytest.importorskip("ome_zarr_models")
+    import zarr
+
+    voxel = yaml.safe_load(TINY.read_text()).get("dataset", {}).get("voxel_size", [1.0] * 3)
+    for array in ("raw", "test"):
+        image = tiny_run / RUN / "predictions" / f"{array}.zarr"
+        label = tiny_run / RUN / "segmentation" / f"{array}.zarr"
+        assert type(models.open_ome_zarr(zarr.open_group(str(image), mode="r"))).__name__ == "Image"
+        metadata = zarr.open_group(str(label), mode="r").attrs["ome"]
+        assert (label / metadata["image-label"]["source"]["image"]).resolve() == image.resolve()
+        scale = metadata["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+        assert scale["scale"] == [float(v) for v in voxel]
+
+
+@pytest.mark.slow
 def test_weights_change_reruns_weights_and_downstream_only(tiny_run):
     rules = scheduled_rules(tiny_run, configfile=changed_config(tiny_run, "weights", "sigma", 4.0))
     assert {"weights", "train"} | AFTER_TRAIN <= rules

@@ -101,11 +101,15 @@ def _summary(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "segment",
-        help="cell probabilities (Zarr) to instances (Zarr)",
+        help="cell probabilities to an OME-Zarr label image",
         description="Unset options take the segment config's defaults (config/README.md).",
     )
-    p.add_argument("predictions", help="(classes, z, y, x) prediction Zarr")
-    p.add_argument("output", help="(z, y, x) uint32 instance Zarr to write")
+    p.add_argument("predictions", help="(classes, z, y, x): OME-Zarr, Zarr array or ImageJ TIFF")
+    p.add_argument(
+        "output",
+        help="OME-Zarr label image to write: beside the predictions (seg.ome.zarr) or inside "
+        "them (PRED.ome.zarr/labels/cells)",
+    )
     p.add_argument("--method", choices=METHODS, help="components, watershed or agglomerate")
     p.add_argument("--threshold", type=float, help="cell probability threshold (foreground)")
     p.add_argument("--min-size", type=int, help="smallest instance in pixels")

@@ -1,4 +1,4 @@
-"""``unetpipe predict``: overlap-tile inference of a Zarr volume (Fig. 2)."""
+"""``unetpipe predict``: overlap-tile inference of a TIFF, Zarr or OME-Zarr stack (Fig. 2)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predi
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="predict class probabilities of a Zarr volume (z, y, x)",
-        description="Overlap-tile inference with Dask; a killed run resumes when restarted.",
+        help="predict class probabilities of a (z, y, x) stack: TIFF, Zarr or OME-Zarr",
+        description="Overlap-tile inference with Dask into an OME-Zarr image (axes, voxel size, "
+        "pyramid); a killed run resumes when restarted.",
     )
     parser.add_argument("model", help="exported model (model.pt)")
-    parser.add_argument("input", help="input Zarr array, e.g. results/demo/data.zarr/test")
-    parser.add_argument("output", help="output Zarr array (classes, z, y, x)")
+    parser.add_argument(
+        "input",
+        help="a TIFF stack, a Zarr array (e.g. results/demo/data.zarr/test) or an OME-Zarr image",
+    )
+    parser.add_argument("output", help="OME-Zarr image to write (classes, z, y, x): out.ome.zarr")
     parser.add_argument("--tile", type=int, help="largest input tile (default: fit --memory-gb)")
     parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB)
     parser.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))

@@ -1,5 +1,7 @@
 # rules: segment, evaluate, report -- instances from the probabilities, the measures of the paper's
-# Section 4 (metrics.json) and the report (figures for `snakemake --report`).
+# Section 4 (metrics.json) and the report (figures for `snakemake --report`). Each segmentation is
+# an OME-Zarr label image beside its predictions (image-label source ../../predictions/<array>.zarr;
+# not in predictions/<array>.zarr/labels/, which would nest one rule's output in another's).
 
 
 # Arrays scored against labels, among those predicted: raw (validation slices), and the synthetic

@@ -1,6 +1,7 @@
 # rules: predict -- overlap-tile inference (Fig. 2) over each array of config predict.arrays, in
-# Dask blocks. The output folder appears only when complete (written as <output>.partial, renamed);
-# the .partial folder survives a killed job and the rerun resumes from its finished blocks.
+# Dask blocks, into an OME-Zarr 0.5 image (classes, z, y, x; the dataset's voxel_size; a pyramid
+# for large planes). The output folder appears only when complete (blocks go to <output>.partial,
+# which survives a killed job: the rerun resumes from its finished blocks).
 
 
 rule predict:

@@ -1,0 +1,577 @@
+"""Images in and out of the pipeline: TIFF, Zarr and OME-Zarr (OME-NGFF 0.5, Moore et al. 2023).
+
+:func:`open_image` reads any input (a TIFF stack, a plain Zarr array, an OME-Zarr 0.4/0.5 image)
+as a lazy array with the axes a stage asks for, and its voxel size (:class:`Space`).
+:func:`write_image` and :func:`label_image` make the full-resolution predictions and
+segmentations OME-Zarr 0.5 images (Zarr v3): ``multiscales`` with axes and scale, a 2x pyramid in
+(y, x) written chunk by chunk, and the segmentation as an ``image-label`` image pointing at the
+probabilities it came from. :func:`write_tiff` exports any of them as an ImageJ hyperstack for Fiji.
+Spec: https://ngff.openmicroscopy.org/0.5/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import operator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import zarr
+from zarr.storage import LocalStore
+
+from unetpipe.io import atomic_path, slice_chunks
+
+VERSION = "0.5"
+PYRAMID_PLANE = 512  # levels are added until a (y, x) plane fits in 512 x 512
+TIFF_SUFFIXES = (".tif", ".tiff")
+CHANNEL_AXES = ("c", "s")  # channels; TIFF samples (RGB)
+
+# OME-NGFF units (UDUNITS-2 names) and how ImageJ writes them.
+_IMAGEJ_UNITS = {
+    "angstrom": "\u00c5",
+    "picometer": "pm",
+    "nanometer": "nm",
+    "micrometer": "micron",
+    "millimeter": "mm",
+    "centimeter": "cm",
+    "meter": "m",
+    "inch": "inch",
+}
+# Every spelling met in ImageJ, OME-XML and TIFF metadata -> the OME-NGFF unit.
+_UNITS = {
+    **{name: name for name in _IMAGEJ_UNITS},
+    **{short: name for name, short in _IMAGEJ_UNITS.items()},
+    **{f"{micro}m": "micrometer" for micro in ("u", "\u00b5", "\u03bc", "\\u00B5")},
+    "microns": "micrometer",
+}
+_TIFF_MICROMETERS = {2: 25400.0, 3: 10000.0}  # per unit of the ResolutionUnit tag: inch, cm
+
+
+@dataclass(frozen=True)
+class Space:
+    """Where the (z, y, x) voxels lie: size per voxel, position of voxel 0 and units (None:
+    unknown), as the ``scale`` and ``translation`` of OME-NGFF ``coordinateTransformations``."""
+
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    unit: tuple[str | None, str | None, str | None] = (None, None, None)
+
+
+class ImageArray:
+    """The full-resolution array of an image on disk, with the axes asked for, read lazily.
+
+    Indexing with integers and slices (one per axis) reads only that region: Zarr chunks, TIFF
+    strips, tiles or pages, or rows of an uncompressed TIFF through a memory map made per read.
+    Pickling carries the path, not the open file, so Dask workers get it cheaply and reopen it.
+    ``format``: zarr, ome-zarr or tiff; ``group``: the OME-Zarr image it belongs to, if any.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        format: str,
+        axes: str,
+        stored_shape: Sequence[int],
+        dtype: Any,
+        source_axes: Sequence[int | None],
+        space: Space,
+        *,
+        attrs: dict[str, Any] | None = None,
+        stored_chunks: Sequence[int] | None = None,
+        group: str | None = None,
+        raw: tuple[int, str] | None = None,
+        array: zarr.Array | None = None,
+    ) -> None:
+        self.path, self.format, self.axes, self.group = path, format, axes, group
+        self.space, self.attrs = space, dict(attrs or {})
+        self.dtype = np.dtype(dtype)
+        self._stored_shape = tuple(int(n) for n in stored_shape)
+        self._source_axes = tuple(source_axes)  # per axis: the stored axis, None if inserted
+        self.shape = tuple(1 if i is None else self._stored_shape[i] for i in self._source_axes)
+        self.ndim = len(self.shape)
+        self.chunks = (
+            tuple(1 if i is None else stored_chunks[i] for i in self._source_axes)
+            if stored_chunks is not None
+            else slice_chunks(self.shape)  # TIFF: read in strips, tiles or pages anyway
+        )
+        self._raw = raw  # (offset, stored dtype) of uncompressed contiguous TIFF data
+        self._array = array
+        self._kept = array is not None  # an array not on local disk travels as it is
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": self._array if self._kept else None}
+
+    def __repr__(self) -> str:
+        return f"ImageArray({self.path!r}, {self.format}, {self.axes}, shape={self.shape})"
+
+    def _stored(self) -> Any:
+        if self._array is None:
+            if self.format == "tiff":
+                store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+                self._array = zarr.open_array(store, mode="r")
+            else:
+                self._array = zarr.open_array(self.path, mode="r")
+        return self._array
+
+    def _read(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        if self._raw is None:
+            return np.asarray(self._stored()[key])
+        offset, dtype = self._raw
+        mapped = np.memmap(self.path, dtype, "r", offset, self._stored_shape)
+        try:
+            return np.array(mapped[key], dtype=self.dtype)
+        finally:
+            del mapped  # unmapped after each read: resident memory stays one region
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = tuple(k if isinstance(k, slice) else operator.index(k) for k in _tuple(key))
+        if len(key) > self.ndim:
+            raise IndexError(f"{self!r} takes up to {self.ndim} integers or slices, got {key}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        stored: list[int | slice] = [0] * len(self._stored_shape)
+        for axis, source in enumerate(self._source_axes):
+            if source is not None:
+                stored[source] = key[axis]
+        data = self._read(tuple(stored))
+        kept = [a for a, s in enumerate(self._source_axes) if s is not None]
+        kept = [a for a in sorted(kept, key=lambda a: self._source_axes[a]) if _sliced(key[a])]
+        data = np.transpose(data, np.argsort(kept)) if kept != sorted(kept) else data
+        for axis in range(self.ndim):  # axes the stored image lacks: length 1
+            if self._source_axes[axis] is None and _sliced(key[axis]):
+                position = sum(_sliced(k) for k in key[:axis])
+                count = len(range(*key[axis].indices(1)))
+                data = np.repeat(np.expand_dims(data, position), count, axis=position)
+            elif self._source_axes[axis] is None and key[axis] not in (0, -1):
+                raise IndexError(f"index {key[axis]} out of range for axis {self.axes[axis]}")
+        return data
+
+
+def _tuple(key: Any) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _sliced(key: int | slice) -> bool:
+    return isinstance(key, slice)
+
+
+def open_image(
+    source: str | Path | zarr.Array | ImageArray, axes: str = "zyx", level: int = 0
+) -> ImageArray:
+    """An image as an :class:`ImageArray` with ``axes`` (letters of c, z, y, x), and its space.
+
+    ``source``: a TIFF file (multi-page, BigTIFF, compressed; the first series), a Zarr array
+    (its voxel size from the ``voxel_size`` attribute of the dataset group holding it), or an
+    OME-Zarr 0.4/0.5 image or label image (multiscale ``level``, 0 = full resolution). Axes of
+    length 1 that are not asked for are dropped, axes asked for but absent get length 1; a stack
+    axis (time, pages) stands for z when there is no z.
+    """
+    if isinstance(source, ImageArray) and source.axes == axes and level == 0:
+        return source
+    if isinstance(source, zarr.Array):
+        if not isinstance(source.store, LocalStore):
+            return _plain(str(source.store), source, axes, Space(), array=source)
+        source = Path(source.store.root) / source.path
+    path = Path(source)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such TIFF file")
+        return _open_tiff(path, axes)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such image (a TIFF, a Zarr array or an OME-Zarr image)"
+        )
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return _plain(str(path.resolve()), node, axes, _group_space(path.parent))
+    return _open_ome_zarr(path, node, axes, level)
+
+
+def _plain(path: str, array: zarr.Array, axes: str, space: Space, **kw: Any) -> ImageArray:
+    """A Zarr array of the pipeline's layout: (z, y, x) images, (c, z, y, x) predictions."""
+    if array.ndim not in (3, 4):
+        raise ValueError(
+            f"{path}: shape {array.shape}; a Zarr array must be (z, y, x) or (c, z, y, x)"
+        )
+    source_axes = _source_axes("czyx"[-array.ndim :], array.shape, axes, Path(path))
+    return ImageArray(
+        path,
+        "zarr",
+        axes,
+        array.shape,
+        array.dtype,
+        source_axes,
+        space,
+        attrs=array.attrs.asdict(),
+        stored_chunks=array.chunks,
+        **kw,
+    )
+
+
+def _group_space(folder: Path) -> Space:
+    """The dataset group's ``voxel_size`` (z, y, x), unit unknown; 1 without a group."""
+    metadata = folder / "zarr.json"
+    if not metadata.is_file():
+        return Space()
+    voxel = json.loads(metadata.read_text()).get("attributes", {}).get("voxel_size")
+    return Space(scale=tuple(float(v) for v in voxel)) if voxel else Space()
+
+
+def _source_axes(names: Sequence[str], shape: Sequence[int], axes: str, path: Path) -> list:
+    """For each axis asked for, the stored axis it reads (None: absent, length 1)."""
+    mapping = {a: names.index(a) for a in axes if a in names}
+    stacks = [
+        i
+        for i, n in enumerate(names)
+        if n not in (*axes, *CHANNEL_AXES) and shape[i] > 1 and i not in mapping.values()
+    ]
+    if "z" in axes and "z" not in mapping and len(stacks) == 1:
+        mapping["z"] = stacks[0]  # a time series or a page stack stands for z
+    missing = [a for a in "yx" if a in axes and a not in mapping]
+    extra = [i for i in range(len(names)) if i not in mapping.values() and shape[i] > 1]
+    if missing or extra:
+        stored = ", ".join(f"{n}={s}" for n, s in zip(names, shape, strict=True))
+        raise ValueError(
+            f"{path}: axes ({stored}) cannot be read as ({', '.join(axes)}); "
+            "give one grey-value channel as a (z, y, x) stack"
+        )
+    return [mapping.get(a) for a in axes]
+
+
+def _space(
+    names: Sequence[str], source_axes: Sequence[int | None], axes: str, scale, translation, units
+) -> Space:
+    """The (z, y, x) part of per-stored-axis scale, translation and units."""
+    picked = [source_axes[axes.index(a)] if a in axes else None for a in "zyx"]
+    known = [
+        i if i is not None and names[i] == a else None for i, a in zip(picked, "zyx", strict=True)
+    ]
+    return Space(
+        scale=tuple(1.0 if i is None else float(scale[i]) for i in known),
+        translation=tuple(0.0 if i is None else float(translation[i]) for i in known),
+        unit=tuple(None if i is None else units[i] for i in known),
+    )
+
+
+# --- TIFF ----------------------------------------------------------------------------------------
+
+
+def _open_tiff(path: Path, axes: str) -> ImageArray:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        names = series.axes.lower()
+        shape = series.shape
+        source_axes = _source_axes(names, shape, axes, path)
+        scale, units = _tiff_scale(tif, names)
+        space = _space(names, source_axes, axes, scale, [0.0] * len(names), units)
+        raw = None
+        if series.dataoffset is not None and not series.is_pyramidal:
+            raw = (int(series.dataoffset), tif.byteorder + series.dtype.char)
+        return ImageArray(
+            str(path.resolve()), "tiff", axes, shape, series.dtype, source_axes, space, raw=raw
+        )
+
+
+def _tiff_scale(tif: tifffile.TiffFile, names: str) -> tuple[list[float], list[str | None]]:
+    """Pixel size and unit per stored axis: OME-XML, ImageJ spacing, else resolution tags."""
+    scale, units = [1.0] * len(names), [None] * len(names)
+    if tif.is_ome:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+        for i, name in enumerate(names):
+            size = pixels.get(f"PhysicalSize{name.upper()}")
+            if name in "zyx" and size:
+                scale[i] = float(size)
+                units[i] = _UNITS.get(pixels.get(f"PhysicalSize{name.upper()}Unit", "\u00b5m"))
+        return scale, units
+    page = tif.series[0].keyframe
+    imagej = tif.imagej_metadata or {}
+    per_unit = _TIFF_MICROMETERS.get(int(page.resolutionunit), 1.0)  # inch, cm -> micrometer
+    unit = "micrometer" if int(page.resolutionunit) in _TIFF_MICROMETERS else None
+    if tif.is_imagej:
+        per_unit, unit = 1.0, _UNITS.get(str(imagej.get("unit", "")))
+    for i, name in enumerate(names):
+        if name == "z" and "spacing" in imagej:
+            scale[i], units[i] = float(imagej["spacing"]), unit
+        elif name in "yx":
+            resolution = page.resolution[0 if name == "x" else 1]
+            scale[i] = per_unit / resolution if resolution > 0 else 1.0
+            units[i] = unit
+    return scale, units
+
+
+# --- OME-Zarr in ---------------------------------------------------------------------------------
+
+
+def _ome(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The OME metadata: under ``ome`` (0.5) or at the top of the attributes (0.4)."""
+    return attrs.get("ome", attrs)
+
+
+def _open_ome_zarr(path: Path, group: zarr.Group, axes: str, level: int) -> ImageArray:
+    ome = _ome(group.attrs.asdict())
+    if "multiscales" not in ome:
+        raise ValueError(
+            f"{path}: a Zarr group without OME-Zarr multiscales; give one of its members: "
+            f"{sorted(group.keys())}"
+        )
+    multiscale = ome["multiscales"][0]
+    version = ome.get("version", multiscale.get("version"))
+    if version not in ("0.4", "0.5"):
+        raise ValueError(f"{path}: OME-Zarr version {version}; unetpipe reads 0.4 and 0.5")
+    datasets = multiscale["datasets"]
+    if not 0 <= level < len(datasets):
+        raise ValueError(f"{path}: no multiscale level {level} (it has {len(datasets)})")
+    array = group[datasets[level]["path"]]
+    names = [str(a["name"]).lower() for a in multiscale["axes"]]
+    # The dataset's transforms, then the multiscale's (applied to all levels).
+    scale, shift = _transform(datasets[level].get("coordinateTransformations", []), len(names))
+    outer, outer_shift = _transform(multiscale.get("coordinateTransformations", []), len(names))
+    scale, shift = scale * outer, shift * outer + outer_shift
+    source_axes = _source_axes(names, array.shape, axes, path)
+    units = [a.get("unit") for a in multiscale["axes"]]
+    return ImageArray(
+        str(path.resolve() / datasets[level]["path"]),
+        "ome-zarr",
+        axes,
+        array.shape,
+        array.dtype,
+        source_axes,
+        _space(names, source_axes, axes, scale, shift, units),
+        attrs=array.attrs.asdict(),
+        stored_chunks=array.chunks,
+        group=str(path.resolve()),
+    )
+
+
+def _transform(transforms: Sequence[dict[str, Any]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and translation of a list of OME-NGFF scale/translation transforms, in order."""
+    scale, shift = np.ones(n), np.zeros(n)
+    for transform in transforms:
+        if transform["type"] == "scale":
+            factor = np.asarray(transform["scale"], dtype=float)
+            scale, shift = scale * factor, shift * factor
+        elif transform["type"] == "translation":
+            shift = shift + np.asarray(transform["translation"], dtype=float)
+        elif transform["type"] != "identity":
+            raise ValueError(f"unsupported coordinate transformation {transform}")
+    return scale, shift
+
+
+# --- OME-Zarr out --------------------------------------------------------------------------------
+
+
+def class_names(n_classes: int) -> list[str]:
+    """Channel names of the network's classes (channel 1 = cell, DEVELOPERS.md)."""
+    return ["background", "cell"] if n_classes == 2 else [f"class {i}" for i in range(n_classes)]
+
+
+def downsample_mean(block: np.ndarray) -> np.ndarray:
+    """2x2 means over the last two axes, in float32 (a last odd row or column is averaged with
+    itself); integers are rounded back to their dtype."""
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, n % 2) for n in block.shape[-2:]]
+    data = np.pad(block.astype(np.float32), pad, mode="edge")
+    *lead, ny, nx = data.shape
+    data = data.reshape(*lead, ny // 2, 2, nx // 2, 2).mean(axis=(-3, -1))
+    return (np.rint(data) if np.issubdtype(block.dtype, np.integer) else data).astype(block.dtype)
+
+
+def downsample_nearest(block: np.ndarray) -> np.ndarray:
+    """Every second pixel in (y, x), from the first: labels keep their values."""
+    return block[..., ::2, ::2]
+
+
+def _next_level(source: zarr.Array, path: Path, reduce: Callable, names: list[str]) -> zarr.Array:
+    """Level ``n + 1`` of ``source``, written one output chunk at a time (memory: a chunk)."""
+    shape = (*source.shape[:-2], *(math.ceil(n / 2) for n in source.shape[-2:]))
+    chunks = (*shape[:-3], *slice_chunks(shape[-3:]))
+    target = zarr.create_array(
+        str(path),
+        shape=shape,
+        chunks=chunks,
+        dtype=source.dtype,
+        fill_value=source.fill_value,
+        dimension_names=names,
+    )
+    lead = (slice(None),) * (len(shape) - 3)
+    step_y, step_x = chunks[-2:]
+    for z in range(shape[-3]):
+        for y in range(0, shape[-2], step_y):
+            for x in range(0, shape[-1], step_x):
+                block = source[
+                    (*lead, z, slice(2 * y, 2 * (y + step_y)), slice(2 * x, 2 * (x + step_x)))
+                ]
+                target[(*lead, z, slice(y, y + step_y), slice(x, x + step_x))] = reduce(block)
+    return target
+
+
+def _name_dimensions(array: Path, names: Sequence[str]) -> None:
+    """Set ``dimension_names`` of a finished Zarr v3 array (metadata only; NGFF 0.5 wants them
+    equal to the axes)."""
+    metadata = array / "zarr.json"
+    content = json.loads(metadata.read_text())
+    content["dimension_names"] = list(names)
+    metadata.write_text(json.dumps(content, indent=2))
+
+
+def _multiscale(
+    group: Path, level0: Path, space: Space, channels: bool, method: str, name: str
+) -> dict[str, Any]:
+    """Write the pyramid of ``level0`` into ``group`` (levels 1, 2, ... until a plane fits in
+    :data:`PYRAMID_PLANE`) and return the ``multiscales`` entry of all its levels."""
+    names = (["c"] if channels else []) + ["z", "y", "x"]
+    _name_dimensions(level0, names)
+    reduce = downsample_mean if method == "mean" else downsample_nearest
+    lead = [1.0] if channels else []
+    level, datasets = zarr.open_array(str(level0), mode="r"), []
+    for index in itertools.count():
+        factor = np.array([1.0, 2.0**index, 2.0**index])
+        scale = np.array(space.scale) * factor
+        # A mean of 2^k pixels sits at their centre; nearest keeps the first pixel's position.
+        shift = np.array(space.translation)
+        if method == "mean":
+            shift = shift + (factor - 1) / 2 * np.array(space.scale)
+        transforms = [{"type": "scale", "scale": lead + scale.tolist()}]
+        if shift.any():
+            transforms.append(
+                {
+                    "type": "translation",
+                    "translation": [0.0] * len(lead) + shift.tolist(),
+                }
+            )
+        datasets.append({"path": str(index), "coordinateTransformations": transforms})
+        if max(level.shape[-2:]) <= PYRAMID_PLANE:
+            break
+        level = _next_level(level, group / str(index + 1), reduce, names)
+    axes = [{"name": "c", "type": "channel"}] if channels else []
+    axes += [
+        {"name": a, "type": "space", **({"unit": u} if u else {})}
+        for a, u in zip("zyx", space.unit, strict=True)
+    ]
+    return {"name": name, "axes": axes, "datasets": datasets, "type": method}
+
+
+def _write_group(folder: Path, ome: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """The group metadata of ``folder`` (its arrays stay): ``ome`` metadata plus ``attrs``."""
+    group = zarr.open_group(str(folder), mode="a", zarr_format=3)
+    group.attrs.update({**attrs, "ome": {"version": VERSION, **ome}})
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".zarr").removesuffix(".ome")
+
+
+def _omero(names: Sequence[str], dtype: np.dtype) -> dict[str, Any]:
+    """Display settings: channel names, the probability range, the cell channel shown in green."""
+    top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+    window = {"min": 0.0, "max": top, "start": 0.0, "end": top}
+    colours = {"background": "808080", "cell": "00FF00"}
+    return {
+        "channels": [
+            {
+                "label": n,
+                "color": colours.get(n, "FFFFFF"),
+                "active": n != "background",
+                "window": window,
+            }
+            for n in names
+        ]
+    }
+
+
+def write_image(output: str | Path, level0: str | Path, space: Space) -> Path:
+    """Make ``output`` an OME-Zarr 0.5 image of the complete (classes, z, y, x) probabilities
+    ``level0``, which becomes its full-resolution level ``0`` unchanged (moved, last).
+
+    Adds the 2x2-mean pyramid, ``multiscales`` (axes c, z, y, x; ``space``), ``omero`` channel
+    names and the array's attributes (provenance) on the group; nothing partial at ``output``.
+    """
+    output, level0 = Path(output), Path(level0)
+    array = zarr.open_array(str(level0), mode="r")
+    with atomic_path(output) as tmp:
+        tmp.mkdir()
+        multiscale = _multiscale(tmp, level0, space, True, "mean", _stem(output))
+        omero = _omero(class_names(array.shape[0]), array.dtype)
+        _write_group(tmp, {"multiscales": [multiscale], "omero": omero}, array.attrs.asdict())
+        level0.rename(tmp / "0")
+    return output
+
+
+@contextlib.contextmanager
+def label_image(output: str | Path, source: ImageArray) -> Iterator[Path]:
+    """Yield the path to write the full-resolution (z, y, x) labels of ``source`` at; then make
+    ``output`` an OME-Zarr 0.5 label image of them (nothing partial at ``output`` meanwhile).
+
+    Adds the pyramid (nearest: labels keep their values), ``multiscales`` (axes z, y, x in
+    ``source``'s space) and ``image-label`` with the relative path to ``source``'s OME-Zarr image
+    (napari opens both). As ``IMAGE/labels/NAME`` the label is also listed in IMAGE's labels.
+    """
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        yield tmp / "0"
+        multiscale = _multiscale(tmp, tmp / "0", source.space, False, "nearest", _stem(output))
+        label: dict[str, Any] = {}
+        if source.group is not None:
+            image = Path(source.group).resolve()
+            label["source"] = {"image": Path(os.path.relpath(image, output.resolve())).as_posix()}
+        attrs = zarr.open_array(str(tmp / "0"), mode="r").attrs.asdict()
+        _write_group(tmp, {"multiscales": [multiscale], "image-label": label}, attrs)
+    labels, image = output.parent, output.parent.parent / "zarr.json"
+    if labels.name == "labels" and image.is_file():
+        if "multiscales" in _ome(json.loads(image.read_text()).get("attributes", {})):
+            group = zarr.open_group(str(labels), mode="a", zarr_format=3)
+            listed = _ome(group.attrs.asdict()).get("labels", [])
+            group.attrs["ome"] = {"version": VERSION, "labels": sorted({*listed, output.name})}
+
+
+# --- TIFF out ------------------------------------------------------------------------------------
+
+
+def _imagej_dtype(image: ImageArray) -> np.dtype:
+    """The ImageJ pixel type (uint8, uint16, float32) that holds ``image`` exactly."""
+    if image.dtype in (np.uint8, np.uint16, np.float32):
+        return image.dtype
+    if np.issubdtype(image.dtype, np.floating):
+        return np.dtype(np.float32)
+    low = min(int(image[:, z].min()) for z in range(image.shape[1]))
+    high = max(int(image[:, z].max()) for z in range(image.shape[1]))
+    if low >= 0 and high < 2**16:
+        return np.dtype(np.uint16)
+    if max(-low, high) <= 2**24:  # float32 holds every integer up to 2^24
+        return np.dtype(np.float32)
+    raise ValueError(f"{image.path}: labels up to {high} do not fit an ImageJ image (2^24)")
+
+
+def write_tiff(source: str | Path, output: str | Path, level: int = 0) -> Path:
+    """Export an image (OME-Zarr image or label image, plain Zarr array, TIFF) as an ImageJ
+    hyperstack TIFF (axes ZCYX, pixel size and z spacing with their unit) for Fiji.
+
+    Written page by page (memory: one (y, x) plane); ``level`` picks a multiscale level.
+    Probabilities become float32 (uint8 stays), labels uint16 or float32, whichever holds them.
+    """
+    image = open_image(source, "czyx", level)
+    classes, n_slices, height, width = image.shape
+    dtype = _imagej_dtype(image)
+    (spacing, size_y, size_x), unit = image.space.scale, image.space.unit[-1]
+    metadata: dict[str, Any] = {"axes": "ZCYX", "spacing": spacing}
+    if unit:
+        metadata["unit"] = _IMAGEJ_UNITS.get(unit, unit)
+    pages = (image[c, z].astype(dtype) for z in range(n_slices) for c in range(classes))
+    with atomic_path(output) as tmp:
+        tifffile.imwrite(
+            tmp,
+            pages,
+            shape=(n_slices, classes, height, width),
+            dtype=dtype,
+            imagej=True,
+            resolution=(1 / size_x, 1 / size_y),
+            metadata=metadata,
+        )
+    return Path(output)
