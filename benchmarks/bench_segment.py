@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from unetpipe.datasets import binary_to_instances
 from unetpipe.io import open_data, read_splits, read_stack
+from unetpipe.ngff import open_image
 from unetpipe.segment import (
     DEFAULTS,
     GRIDS,
@@ -92,7 +93,7 @@ def load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[int], l
     if set(train) & set(scored):
         raise SystemExit(f"training slices {train} and scored slices {scored} overlap")
     if args.predictions:
-        pred = zarr.open_array(args.predictions, mode="r")
+        pred = open_image(args.predictions, "czyx")
         prob = np.stack([cell_probability(pred, z) for z in range(pred.shape[1])])
         return prob, truth, train, scored, f"predictions {args.predictions}"
     prob = stand_in(truth).astype(np.float32) / 255
@@ -170,7 +171,7 @@ def blockwise(prob: np.ndarray, params: dict, threads: int) -> None:
         start = time.perf_counter()
         segment_zarr(f"{tmp}/pred.zarr", f"{tmp}/seg.zarr", cfg, threads)
         blocks = time.perf_counter() - start
-        same = np.array_equal(zarr.open_array(f"{tmp}/seg.zarr", mode="r")[:], whole)
+        same = np.array_equal(open_image(f"{tmp}/seg.zarr")[:], whole)
     print(
         f"block-wise (1, 256, 256) blocks, {threads} threads: {blocks:.2f} s; in memory "
         f"{memory:.2f} s; identical labels: {same}"
