@@ -21,6 +21,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -449,34 +450,36 @@ def _predict_batch(job: _Job, batch: tuple[int, int, int]) -> dict[str, Any]:
     stats = {"blocks": len(indices), "computed": 0, "reused": 0, "stale": 0}
     seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
 
-    def write(index: Sequence[int], probs: np.ndarray, digest: int) -> None:
+    def write(index: Sequence[int], local: tuple[int, ...], probs: np.ndarray, digest: int) -> None:
         begun = time.perf_counter()
         origin, size = _block_box(job, index)
         box = tuple(slice(o, o + s) for o, s in zip(origin, size, strict=True))
         target[(slice(None), *box)] = _encode(probs, job.dtype)
-        current[tuple(i - s.start for i, s in zip(index, span, strict=True))] = digest
-        markers[span] = current
+        current[local] = digest
+        markers[span] = current  # one small chunk, replaced atomically by the store
         seconds["write"] += time.perf_counter() - begun
 
     read = functools.partial(_read_block, job, normalization=metadata["normalization"])
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        writes = []
+        writes: deque[Future] = deque()
         upcoming = reader.submit(read, indices[0])
         for k, index in enumerate(indices):
             data, region, digest, read_seconds = upcoming.result()
             seconds["read"] += read_seconds
             if k + 1 < len(indices):
                 upcoming = reader.submit(read, indices[k + 1])
-            known = int(previous[tuple(i - s.start for i, s in zip(index, span, strict=True))])
-            if known == digest:
+            local = tuple(i - s.start for i, s in zip(index, span, strict=True))
+            if int(previous[local]) == digest:
                 stats["reused"] += 1
                 continue
-            stats["stale"] += known != 0
+            stats["stale"] += int(previous[local]) != 0
             begun = time.perf_counter()
             probs = _predict_block(model, job, data, region)
             seconds["compute"] += time.perf_counter() - begun
             stats["computed"] += 1
-            writes.append(writer.submit(write, index, probs, digest))
+            writes.append(writer.submit(write, index, local, probs, digest))
+            while len(writes) > 2:  # bounded memory when writing is the slower side
+                writes.popleft().result()
         for pending in writes:
             pending.result()
     return {
