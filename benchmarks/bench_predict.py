@@ -68,10 +68,12 @@ def make_tiff(path: Path, slices: int, size: int, compression: str | None) -> Pa
     return path
 
 
-def tiles_of_run(model: UNet, shape: tuple[int, ...], memory_gb: float) -> list[tuple[int, int]]:
+def tiles_of_run(
+    model: UNet, shape: tuple[int, ...], memory_gb: float, batch_size: int = 1
+) -> list[tuple[int, int]]:
     """The tile shapes ``predict_zarr`` runs over a (1, y, x) volume (same planning code)."""
     geometry = Geometry.of(model)
-    max_tile = _max_tile(model, None, 1, memory_gb)
+    max_tile = _max_tile(model, None, batch_size, memory_gb)
     block = _block_shape(shape, 2, max_tile, geometry)[1:]
     tiles = []
     for origin_y in range(0, shape[1], block[0]):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unetpipe
-from unetpipe.cli import main
+from unetpipe import predict
+from unetpipe.cli import build_parser, main
 from unetpipe.intensity import normalize
 from unetpipe.model import UNet, save_model
 from unetpipe.ngff import open_image
@@ -247,32 +251,95 @@ predict_zarr(sys.argv[1], sys.argv[2], sys.argv[3], tile=60, batch_size=1, progr
 """
 
 
+def finished_blocks(partial: Path) -> int:
+    """Blocks a (running or killed) prediction has written: non-zero entries of its markers."""
+    markers = partial / ".done"
+    if not (markers / "zarr.json").is_file():
+        return 0
+    return int(np.count_nonzero(zarr.open_array(str(markers), mode="r")[:]))
+
+
 def test_killed_run_resumes_and_matches_an_uninterrupted_run(
     model_file: Path, tmp_path: Path
 ) -> None:
     make_volume(tmp_path / "raw.zarr", (24, 60, 60))  # 24 x 9 blocks of 20 px
     output = tmp_path / "pred.zarr"
-    done = tmp_path / "pred.zarr.partial" / ".done"
+    partial = tmp_path / "pred.zarr.partial"
     env = {**os.environ, "PYTHONPATH": str(Path(unetpipe.__file__).parents[1])}
     args = [sys.executable, "-c", RUN, str(model_file), str(tmp_path / "raw.zarr"), str(output)]
     process = subprocess.Popen(args, env=env)
     try:
-        while not (done.is_dir() and len(list(done.iterdir())) >= 5):
+        while finished_blocks(partial) < 5:
             assert process.poll() is None, "the run ended before it could be killed"
             time.sleep(0.01)
     finally:
         process.kill()
         process.wait()
-    finished = len(list(done.iterdir()))
+    finished = finished_blocks(partial)
     assert 5 <= finished < 24 * 9 and not output.exists()
 
     result = predict_zarr(model_file, tmp_path / "raw.zarr", output, tile=60, progress=False)
-    assert result["computed"] == 24 * 9 - finished
+    assert result["computed"] == 24 * 9 - finished and result["reused"] == finished
+    assert result["stale"] == 0
     predict_zarr(
         model_file, tmp_path / "raw.zarr", tmp_path / "again.zarr", tile=60, progress=False
     )
     resumed = open_image(output, "czyx")[:]
     assert np.array_equal(resumed, open_image(tmp_path / "again.zarr", "czyx")[:])
+
+
+def test_resume_recomputes_the_blocks_whose_input_changed(
+    model_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Blocks finished before the input's pixels changed in place are not reused."""
+    raw = make_volume(tmp_path / "raw.zarr", (4, 40, 40), dtype="float32")
+    raw[3] = np.nan  # the run stops at slice 3: the 4 x 3 blocks of slices 0-2 are finished
+    output = tmp_path / "pred.zarr"
+    with pytest.raises(ValueError, match="NaN"):
+        predict_zarr(model_file, raw, output, tile=60, progress=False)
+    assert finished_blocks(tmp_path / "pred.zarr.partial") == 12 and not output.exists()
+
+    raw[0] = raw[0] + 1  # same path, shape and attributes; new pixels in slice 0
+    raw[3] = 7
+    with caplog.at_level(logging.INFO, logger="unetpipe.predict"):
+        result = predict_zarr(model_file, raw, output, tile=60, progress=False)
+    assert (result["reused"], result["stale"], result["computed"]) == (8, 4, 8)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resume:")]
+    assert lines == [
+        "resume: 8 finished blocks kept (input unchanged), 4 recomputed because their input "
+        "changed since they were written, 4 not written before"
+    ]
+    fresh = predict_zarr(model_file, raw, tmp_path / "fresh.zarr", tile=60, progress=False)
+    assert fresh["computed"] == 16
+    assert np.array_equal(
+        open_image(output, "czyx")[:],
+        open_image(tmp_path / "fresh.zarr", "czyx")[:],
+    )
+
+
+def test_blocks_batched_into_tasks_give_the_same_output(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (3, 90, 130))
+    one = predict_zarr(model_file, raw, tmp_path / "one.zarr", tile=76, progress=False)
+    assert one["batch"] == (1, 1, 1) and one["blocks"] == 36
+    monkeypatch.setattr(predict, "MIN_TASKS", 4)  # 36 blocks: 9 per task, filled along x first
+    batched = predict_zarr(
+        model_file, raw, tmp_path / "batched.zarr", tile=76, n_workers=2, progress=False
+    )
+    assert batched["batch"] == (1, 2, 4) and batched["computed"] == 36
+    assert sum(batched["workers"].values()) == 36
+    assert np.array_equal(
+        open_image(tmp_path / "one.zarr", "czyx")[:],
+        open_image(tmp_path / "batched.zarr", "czyx")[:],
+    )
+
+
+def test_batch_shape_scales_to_a_teravoxel_grid() -> None:
+    assert predict._batch_shape((24, 3, 3)) == (1, 1, 1)  # under MIN_TASKS blocks: one each
+    assert predict._batch_shape((10_000, 12, 12)) == (1, 12, 12)  # one slice of 144 per task
+    assert predict._batch_shape((10_000, 40, 40)) == (1, 6, 40)  # at most 256 blocks
+    assert predict._batch_shape((3, 40, 40)) == (1, 1, 4)
 
 
 def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> None:
@@ -294,9 +361,6 @@ def test_bad_input_leaves_no_output(model_file: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model file not found"):
         predict_zarr(tmp_path / "missing.pt", empty, output, progress=False)
     nan = make_volume(tmp_path / "nan.zarr", (2, 30, 30), dtype="float32")
-    nan[1, 5, 5] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        predict_zarr(model_file, nan, output, progress=False)
     with pytest.raises(ValueError, match="dtype"):
         predict_zarr(model_file, nan, output, dtype="int16", progress=False)
     with pytest.raises(ValueError, match="multiples of 4"):
@@ -306,6 +370,108 @@ def test_bad_input_leaves_no_output(model_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="normalization"):
         predict_zarr(unnormalised, nan, output, progress=False)
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(np.nan, "NaN"), (np.inf, r"\+inf"), (-np.inf, "-inf")]
+)
+def test_non_finite_input_is_refused_naming_where(
+    model_file: Path, tmp_path: Path, value: float, text: str
+) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (2, 30, 30), dtype="float32")
+    raw[1, 5, 7] = value
+    output = tmp_path / "pred.zarr"
+    where = rf"{tmp_path / 'raw.zarr'} contains {text} at \(z, y, x\) = \(1, 5, 7\)"
+    with pytest.raises(ValueError, match=where):
+        predict_zarr(model_file, raw, output, progress=False)
+    assert not output.exists()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_outputs_overlapping_the_input_or_the_model_are_refused(
+    model_file: Path, tmp_path: Path
+) -> None:
+    group = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    for name in ("raw", "test"):
+        group.create_array(name, shape=(1, 30, 30), dtype="uint8")[:] = 7
+    (tmp_path / "link").symlink_to(tmp_path / "d.zarr")
+    make_volume(tmp_path / "o.zarr.partial", (1, 30, 30))
+    before, model_before = tree(tmp_path), model_file.read_bytes()
+    test = tmp_path / "d.zarr" / "test"
+    for source, output in [
+        (test, tmp_path / "d.zarr"),  # the input's group: would delete raw, labels ...
+        (test, test),
+        (test, test / "inside"),
+        (test, tmp_path / "link"),  # the group through a symbolic link
+        (tmp_path / "o.zarr.partial", tmp_path / "o.zarr"),  # the input as the stale partial
+    ]:
+        with pytest.raises(ValueError, match="overlaps the input"):
+            predict_zarr(model_file, source, output, progress=False)
+    for output in (model_file, model_file.parent):
+        with pytest.raises(ValueError, match="overlaps the model file"):
+            predict_zarr(model_file, test, output, progress=False)
+    args = ["predict", str(model_file), str(test), str(tmp_path / "d.zarr"), "--no-progress"]
+    assert main(args) == 1
+    assert tree(tmp_path) == before and model_file.read_bytes() == model_before
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"memory_gb": 0}, "memory_gb must be a positive number"),
+        ({"memory_gb": -2.0}, "memory_gb must be a positive number"),
+        ({"memory_gb": float("nan")}, "memory_gb must be a positive number"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"n_workers": 0}, "n_workers must be a positive integer"),
+        ({"threads_per_worker": 0}, "threads_per_worker must be a positive integer"),
+        ({"tile": 0}, "nearest valid tiles"),
+        ({"block": (1, 0, 8)}, "block must be"),
+        ({"mirror": "wrap"}, "mirror must be one of"),
+        ({"device": "gpu"}, "device must be auto, cpu, cuda or cuda:N"),
+        ({"scheduler": "mpi"}, "scheduler must be one of"),
+        ({"slurm": {"partition": "gpu"}}, r"unknown slurm options \['partition'\]"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_written(
+    model_file: Path, tmp_path: Path, setting: dict, message: str
+) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (1, 30, 30))
+    with pytest.raises(ValueError, match=message):
+        predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False, **setting)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.zarr"]
+
+
+def test_a_damaged_input_chunk_is_named(model_file: Path, tmp_path: Path) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (3, 30, 30))
+    (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").write_bytes(b"not zstd at all")
+    message = rf"input {tmp_path / 'raw.zarr'}: chunk \(1, 0, 0\) \(file c/1/0/0\) cannot be read"
+    with pytest.raises(ValueError, match=message):
+        predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_a_missing_input_chunk_reads_as_its_fill_value(model_file: Path, tmp_path: Path) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (2, 30, 30))
+    (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").unlink()
+    predict_zarr(model_file, raw, tmp_path / "p.zarr", tile=60, progress=False)
+    expected = per_slice_reference(NETS[3, "valid"], np.stack([raw[0], np.zeros_like(raw[0])]), 60)
+    probs = open_image(tmp_path / "p.zarr", "czyx")[:].astype(np.float32)
+    np.testing.assert_allclose(probs, expected, atol=1e-3, rtol=0)
+
+
+def test_auto_device_gives_each_local_worker_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert predict._resolve_device("auto") == "cuda"  # not in a Dask worker
+    for name, device in [(0, "cuda:0"), (5, "cuda:1"), ("SLURMCluster-3", "cuda")]:
+        monkeypatch.setattr(distributed, "get_worker", lambda name=name: SimpleNamespace(name=name))
+        assert predict._resolve_device("auto") == device
+    assert predict._resolve_device("cpu") == "cpu"
 
 
 def test_slurm_options_make_a_job_script() -> None:
@@ -325,11 +491,25 @@ def test_slurm_options_make_a_job_script() -> None:
     for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00"):
         assert line in script
     assert "#SBATCH --gres=gpu:1" in script and "--nthreads 8" in script  # one worker per job
+    assert "#SBATCH -J unetpipe-predict" in script
 
 
-def test_command_line(model_file: Path, tmp_path: Path) -> None:
+def test_command_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     make_volume(tmp_path / "raw.zarr", (1, 30, 40))
     args = ["predict", str(model_file), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
     assert main([*args, "--tile", "60", "--dtype", "uint8", "--no-progress"]) == 0
     assert open_image(tmp_path / "p.zarr", "czyx").shape == (2, 1, 30, 40)
     assert main(["predict", str(tmp_path / "none.pt"), *args[2:]]) == 1
+    before = tree(tmp_path / "p.zarr")
+    assert main([*args, "--memory-gb", "0", "--no-progress"]) == 1
+    assert "memory_gb must be a positive number of GiB" in capsys.readouterr().err
+    assert tree(tmp_path / "p.zarr") == before
+
+
+def test_every_predict_option_has_help() -> None:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    actions = commands.choices["predict"]._actions
+    assert len(actions) > 15
+    for action in actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.dest

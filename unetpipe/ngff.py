@@ -121,6 +121,10 @@ class ImageArray:
                 self._array = zarr.open_array(self.path, mode="r")
         return self._array
 
+    def zarr_array(self) -> Any:
+        """The stored Zarr array, axes as stored (None for a TIFF): its chunk keys name files."""
+        return None if self.format == "tiff" else self._stored()
+
     def _read(self, key: tuple[int | slice, ...]) -> np.ndarray:
         if self._raw is None:
             return np.asarray(self._stored()[key])

@@ -10,15 +10,20 @@ whole mirror-padded image.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+from tqdm import tqdm
 
 from unetpipe.intensity import normalize
-from unetpipe.io import sha256sum
+from unetpipe.io import STORE_EVERY_CHUNK, sha256sum
 from unetpipe.model import UNet, load_model
 from unetpipe.ngff import ImageArray, open_image, write_image
-from unetpipe.tiling import AxisPlan, Geometry, max_tile_for_budget, plan_axis, read_mirrored
+from unetpipe.tiling import (
+    MIRROR_MODES,
+    AxisPlan,
+    Geometry,
+    max_tile_for_budget,
+    plan_axis,
+    read_mirrored,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +52,6 @@ DEFAULT_MEMORY_GB = 4.0
 OUTPUT_DTYPES = ("float16", "uint8")
 SCHEDULERS = ("threads", "local", "address", "slurm")
 _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
-
-Reader = Callable[[Sequence[int], Sequence[int]], np.ndarray]
 
 
 def predict_image(
@@ -66,16 +77,10 @@ def predict_image(
     image = np.asarray(image, dtype=np.float32)
     _check_image(image, geometry.dims, "image")
     max_tile = _max_tile(model, tile, batch_size, memory_gb)
+    region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, tta)
+    data = read_mirrored(image, region.start, region.stop, mirror)
     with _channels_last(model):
-        return _predict_region(
-            model,
-            lambda start, stop: read_mirrored(image, start, stop, mirror),
-            (0,) * geometry.dims,
-            image.shape,
-            max_tile,
-            batch_size,
-            tta,
-        )
+        return _predict_region(model, data, region, batch_size)
 
 
 def _check_image(image: np.ndarray, dims: int, name: str) -> None:
@@ -85,16 +90,23 @@ def _check_image(image: np.ndarray, dims: int, name: str) -> None:
         )
     if image.size == 0:
         raise ValueError(f"{name} is empty (shape {image.shape})")
-    if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
-        raise ValueError(f"{name} contains NaN; fill or mask them before prediction")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or inf; fill or mask them before prediction")
 
 
 def _max_tile(
     model: UNet, tile: int | Sequence[int] | None, batch_size: int, memory_gb: float
 ) -> tuple[int, ...]:
     geometry = Geometry.of(model)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer (tiles per pass), got {batch_size!r}"
+        )
+    if not isinstance(memory_gb, int | float) or not 0 < memory_gb < math.inf:
+        raise ValueError(
+            f"memory_gb must be a positive number of GiB (the budget of one forward pass), "
+            f"got {memory_gb!r}"
+        )
     if tile is None:
         tile = max_tile_for_budget(model.config, geometry, memory_gb * 2**30, batch_size)
     tiles = (tile,) * geometry.dims if isinstance(tile, int) else tuple(tile)
@@ -141,38 +153,54 @@ def _untransform(array: np.ndarray, flips: Sequence[int], swap: bool) -> np.ndar
     return np.flip(array, axes) if axes else array
 
 
-def _predict_region(
-    model: UNet,
-    read: Reader,
+@dataclass(frozen=True)
+class _Region:
+    """Output pixels ``[origin, origin + size)``, the tiles covering them per axis (and with TTA
+    those of the views transposed in (y, x)), and the input box ``[start, stop)`` they read."""
+
+    origin: tuple[int, ...]
+    size: tuple[int, ...]
+    plans: tuple[AxisPlan, ...]
+    swapped: tuple[AxisPlan, ...]  # empty without TTA
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+
+def _plan_region(
+    geometry: Geometry,
     origin: Sequence[int],
     size: Sequence[int],
     max_tile: Sequence[int],
-    batch_size: int,
     tta: bool,
-) -> np.ndarray:
-    """Probabilities of output pixels ``[origin, origin + size)``; ``read(start, stop)`` returns
-    the (mirrored) input region. ``origin`` must lie on the pooling grid."""
-    geometry = Geometry.of(model)
+) -> _Region:
+    """Tiles of an output region; ``origin`` must lie on the pooling grid."""
     halo = geometry.halo
-    plans = [plan_axis(s, t, geometry) for s, t in zip(size, max_tile, strict=True)]
+    plans = tuple(plan_axis(s, t, geometry) for s, t in zip(size, max_tile, strict=True))
     if not tta:
-        start = [o - halo for o in origin]
-        padded = read(start, [a + p.read_length for a, p in zip(start, plans, strict=True)])
-        return _run_tiles(model, padded, plans, batch_size)
+        start = tuple(o - halo for o in origin)
+        stop = tuple(a + p.read_length for a, p in zip(start, plans, strict=True))
+        return _Region(tuple(origin), tuple(size), plans, (), start, stop)
     # Transposed views swap the last two axes (with their tile limits).
-    swapped = plans[:-2] + [
+    swapped = plans[:-2] + (
         plan_axis(size[-1], max_tile[-1], geometry),
         plan_axis(size[-2], max_tile[-2], geometry),
-    ]
-    extra = max(p.read_length - p.size - 2 * halo for p in plans + swapped)
-    region = read(
-        [o - halo - extra for o in origin],
-        [o + s + halo + extra for o, s in zip(origin, size, strict=True)],
     )
-    total = np.zeros((model.config["n_classes"], *size), dtype=np.float32)
+    extra = max(p.read_length - p.size - 2 * halo for p in plans + swapped)
+    start = tuple(o - halo - extra for o in origin)
+    stop = tuple(o + s + halo + extra for o, s in zip(origin, size, strict=True))
+    return _Region(tuple(origin), tuple(size), plans, swapped, start, stop)
+
+
+def _predict_region(model: UNet, data: np.ndarray, region: _Region, batch_size: int) -> np.ndarray:
+    """Probabilities of the output pixels of ``region`` from ``data``, its normalised, mirrored
+    input box ``[region.start, region.stop)``."""
+    if not region.swapped:
+        return _run_tiles(model, data, region.plans, batch_size)
+    extra = region.origin[0] - region.start[0] - Geometry.of(model).halo
+    total = np.zeros((model.config["n_classes"], *region.size), dtype=np.float32)
     for flips, swap in _DIHEDRAL:
-        view = _transform(region, flips, swap)
-        axis_plans = swapped if swap else plans
+        view = _transform(data, flips, swap)
+        axis_plans = region.swapped if swap else region.plans
         view = view[tuple(slice(extra, extra + p.read_length) for p in axis_plans)]
         total += _untransform(_run_tiles(model, view, axis_plans, batch_size), flips, swap)
     return total / len(_DIHEDRAL)
@@ -218,16 +246,41 @@ def _forward(model: UNet, tiles: np.ndarray) -> np.ndarray:
 
 
 # --- Zarr volumes with Dask ----------------------------------------------------------------------
+#
+# The volume is cut into output blocks (one Zarr chunk each) and the blocks into batches (one
+# task each: neighbouring blocks, so that a 10^12-voxel volume is thousands of tasks, not
+# millions). Tasks are submitted a window at a time, so the scheduler never holds the whole
+# graph. One marker store, a uint64 Zarr array with an entry per block and a chunk per batch,
+# records the digest of the input each finished block was computed from: a restarted run keeps
+# a finished block only when its input still has that digest.
+
+BATCH_BLOCKS = 256  # at most this many blocks per task ...
+MIN_TASKS = 1000  # ... and one block per task while the volume has fewer blocks than this
+WINDOW_PER_SLOT = 4  # tasks in flight per worker thread (at least MIN_WINDOW)
+MIN_WINDOW = 64
+SLURM_KEYS = (
+    "queue",
+    "account",
+    "cores",
+    "memory",
+    "walltime",
+    "job_extra_directives",
+    "log_directory",
+    "interface",
+)
 
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything a Dask task needs to predict one block; small and picklable."""
+    """Everything a task needs to predict its batch of blocks; small and picklable."""
 
     model_path: str
     source: ImageArray  # (z, y, x), reopened lazily by each worker
     target: str  # the temporary output array
+    geometry: Geometry
     block: tuple[int, int, int]
+    grid: tuple[int, int, int]  # blocks per axis
+    batch: tuple[int, int, int]  # blocks per task along each axis
     max_tile: tuple[int, ...]
     batch_size: int
     mirror: str
@@ -242,6 +295,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _worker_model(path: str, device: str) -> tuple[UNet, dict[str, Any]]:
     """The model, loaded once per worker process (shared by its threads), channels_last on CPU."""
+    device = _resolve_device(device)
     key = (path, Path(path).stat().st_mtime_ns, device)
     with _MODELS_LOCK:
         if key not in _MODELS:
@@ -253,55 +307,195 @@ def _worker_model(path: str, device: str) -> tuple[UNet, dict[str, Any]]:
         return _MODELS[key]
 
 
-def _done_dir(target: str | Path) -> Path:
+def _resolve_device(device: str) -> str:
+    """``auto`` on the worker itself: its GPU when it has one (a SLURM job sees only its own);
+    with several, worker ``i`` of a local cluster takes GPU ``i mod count``."""
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    count = torch.cuda.device_count()
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        name = None
+    return f"cuda:{name % count}" if isinstance(name, int) and count > 1 else "cuda"
+
+
+def _markers(target: str | Path) -> Path:
+    """The marker store of a partial output: input digest per block, 0 = not written."""
     return Path(target) / ".done"
 
 
-def _predict_block(job: _Job, index: tuple[int, int, int]) -> tuple[int, int, int]:
-    """One Dask task: read block ``index`` plus halo, predict its tiles, write its own chunk."""
-    model, metadata = _worker_model(job.model_path, job.device)
-    dims = model.config["dims"]
-    shape = job.source.shape
+def _worker_id() -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{socket.gethostname()}:{os.getpid()}" + (f" (SLURM job {job})" if job else "")
+
+
+class _CheckedSource:
+    """The input as a block reads it: every box read is hashed (the block's input digest) and
+    checked for NaN and inf, and a chunk that cannot be decoded is named."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = array.shape
+        self._hash = hashlib.blake2b(digest_size=8)
+
+    def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
+        try:
+            data = np.asarray(self.array[box])
+        except OSError:  # the file system, not the data: as it is (a rerun may succeed)
+            raise
+        except Exception as err:
+            named = _undecodable_chunk(self.array, box, err)
+            if named is None:
+                raise
+            raise named from err
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            first = np.argwhere(~np.isfinite(data))[0]
+            value = data[tuple(first)]
+            where = tuple(int(s.start + i) for s, i in zip(box, first, strict=True))
+            raise ValueError(
+                f"{_name(self.array)} contains {'NaN' if np.isnan(value) else f'{value:+}'} at "
+                f"(z, y, x) = {where}; fill or mask NaN and inf before prediction"
+            )
+        self._hash.update(repr([(s.start, s.stop) for s in box]).encode())
+        self._hash.update(data.dtype.str.encode())
+        self._hash.update(np.ascontiguousarray(data).data)
+        return data
+
+    def digest(self) -> int:
+        """64 bits of blake2b over the boxes read (coordinates, dtype, pixels); never 0."""
+        return int.from_bytes(self._hash.digest(), "little") or 1
+
+
+def _location(array: Any) -> Path | None:
+    """Where an input lives on the local file system: an image's file or folder (its OME-Zarr
+    group), a Zarr array's folder (None for other stores)."""
+    if isinstance(array, ImageArray):
+        return Path(array.group or array.path).resolve()
+    root = getattr(getattr(array, "store", None), "root", None)
+    return None if root is None else (Path(root) / array.path).resolve()
+
+
+def _name(array: Any) -> str:
+    location = _location(array)
+    return f"input {location}" if location else f"input {getattr(array, 'store', 'array')}"
+
+
+def _undecodable_chunk(array: Any, box: tuple[slice, ...], err: Exception) -> ValueError | None:
+    """The first chunk (shard) of ``box`` that fails to read on its own, as a clear error."""
+    chunks = getattr(array, "shards", None) or getattr(array, "chunks", None)
+    if chunks is None:
+        return None
+    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks, strict=True)]
+    for coords in itertools.product(*ranges):
+        try:
+            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks, strict=True))]
+        except Exception as chunk_err:
+            stored = array.zarr_array() if isinstance(array, ImageArray) else array
+            same = stored is not None and tuple(stored.shape) == tuple(array.shape)
+            where = f" (file {stored.metadata.encode_chunk_key(coords)})" if same else ""
+            return ValueError(
+                f"{_name(array)}: chunk {coords}{where} cannot be read ({chunk_err}); "
+                "the input is damaged: restore or rewrite it"
+            )
+    return None
+
+
+def _block_box(job: _Job, index: Sequence[int]) -> tuple[list[int], list[int]]:
     origin = [i * b for i, b in zip(index, job.block, strict=True)]
-    size = [min(b, n - o) for b, o, n in zip(job.block, origin, shape, strict=True)]
+    size = [min(b, n - o) for b, o, n in zip(job.block, origin, job.source.shape, strict=True)]
+    return origin, size
 
-    def read(start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
-        region = read_mirrored(job.source, start, stop, job.mirror)
-        if np.issubdtype(region.dtype, np.floating) and np.isnan(region).any():
-            raise ValueError(f"input contains NaN in block {index}; fill them before prediction")
-        return normalize(region, metadata["normalization"])
 
-    if dims == 3:
-        probs = _predict_region(model, read, origin, size, job.max_tile, job.batch_size, job.tta)
-    else:  # a 2D net: each slice of the block on its own
-        probs = np.stack(
-            [
-                _predict_region(
-                    model,
-                    lambda a, b, z=z: read((z, *a), (z + 1, *b))[0],
-                    origin[1:],
-                    size[1:],
-                    job.max_tile,
-                    job.batch_size,
-                    job.tta,
-                )
-                for z in range(origin[0], origin[0] + size[0])
-            ],
-            axis=1,
-        )
-    target = zarr.open_array(job.target, mode="r+")
-    target[(slice(None), *(slice(o, o + s) for o, s in zip(origin, size, strict=True)))] = _encode(
-        probs, job.dtype
-    )
-    # The marker follows the complete chunk write: a restarted run skips exactly these blocks.
-    (_done_dir(job.target) / ".".join(map(str, index))).touch()
-    return index
+def _read_block(
+    job: _Job, index: Sequence[int], normalization: dict[str, float]
+) -> tuple[np.ndarray, _Region, int, float]:
+    """CPU side before the network: the block's input box (block + halo, mirrored at the
+    border) read once, checked, hashed and normalised. Returns (data, region, digest, seconds)."""
+    started = time.perf_counter()
+    origin, size = _block_box(job, index)
+    lead = 3 - job.geometry.dims  # a 2D net: the block's z range, each slice on its own
+    region = _plan_region(job.geometry, origin[lead:], size[lead:], job.max_tile, job.tta)
+    start = (*origin[:lead], *region.start)
+    stop = (*(o + s for o, s in zip(origin[:lead], size[:lead], strict=True)), *region.stop)
+    source = _CheckedSource(job.source)
+    data = normalize(read_mirrored(source, start, stop, job.mirror), normalization)
+    return data, region, source.digest(), time.perf_counter() - started
+
+
+def _predict_block(model: UNet, job: _Job, data: np.ndarray, region: _Region) -> np.ndarray:
+    """The network over one block's input: (classes, z, y, x) probabilities, float32."""
+    if job.geometry.dims == 3:
+        return _predict_region(model, data, region, job.batch_size)
+    return np.stack([_predict_region(model, plane, region, job.batch_size) for plane in data], 1)
 
 
 def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "uint8":
         return np.rint(probs * 255).astype(np.uint8)
     return probs.astype(np.float16)
+
+
+def _predict_batch(job: _Job, batch: tuple[int, int, int]) -> dict[str, Any]:
+    """One task: the blocks of ``batch``, in a pipeline where reading the next block and writing
+    the previous one overlap the network's work on the current one. A block finished earlier is
+    kept when its input digest is unchanged; the marker of a block follows its complete write."""
+    started = time.perf_counter()
+    model, metadata = _worker_model(job.model_path, job.device)
+    target = zarr.open_array(job.target, mode="r+")
+    markers = zarr.open_array(str(_markers(job.target)), mode="r+")
+    span = tuple(
+        slice(i * b, min((i + 1) * b, g))
+        for i, b, g in zip(batch, job.batch, job.grid, strict=True)
+    )
+    previous = markers[span]
+    current = previous.copy()
+    indices = list(itertools.product(*(range(s.start, s.stop) for s in span)))
+    stats = {"blocks": len(indices), "computed": 0, "reused": 0, "stale": 0}
+    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
+
+    def write(index: Sequence[int], local: tuple[int, ...], probs: np.ndarray, digest: int) -> None:
+        begun = time.perf_counter()
+        origin, size = _block_box(job, index)
+        box = tuple(slice(o, o + s) for o, s in zip(origin, size, strict=True))
+        target[(slice(None), *box)] = _encode(probs, job.dtype)
+        current[local] = digest
+        markers[span] = current  # one small chunk, replaced atomically by the store
+        seconds["write"] += time.perf_counter() - begun
+
+    read = functools.partial(_read_block, job, normalization=metadata["normalization"])
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        writes: deque[Future] = deque()
+        upcoming = reader.submit(read, indices[0])
+        for k, index in enumerate(indices):
+            data, region, digest, read_seconds = upcoming.result()
+            seconds["read"] += read_seconds
+            if k + 1 < len(indices):
+                upcoming = reader.submit(read, indices[k + 1])
+            local = tuple(i - s.start for i, s in zip(index, span, strict=True))
+            if int(previous[local]) == digest:
+                stats["reused"] += 1
+                continue
+            stats["stale"] += int(previous[local]) != 0
+            begun = time.perf_counter()
+            probs = _predict_block(model, job, data, region)
+            seconds["compute"] += time.perf_counter() - begun
+            stats["computed"] += 1
+            writes.append(writer.submit(write, index, local, probs, digest))
+            while len(writes) > 2:  # bounded memory when writing is the slower side
+                writes.popleft().result()
+        for pending in writes:
+            pending.result()
+    return {
+        **stats,
+        **{f"{k}_seconds": v for k, v in seconds.items()},
+        "task_seconds": time.perf_counter() - started,
+        "worker": _worker_id(),
+    }
 
 
 def _block_shape(
@@ -314,6 +508,24 @@ def _block_shape(
         count = math.ceil(size / largest)
         block.append(min(largest, math.ceil(size / count / geometry.align) * geometry.align))
     return tuple(block)  # type: ignore[return-value]
+
+
+def _batch_shape(grid: Sequence[int]) -> tuple[int, int, int]:
+    """Blocks per task along (z, y, x): one while the volume has fewer than MIN_TASKS blocks,
+    else up to BATCH_BLOCKS neighbours, filled along x, then y, then z. A function of the block
+    grid only, so that a resumed run cuts the same batches."""
+    wanted = min(BATCH_BLOCKS, max(1, math.prod(grid) // MIN_TASKS))
+    batch = []
+    for extent in reversed(grid):
+        batch.append(min(extent, wanted))
+        wanted = max(1, wanted // batch[-1])
+    return tuple(reversed(batch))  # type: ignore[return-value]
+
+
+def _batches(job: _Job) -> Iterator[tuple[int, int, int]]:
+    """Batch indices in order, generated lazily (never a list of every block)."""
+    counts = [math.ceil(g / b) for g, b in zip(job.grid, job.batch, strict=True)]
+    return itertools.product(*(range(c) for c in counts))  # type: ignore[return-value]
 
 
 def predict_zarr(
@@ -342,25 +554,27 @@ def predict_zarr(
     (:func:`unetpipe.ngff.open_image`); the output's full-resolution level ``0`` gets the
     input's voxel size and a pyramid (:func:`unetpipe.ngff.write_image`).
 
-    The volume is cut into output blocks on the pooling grid, one Zarr chunk each; a Dask task
-    reads its block plus halo, runs its tiles through the model (loaded once per worker) and writes
-    its own chunk, so memory is bounded by the blocks in flight. Output goes to
-    ``<output>.partial`` and becomes level 0 of ``output`` when complete; a killed run restarted
-    with the same model and parameters skips the blocks already written. ``dtype`` float16 stores
-    probabilities, uint8 stores ``round(255 p)``. ``scheduler``: threads, local (a distributed
-    LocalCluster), address (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster,
-    ``slurm`` its options). Returns counts and timings.
+    The volume is cut into output blocks on the pooling grid, one Zarr chunk each, and the
+    blocks into batches, one task each; a task reads each block plus halo, runs its tiles
+    through the model (loaded once per worker) and writes its own chunk, so memory is bounded
+    by the blocks in flight. Output goes to ``<output>.partial`` and becomes level 0 of the
+    OME-Zarr ``output`` when complete; a killed run restarted with the same model and
+    parameters keeps the blocks already written
+    whose input is unchanged (checked by digest). ``dtype`` float16 stores probabilities, uint8
+    stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster), address
+    (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
+    Returns counts (blocks, computed, reused, stale, per worker) and timings.
     """
-    if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    slurm = dict(slurm or {})
+    _check_run_settings(dtype, scheduler, mirror, device, n_workers, threads_per_worker, slurm)
     started = time.perf_counter()
     source = open_image(input_zarr_array)
     model_path = str(Path(model_path).resolve())
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"model file not found: {model_path}")
+    output = Path(output_zarr_path)
+    partial = output.with_name(output.name + ".partial")
+    _check_output_path(output, partial, source, model_path)
     # Loaded here to check it; the threads scheduler's workers then share this copy.
     model, metadata = _worker_model(model_path, device if scheduler == "threads" else "cpu")
     if "normalization" not in metadata:
@@ -380,8 +594,7 @@ def predict_zarr(
     if any(b % geometry.align for b in block[3 - dims :]):
         raise ValueError(f"block extents must be multiples of {geometry.align} (pooling grid)")
 
-    output = Path(output_zarr_path)
-    partial = output.with_name(output.name + ".partial")
+    grid = tuple(math.ceil(n / b) for n, b in zip(source.shape, block, strict=True))
     attrs = {
         "model": model_path,
         "model_sha256": sha256sum(model_path),
@@ -397,99 +610,212 @@ def predict_zarr(
         "scale": 1 / 255 if dtype == "uint8" else 1.0,
         "axes": ["c", "z", "y", "x"],
     }
-    _open_partial(partial, attrs, model.config["n_classes"], source.shape, block, dtype)
-    grid = [range(math.ceil(n / b)) for n, b in zip(source.shape, block, strict=True)]
-    blocks = list(itertools.product(*grid))
-    done = {tuple(int(i) for i in p.name.split(".")) for p in _done_dir(partial).iterdir()}
-    todo = [index for index in blocks if index not in done]
+    job = _Job(
+        model_path,
+        source,
+        str(partial),
+        geometry,
+        block,  # type: ignore[arg-type]
+        grid,  # type: ignore[arg-type]
+        _batch_shape(grid),
+        max_tile,
+        batch_size,
+        mirror,
+        tta,
+        dtype,
+        device,
+    )
+    resumed = _open_partial(partial, attrs, model.config["n_classes"], source.shape, job)
+    n_blocks = math.prod(grid)
     log.info(
-        "predicting %s: %d blocks of %s (%d already done), tiles up to %s, scheduler %s",
+        "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, scheduler %s%s",
         source.shape,
-        len(blocks),
+        n_blocks,
         block,
-        len(blocks) - len(todo),
+        job.batch,
         max_tile,
         scheduler,
+        "; resuming: finished blocks are kept where their input is unchanged" if resumed else "",
     )
-    job = _Job(
-        model_path, source, str(partial), block, max_tile, batch_size, mirror, tta, dtype, device
-    )
-    _compute(job, todo, scheduler, n_workers, threads_per_worker, address, slurm or {}, progress)
-    missing = set(blocks) - {
-        tuple(int(i) for i in p.name.split(".")) for p in _done_dir(partial).iterdir()
-    }
-    if missing:
-        raise RuntimeError(f"{len(missing)} blocks were not written; rerun to resume")
-    shutil.rmtree(_done_dir(partial))
+    totals = _compute(job, scheduler, n_workers, threads_per_worker, address, slurm, progress)
+    if totals["blocks"] != n_blocks:
+        raise RuntimeError(
+            f"{n_blocks - totals['blocks']} blocks were not written; rerun to resume"
+        )
+    if resumed:
+        log.info(
+            "resume: %d finished blocks kept (input unchanged), %d recomputed because their "
+            "input changed since they were written, %d not written before",
+            totals["reused"],
+            totals["stale"],
+            totals["computed"] - totals["stale"],
+        )
+    shutil.rmtree(_markers(partial))
     write_image(output, partial, source.space)
     seconds = time.perf_counter() - started
-    log.info("wrote %s in %.1f s", output, seconds)
-    return {"blocks": len(blocks), "computed": len(todo), "seconds": seconds, "block": block}
+    log.info(
+        "wrote %s in %.1f s; in tasks: reading %.1f s, network %.1f s, writing %.1f s, "
+        "task time %.1f s; blocks computed per worker: %s",
+        output,
+        seconds,
+        totals["read_seconds"],
+        totals["compute_seconds"],
+        totals["write_seconds"],
+        totals["task_seconds"],
+        totals["workers"],
+    )
+    return {**totals, "seconds": seconds, "block": block, "batch": job.batch}
+
+
+def _check_run_settings(
+    dtype: str,
+    scheduler: str,
+    mirror: str,
+    device: str,
+    n_workers: int,
+    threads_per_worker: int | None,
+    slurm: dict[str, Any],
+) -> None:
+    """One clear error for a bad setting, before anything is read or written."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    if mirror not in MIRROR_MODES:
+        raise ValueError(f"mirror must be one of {MIRROR_MODES}, got {mirror!r}")
+    for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+        if value is None and name == "threads_per_worker":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    try:
+        torch.device("cpu" if device == "auto" else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    unknown = sorted(set(slurm) - set(SLURM_KEYS))
+    if unknown:
+        raise ValueError(f"unknown slurm options {unknown}; known: {list(SLURM_KEYS)}")
+
+
+def _check_output_path(output: Path, partial: Path, source: Any, model_path: str) -> None:
+    """Refuse an output (or its .partial) that is, contains or lies inside the input array or
+    the model file: replacing it would delete them."""
+    protected = {"input": _location(source), "model file": Path(model_path).resolve()}
+    for candidate in (output.resolve(), partial.resolve()):
+        for what, path in protected.items():
+            if path and (path.is_relative_to(candidate) or candidate.is_relative_to(path)):
+                raise ValueError(
+                    f"output {output} overlaps the {what} {path} (writing it would replace "
+                    "them); choose an output path outside the input and the model"
+                )
 
 
 def _open_partial(
-    partial: Path,
-    attrs: dict[str, Any],
-    classes: int,
-    shape: Sequence[int],
-    block: Sequence[int],
-    dtype: str,
-) -> None:
-    """Reuse ``partial`` when it was made by the same model and parameters, else start afresh."""
+    partial: Path, attrs: dict[str, Any], classes: int, shape: Sequence[int], job: _Job
+) -> bool:
+    """Reuse ``partial`` when it was made by the same model and parameters (True: resuming),
+    else start afresh: the output array and its marker store (one chunk per batch)."""
     fingerprint = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
     if partial.exists():
-        metadata = partial / "zarr.json"
-        previous = (
-            json.loads(metadata.read_text())["attributes"].get("fingerprint")
-            if metadata.is_file()
-            else None
-        )
-        if previous == fingerprint and _done_dir(partial).is_dir():
-            return
+        if _same_run(partial, fingerprint, job):
+            return True
         shutil.rmtree(partial)
     array = zarr.create_array(
         str(partial),
         shape=(classes, *shape),
-        chunks=(classes, *block),
-        dtype=dtype,
+        chunks=(classes, *job.block),
+        dtype=job.dtype,
         fill_value=0,
+        config=STORE_EVERY_CHUNK,
     )
     array.attrs.update({"unetpipe": "predict", **attrs, "fingerprint": fingerprint})
-    _done_dir(partial).mkdir()
+    zarr.create_array(
+        str(_markers(partial)),
+        shape=job.grid,
+        chunks=job.batch,
+        dtype="uint64",
+        fill_value=0,
+        compressors=None,
+    )
+    return False
+
+
+def _same_run(partial: Path, fingerprint: str, job: _Job) -> bool:
+    metadata = partial / "zarr.json"
+    if not (metadata.is_file() and (_markers(partial) / "zarr.json").is_file()):
+        return False
+    if json.loads(metadata.read_text())["attributes"].get("fingerprint") != fingerprint:
+        return False
+    markers = zarr.open_array(str(_markers(partial)), mode="r")
+    return markers.shape == job.grid and markers.chunks == job.batch
 
 
 def _compute(
     job: _Job,
-    todo: list[tuple[int, int, int]],
     scheduler: str,
     n_workers: int,
     threads_per_worker: int | None,
     address: str | None,
     slurm: dict[str, Any],
     progress: bool,
-) -> None:
-    import dask
-
-    tasks = [dask.delayed(_predict_block, pure=False)(job, index) for index in todo]
-    if not tasks:
-        return
+) -> dict[str, Any]:
+    """Run every batch on the scheduler; the summed counts and timings of the tasks."""
     if scheduler == "threads":
         if threads_per_worker:
             torch.set_num_threads(threads_per_worker)
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar() if progress else contextlib.nullcontext():
-            dask.compute(*tasks, scheduler="threads", num_workers=n_workers)
-        return
+        with ThreadPoolExecutor(n_workers) as executor:
+            return _run_batches(executor, _predict_batch, job, _batches(job), n_workers, progress)
     from distributed import Client
-    from distributed import progress as distributed_progress
 
     with _cluster(scheduler, n_workers, threads_per_worker, address, slurm) as target:
         with Client(target) as client:
-            futures = client.compute(tasks)
-            if progress:
-                distributed_progress(futures)
-            client.gather(futures)
+            if scheduler == "address":
+                slots = sum(client.nthreads().values())
+            else:
+                per_worker = slurm.get("cores", 4) if scheduler == "slurm" else threads_per_worker
+                slots = n_workers * (per_worker or 1)
+            executor = client.get_executor(pure=False)
+            return _run_batches(executor, _predict_batch, job, _batches(job), slots, progress)
+
+
+def _run_batches(
+    executor: Executor,
+    task: Callable[[_Job, tuple[int, int, int]], dict[str, Any]],
+    job: _Job,
+    batches: Iterator[tuple[int, int, int]],
+    slots: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Submit ``task(job, batch)`` for every batch, keeping a window of tasks in flight (the
+    scheduler holds that many, whatever the volume); sum the results as they arrive."""
+    window = max(MIN_WINDOW, WINDOW_PER_SLOT * slots)
+    totals: dict[str, Any] = {"workers": {}}
+    pending: set[Future] = set()
+    bar = tqdm(total=math.prod(job.grid), unit="block", disable=not progress, smoothing=0.05)
+
+    def collect(done: set[Future]) -> None:
+        for future in done:
+            result = future.result()
+            worker = result.pop("worker")
+            totals["workers"][worker] = totals["workers"].get(worker, 0) + result["computed"]
+            for key, value in result.items():
+                totals[key] = totals.get(key, 0) + value
+            bar.update(result["blocks"])
+
+    try:
+        for batch in batches:
+            pending.add(executor.submit(task, job, batch))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            collect(done)
+    finally:
+        for future in pending:
+            future.cancel()
+        bar.close()
+    return totals
 
 
 @contextlib.contextmanager
@@ -525,6 +851,7 @@ def slurm_cluster_options(slurm: dict[str, Any]) -> dict[str, Any]:
     """dask-jobqueue ``SLURMCluster`` keyword arguments from the ``predict.slurm`` config:
     one worker process per job (one model per GPU)."""
     options = {
+        "job_name": "unetpipe-predict",
         "queue": slurm.get("queue"),
         "account": slurm.get("account"),
         "cores": slurm.get("cores", 4),
@@ -533,5 +860,6 @@ def slurm_cluster_options(slurm: dict[str, Any]) -> dict[str, Any]:
         "walltime": slurm.get("walltime", "01:00:00"),
         "job_extra_directives": list(slurm.get("job_extra_directives", [])),
         "log_directory": slurm.get("log_directory"),
+        "interface": slurm.get("interface"),
     }
     return {k: v for k, v in options.items() if v is not None}

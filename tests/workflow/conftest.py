@@ -83,8 +83,13 @@ def _install_slurm() -> None:
             pytest.skip(f"cannot install SLURM ({' '.join(cmd)}): {result.stderr[-500:]}")
 
 
+# CPUs the test node declares (slurmd believes the config, not the hardware: config_overrides):
+# the predict rule's job and its Dask worker jobs (predict.scheduler: slurm) must run at once.
+NODE_CPUS = 8
+
+
 def _slurm_conf(state: Path) -> str:
-    cpus = os.cpu_count() or 1
+    cpus = max(os.cpu_count() or 1, NODE_CPUS)
     mem_total_kb = next(
         int(line.split()[1])
         for line in Path("/proc/meminfo").read_text().splitlines()
@@ -95,6 +100,7 @@ ClusterName=unetpipe-test
 SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/munge
+SlurmdParameters=config_overrides
 StateSaveLocation={state}/state
 SlurmdSpoolDir={state}/spool
 SlurmctldPidFile={state}/slurmctld.pid

@@ -1,4 +1,4 @@
-"""``unetpipe predict``: overlap-tile inference of a TIFF, Zarr or OME-Zarr stack (Fig. 2)."""
+"""``unetpipe predict``: overlap-tile inference of a Zarr volume (Fig. 2)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,86 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="predict class probabilities of a (z, y, x) stack: TIFF, Zarr or OME-Zarr",
-        description="Overlap-tile inference with Dask into an OME-Zarr image (axes, voxel size, "
-        "pyramid); a killed run resumes when restarted.",
+        description=(
+            "Overlap-tile inference with Dask into an OME-Zarr image (axes, voxel size, pyramid). "
+            "The output appears only when complete; a killed "
+            "run resumes when restarted, keeping the finished blocks whose input is unchanged. "
+            "Only --mirror, --tta and --dtype change the result; the other options are run "
+            "settings."
+        ),
     )
     parser.add_argument("model", help="exported model (model.pt)")
     parser.add_argument(
         "input",
         help="a TIFF stack, a Zarr array (e.g. results/demo/data.zarr/test) or an OME-Zarr image",
     )
-    parser.add_argument("output", help="OME-Zarr image to write (classes, z, y, x): out.ome.zarr")
-    parser.add_argument("--tile", type=int, help="largest input tile (default: fit --memory-gb)")
-    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB)
-    parser.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"))
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--mirror", choices=["reflect", "symmetric"], default="reflect")
+    parser.add_argument(
+        "output",
+        help="OME-Zarr image to write (classes, z, y, x), e.g. out.ome.zarr; outside the input",
+    )
+    parser.add_argument(
+        "--tile", type=int, help="largest input tile, a valid extent (default: fit --memory-gb)"
+    )
+    parser.add_argument(
+        "--memory-gb",
+        type=float,
+        default=DEFAULT_MEMORY_GB,
+        help="GiB for one forward pass; sets the default tile (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="output block = Zarr chunk, multiples of 2^(depth-1), Z = 1 for a 2D net "
+        "(default: one tile per block)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="tiles per forward pass; helps on GPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mirror",
+        choices=["reflect", "symmetric"],
+        default="reflect",
+        help="context past the border, numpy's pad mode (default: %(default)s)",
+    )
     parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="float16")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--scheduler", choices=SCHEDULERS[:3], default="threads")
+    parser.add_argument(
+        "--dtype",
+        choices=OUTPUT_DTYPES,
+        default="float16",
+        help="stored probabilities; uint8 stores round(255 p) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (each worker's GPU if it has one), cpu, cuda or cuda:N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS[:3],
+        default="threads",
+        help="threads in this process, a local Dask cluster, or an existing scheduler "
+        "(--address); SLURM workers: the workflow's predict.scheduler (default: %(default)s)",
+    )
     parser.add_argument("--address", help="scheduler address for --scheduler address")
-    parser.add_argument("--n-workers", type=int, default=1)
-    parser.add_argument("--threads-per-worker", type=int)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "--n-workers",
+        type=int,
+        default=1,
+        help="concurrent tasks (threads) or worker processes (local) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="torch threads (threads) or threads per worker process (local)",
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     parser.set_defaults(func=run)
 
 
