@@ -343,11 +343,25 @@ def test_batch_shape_scales_to_a_teravoxel_grid() -> None:
 
 
 def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> None:
-    raw = make_volume(tmp_path / "raw.zarr", (1, 30, 30))
-    partial = tmp_path / "p.zarr.partial"
-    partial.mkdir()
-    (partial / "zarr.json").write_text('{"attributes": {"fingerprint": "other"}}')
-    assert predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False)["computed"] == 1
+    """A partial run with 12 finished blocks: resumed with the same result settings it keeps
+    them; with another one (mirror) none is kept, and the output equals a fresh run's."""
+    raw = make_volume(tmp_path / "raw.zarr", (4, 40, 40), dtype="float32")
+    raw[3] = np.nan  # the run stops at slice 3: the 4 x 3 blocks of slices 0-2 are finished
+    for mirror, kept in (("reflect", 12), ("symmetric", 0)):
+        with pytest.raises(ValueError, match="NaN"):
+            predict_zarr(model_file, raw, tmp_path / "p.zarr", tile=60, progress=False)
+        assert finished_blocks(tmp_path / "p.zarr.partial") == 12
+        raw[3] = 7
+        result = predict_zarr(
+            model_file, raw, tmp_path / "p.zarr", tile=60, mirror=mirror, progress=False
+        )
+        assert (result["reused"], result["computed"]) == (kept, 16 - kept), mirror
+        raw[3] = np.nan
+    raw[3] = 7
+    predict_zarr(model_file, raw, tmp_path / "f.zarr", tile=60, mirror="symmetric", progress=False)
+    assert np.array_equal(
+        open_image(tmp_path / "p.zarr", "czyx")[:], open_image(tmp_path / "f.zarr", "czyx")[:]
+    )
 
 
 def test_bad_input_leaves_no_output(model_file: Path, tmp_path: Path) -> None:
