@@ -56,6 +56,8 @@ def leaves(node: dict[str, Any], path: tuple[str, ...] = ()):
 
 def other_value(node: dict[str, Any], value: Any) -> Any:
     """A valid value of a schema node that differs from ``value``."""
+    if any(example != value for example in node.get("examples", [])):
+        return next(example for example in node["examples"] if example != value)
     if "enum" in node:
         return next(v for v in node["enum"] if v != value)
     if "oneOf" in node:

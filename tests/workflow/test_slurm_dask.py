@@ -142,7 +142,7 @@ def test_predict_rule_with_slurm_workers_under_the_slurm_profile(slurm_cluster, 
     assert re.search(r"sbatch call: .*rule_predict", log)
     assert not re.search(r"rule (train|segment|evaluate|report):", log)
 
-    rule_log = (workdir / "logs/tiny/predict_test.log").read_text()
+    rule_log = (workdir / "logs/tiny/tiny/predict_test.log").read_text()
     per_worker = re.search(r"blocks computed per worker: (\{.*\})", rule_log)[1]
     workers = yaml.safe_load(per_worker)
     assert len(jobs_that_computed(workers)) == 2, rule_log[-2000:]

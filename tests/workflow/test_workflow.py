@@ -105,7 +105,7 @@ def test_bioimageio_package_at_the_end_of_a_run(tiny_run, tmp_path):
     assert scheduled_rules(workdir, configfile=config) == {"export_bioimageio", "all"}
     check(snakemake(workdir, "--cores", "2", configfile=config))
     assert (workdir / RUN / "tiny.bioimageio.zip").stat().st_size > 0
-    log = (workdir / "logs/tiny/export_bioimageio.log").read_text()
+    log = (workdir / "logs/tiny/tiny/export_bioimageio.log").read_text()
     assert "bioimage.io test: passed  Reproduce test outputs from test inputs (torchscript)" in log
     assert "bioimage.io test: failed" not in log
 

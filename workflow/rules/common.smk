@@ -92,3 +92,24 @@ def all_targets():
     if FOLDS:
         targets += [f"{RESULTS}/{RUN}/crossval.json"]
     return targets
+
+
+# Arrays scored against labels, among those predicted: raw (validation slices), and the synthetic
+# test volume, the only source whose test images come with labels.
+EVALUATED = ["raw"]
+if config["dataset"]["source"] == "synthetic" and config["synth"]["test_slices"] > 0:
+    EVALUATED.append("test")
+EVALUATED = [array for array in EVALUATED if array in config["predict"]["arrays"]]
+
+
+def segment_inputs(wildcards):
+    """The predictions to segment; with segment.tune the dataset's labels and the predictions of
+    raw too, whose training slices fix the post-processing."""
+    inputs = {
+        "predictions": f"{RESULTS}/{wildcards.run}/predictions/{wildcards.array}.zarr"
+    }
+    if config["segment"]["tune"]["enabled"]:
+        inputs["group"] = f"{DATA}/zarr.json"
+        inputs["labels"] = f"{DATA}/labels"
+        inputs["raw_predictions"] = f"{RESULTS}/{wildcards.run}/predictions/raw.zarr"
+    return inputs
