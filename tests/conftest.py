@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
@@ -169,3 +170,12 @@ def cli_options(parser: argparse.ArgumentParser):
                 yield from ((f"{name} {opt}", a) for opt, a in cli_options(sub))
         elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
             yield "/".join(action.option_strings) or action.dest, action
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny nets gain nothing from threads; one keeps them fast on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

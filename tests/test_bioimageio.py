@@ -8,7 +8,6 @@ import json
 import math
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +32,7 @@ bioimageio_spec = pytest.importorskip("bioimageio.spec")
 METRICS = {"results": {"val": {"unet": {"pixel_error": 0.0625}, "baseline": {"pixel_error": 0.25}}}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny nets gain nothing from threads; one keeps them fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
