@@ -11,12 +11,14 @@ from conftest import make_run
 
 from unetpipe import metrics
 from unetpipe.evaluate import (
+    CROSSVAL_MEASURES,
     PAPER,
     choose_thresholds,
     evaluate_run,
     fit_baseline,
     format_table,
     score_sequences,
+    summarize_folds,
     summary,
     table2_dataset,
 )
@@ -244,3 +246,37 @@ def test_unknown_truth_is_not_scored_and_the_split_is_the_runs(tmp_path):
         tmp_path / "data.zarr", predictions, segmentations, tmp_path / "c.json", split=split
     )
     assert other["split"] == split and other["results"]["val"]["slices"] == [2, 4]
+
+
+def test_summarize_folds_mean_and_sample_sd_of_every_measure(tmp_path):
+    folds = {}
+    for i, fold in enumerate(("fold-1", "fold-2", "fold-3")):
+        val = {
+            who: {
+                key: 0.1 * (i + 1) + 0.01 * j + (0.5 if who == "baseline" else 0.0)
+                for j, (key, _) in enumerate(CROSSVAL_MEASURES)
+            }
+            for who in ("unet", "baseline")
+        }
+        path = tmp_path / fold / "metrics.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"results": {"val": val}}))
+        folds[fold] = path
+    out = summarize_folds(folds, tmp_path / "cv.json", tmp_path / "cv.md")
+    assert json.loads((tmp_path / "cv.json").read_text()) == out
+    for who, offset in (("unet", 0.0), ("baseline", 0.5)):
+        for j, (key, _) in enumerate(CROSSVAL_MEASURES):
+            values = [0.1 * (i + 1) + 0.01 * j + offset for i in range(3)]
+            assert out[who]["mean"][key] == pytest.approx(np.mean(values), abs=1e-12)
+            assert out[who]["std"][key] == pytest.approx(0.1, abs=1e-12)  # sd of 0.1, 0.2, 0.3
+    table = (tmp_path / "cv.md").read_text().splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| fold-1",
+        "| fold-2",
+        "| fold-3",
+        "| u-net, mean ± sd",
+        "| baseline, mean ± sd",
+    ]
+    assert "| fold-1 | 0.100000 | 0.1100 |" in table[2]  # warping error to 6 decimals
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        summarize_folds({"fold-1": folds["fold-1"]}, tmp_path / "a.json", tmp_path / "a.md")

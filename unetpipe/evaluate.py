@@ -348,6 +348,7 @@ def summary(run_dir: str | Path) -> str:
 
 
 CROSSVAL_MEASURES = [  # (key, label); the u-net's and the baseline's, as evaluate_run writes them
+    ("warping_error_t_train", "warping error (t train)"),
     ("pixel_error_t_train", "pixel error (t train)"),
     ("v_rand_t_train", "V_rand thinned (t train)"),
     ("slice_v_rand_t_train", "slice V_rand (t train)"),
@@ -385,11 +386,11 @@ def summarize_folds(
     header = ["fold", *(label for _, label in CROSSVAL_MEASURES)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for fold, entry in scores.items():
-        cells = [f"{entry['unet'][k]:.4f}" for k, _ in CROSSVAL_MEASURES]
+        cells = [format_value(k, entry["unet"][k]) for k, _ in CROSSVAL_MEASURES]
         lines.append(f"| {fold} | " + " | ".join(cells) + " |")
     for who, name in (("unet", "u-net"), ("baseline", "baseline")):
         cells = [
-            f"{stats[who]['mean'][k]:.4f} ± {stats[who]['std'][k]:.4f}"
+            f"{format_value(k, stats[who]['mean'][k])} ± {format_value(k, stats[who]['std'][k])}"
             for k, _ in CROSSVAL_MEASURES
         ]
         lines.append(f"| {name}, mean ± sd | " + " | ".join(cells) + " |")
