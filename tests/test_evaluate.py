@@ -176,6 +176,12 @@ def test_score_sequences_exact():
     assert out["01"]["unet"]["seg"] == pytest.approx((4 / 6 + 0 + 6 / 9) / 3)
     assert out["01"]["unet"]["iou"] == pytest.approx((4 + 6) / (4 + 4 + 2 + 2 + 9))
     assert out["02"]["unet"]["seg"] == 1.0 and out["02"]["unet"]["iou"] == 1.0
+    first, second = out["01"]["per_frame"]
+    assert first["frame"] == 3 and second["frame"] == 8
+    assert first["unet_seg"] == pytest.approx((4 / 6 + 0) / 2)
+    assert first["unet_iou"] == pytest.approx(4 / (4 + 4 + 2 + 2))
+    assert second["unet_seg"] == pytest.approx(6 / 9) and second["unet_iou"] == pytest.approx(6 / 9)
+    assert first["baseline_seg"] == 0.0 and first["baseline_iou"] == 0.0
     assert out["01"]["baseline"]["seg"] == 0.0 and out["01"]["baseline"]["iou"] == 0.0
     assert out["01"]["paper_iou"] == PAPER["iou"]["DIC-HeLa"] == 0.7756
     with pytest.raises(ValueError, match="one frame per slice"):

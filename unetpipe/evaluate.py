@@ -173,7 +173,8 @@ def score_sequences(
     ``{"sequence", "frame"}`` of slice i of the stacks), with the paper's IoU of row ``paper``.
 
     ``iou`` is the foreground IoU pooled over the sequence's frames; ``seg`` is the CTC SEG measure,
-    the mean Jaccard index over all reference objects of those frames. As the CTC documents,
+    the mean Jaccard index over all reference objects of those frames; ``per_frame`` has both of
+    each frame, the network's and the baseline's. As the CTC documents,
     ``man_seg`` objects are the reference and every other pixel is background: a segment matching
     no reference object costs nothing in SEG (the measure runs over reference objects) but counts
     as false foreground in IoU.
@@ -191,6 +192,20 @@ def score_sequences(
             "frames": [int(frames[i]["frame"]) for i in index],
             "unet": score_instances(instances[index], truth[index]),
             "baseline": score_instances(baseline[index], truth[index]),
+            "per_frame": [
+                {
+                    "frame": int(frames[i]["frame"]),
+                    **{
+                        f"{who}_{key}": score(labels[i], truth[i])
+                        for who, labels in (("unet", instances), ("baseline", baseline))
+                        for key, score in (
+                            ("seg", metrics.seg_score),
+                            ("iou", metrics.foreground_iou),
+                        )
+                    },
+                }
+                for i in index
+            ],
             "paper_iou": PAPER["iou"].get(paper) if paper else None,
         }
         for sequence, index in sorted(members.items())
