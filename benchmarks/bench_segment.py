@@ -6,12 +6,14 @@ splits unless given. Without a prediction, a stand-in cell-probability map is ma
 ISBI 2012 labels (../shared/data/isbi2012, or the group's labels): the membranes with gaps
 (which join cells), dark specks and organelle-like rings inside the cells (which split them),
 Gaussian blur and noise, quantised to uint8 like a prediction (:func:`stand_in`). Prints instance
-V_rand and SEG on the scored slices, the chosen parameters, the timings, the time of the
-agglomeration on one 512 x 512 slice, and checks that the block-wise (Dask, Zarr) agglomeration
-equals the in-memory one on the scored slices.
+V_rand, CTC SEG and DET on the scored slices (where the group's ``mask`` says the truth is
+known), the chosen parameters, the timings, the time of the agglomeration on one 512 x 512 slice,
+and checks that the block-wise (Dask, Zarr) agglomeration equals the in-memory one on the scored
+slices. ``--grid KEY=V1,V2`` replaces that parameter's values in every method's grid that has it.
 
     python benchmarks/bench_segment.py                                  # stand-in, 0-24 / 25-29
     python benchmarks/bench_segment.py --predictions RUN/predictions/raw.zarr --data data.zarr
+    python benchmarks/bench_segment.py ... --measure op_csb --grid min_size=0,100,200
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
+from unetpipe.cli.evaluate import parse_grid
 from unetpipe.datasets import binary_to_instances
 from unetpipe.io import open_data, read_splits, read_stack
 from unetpipe.ngff import open_image
 from unetpipe.segment import (
     DEFAULTS,
     GRIDS,
+    MEASURES,
     cell_probability,
     score,
     segment_volume,
@@ -79,13 +83,21 @@ def stand_in(truth: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
 
 
-def load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[int], list[int], str]:
-    """Cell probability (float32) and truth of all slices, the training and scored slices."""
+def load(
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int], list[int], str]:
+    """Cell probability (float32), truth and where it is known of all slices, the training and
+    scored slices."""
     group = open_data(args.data) if args.data else None
     truth = (
         np.asarray(group["labels"][:])
         if group is not None
         else binary_to_instances(read_stack(args.isbi_labels))
+    )
+    known = (
+        np.asarray(group["mask"][:]) > 0
+        if group is not None and "mask" in group
+        else np.ones(truth.shape, bool)
     )
     splits = read_splits(group) if group is not None else {"train": [], "val": []}
     train = parse(args.train) if args.train else splits["train"] or list(range(25))
@@ -95,9 +107,9 @@ def load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[int], l
     if args.predictions:
         pred = open_image(args.predictions, "czyx")
         prob = np.stack([cell_probability(pred, z) for z in range(pred.shape[1])])
-        return prob, truth, train, scored, f"predictions {args.predictions}"
+        return prob, truth, known, train, scored, f"predictions {args.predictions}"
     prob = stand_in(truth).astype(np.float32) / 255
-    return prob, truth, train, scored, "stand-in boundary map from the ISBI labels"
+    return prob, truth, known, train, scored, "stand-in boundary map from the ISBI labels"
 
 
 def parse(text: str) -> list[int]:
@@ -117,28 +129,38 @@ def main() -> None:
     parser.add_argument(
         "--isbi-labels", default=ISBI_LABELS, help="ISBI train-labels.tif for the stand-in"
     )
-    parser.add_argument("--measure", default="v_rand", choices=["v_rand", "seg"])
+    parser.add_argument("--measure", default="v_rand", choices=list(MEASURES))
+    parser.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2", help="values to try instead (repeat)"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS)}")
     parser.add_argument("--threads", type=int, default=2, help="Dask threads (block-wise check)")
     args = parser.parse_args()
-    prob, truth, train, scored, what = load(args)
+    prob, truth, known, train, scored, what = load(args)
+    overrides = dict(parse_grid(text) for text in args.grid or [])
     print(f"{what}; {prob.shape[1]} x {prob.shape[2]} slices; tuned on {train} by {args.measure}")
     print(f"scored on {scored}; timings on a shared, loaded 2-core machine\n")
-    header = f"{'method':16s} {'V_rand':>7s} {'SEG':>6s} {'objects':>7s} {'tune s':>7s}"
+    header = f"{'method':16s} {'V_rand':>7s} {'SEG':>6s} {'DET':>6s} {'objects':>7s} {'tune s':>7s}"
     print(f"{header} {'segment s':>9s}  chosen")
     chosen_all = {}
     for name in args.methods.split(","):
         start = time.perf_counter()
         cfg, grid = METHODS[name]
-        chosen, table = tune_segmentation(prob[train], truth[train], cfg, grid, args.measure)
+        grid = dict(grid or GRIDS[cfg["method"]])
+        grid |= {k: v for k, v in overrides.items() if k in grid}
+        chosen, table = tune_segmentation(
+            prob[train], truth[train], cfg, grid, args.measure, known[train]
+        )
         tuned = time.perf_counter() - start
         start = time.perf_counter()
         labels = segment_volume(prob[scored], **chosen)
         took = time.perf_counter() - start
-        v_rand, seg = (score(labels, truth[scored], m) for m in ("v_rand", "seg"))
+        v_rand, seg, det = (
+            score(labels, truth[scored], m, known=known[scored]) for m in ("v_rand", "seg", "det")
+        )
         grid = {k: chosen[k] for k in table[0] if k != args.measure}
         print(
-            f"{name:16s} {v_rand:7.4f} {seg:6.4f} {int(labels.max()):7d} {tuned:7.1f} "
+            f"{name:16s} {v_rand:7.4f} {seg:6.4f} {det:6.4f} {int(labels.max()):7d} {tuned:7.1f} "
             f"{took:9.2f}  {grid} "
             f"(train {args.measure} {max(r[args.measure] for r in table):.4f}, {len(table)} rows)"
         )

@@ -206,11 +206,13 @@ def test_ctc_evaluation_per_sequence(tmp_path):
         assert entry["frames"] == [frame] and entry["paper_iou"] == 0.9203
         assert entry["unet"]["iou"] == pytest.approx(metrics.foreground_iou(seg[z], truth[z]))
         assert entry["unet"]["seg"] == pytest.approx(metrics.seg_score(seg[z], truth[z]))
+        assert entry["unet"]["det"] == pytest.approx(metrics.det_score(seg[z], truth[z]))
         assert entry["unet"]["seg"] > entry["baseline"]["seg"]
     lines = format_table(report["results"]).splitlines()
     row = next(line.split() for line in lines if line.startswith("val ") and " 02 " in line)
     unet, baseline = sequences["02"]["unet"], sequences["02"]["baseline"]
-    scores = [unet["iou"], baseline["iou"], unet["seg"], baseline["seg"], 0.9203]
+    scores = [unet["iou"], baseline["iou"], unet["seg"], baseline["seg"], unet["det"]]
+    scores += [baseline["det"], 0.9203]
     assert row == ["val", "02", "1", *(f"{v:.4f}" for v in scores)]
 
 

@@ -9,10 +9,12 @@ from unetpipe import metrics
 from unetpipe.io import read_image
 from unetpipe.metrics import (
     SIMPLE_POINT,
+    det_score,
     foreground_iou,
     info_scores,
     isbi_scores,
     neighbour_codes,
+    op_csb,
     pixel_error,
     pixel_fscores,
     rand_scores,
@@ -168,6 +170,28 @@ def test_seg_score_hand_case():
     seg[1, 4] = 9  # 3 of 4: J = 3 / 4
     assert seg_score(seg, ref) == pytest.approx((4 / 6 + 3 / 4) / 3)
     assert seg_score(ref * 5, ref) == 1.0
+
+
+def test_det_score_hand_case():
+    """CTC DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0, weights split 5, miss 10, spurious 1."""
+    ref = np.zeros((6, 10), int)
+    ref[0, :2], ref[0, 3:5], ref[2, :3], ref[4, :4] = 1, 2, 3, 4  # 4 objects: AOGM-D0 = 40
+    seg = np.zeros_like(ref)
+    seg[0, :5] = 7  # covers all of 1 and 2: one segment for two objects, 1 split (5)
+    seg[2, :1] = 8  # 1 of 3 px of object 3: no match, a miss (10) and a spurious segment (1)
+    seg[4, :4] = 9  # object 4 exactly
+    seg[5, 8:] = 3  # on the background: spurious (1)
+    assert det_score(seg, ref) == pytest.approx(1 - (5 + 10 + 1 + 1) / 40)
+    assert op_csb(seg, ref) == pytest.approx((seg_score(seg, ref) + det_score(seg, ref)) / 2)
+    assert det_score(ref * 3, ref) == 1.0 and det_score(np.zeros_like(ref), ref) == 0.0
+    fragments = ref.copy()
+    fragments[1::2] = np.arange(30).reshape(3, 10) + 10  # 30 one-pixel spurious segments
+    assert seg_score(fragments, ref) == 1.0 and det_score(fragments, ref) == pytest.approx(0.25)
+    fragments[2, 4:] = np.arange(6) + 50  # 41 spurious cost more than 40: DET stops at 0
+    fragments[4, 5:] = np.arange(5) + 60
+    assert seg_score(fragments, ref) == 1.0 and det_score(fragments, ref) == 0.0
+    with pytest.raises(ValueError, match="no objects"):
+        det_score(np.ones(3, int), np.zeros(3, int))
 
 
 def test_foreground_iou():

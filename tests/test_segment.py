@@ -142,6 +142,27 @@ def test_tuner_picks_the_known_best_and_reads_only_training_slices():
     assert [r["seg"] for r in table][2] == 0.0  # nothing above 0.95
 
 
+def test_tuning_by_op_csb_drops_the_fragments_seg_ignores():
+    truth = np.zeros((1, 30, 30), np.uint32)
+    truth[0, 2:12, 2:12], truth[0, 16:26, 16:26] = 1, 2
+    prob = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    for y, x in [(20, 3), (3, 20), (27, 27)]:
+        prob[0, y : y + 2, x : x + 2] = 0.9  # 3 specks: spurious segments
+    cfg, grid = {"method": "components"}, {"threshold": [0.5], "min_size": [0, 16]}
+    chosen, table = tune_segmentation(prob, truth, cfg, grid, "seg")
+    assert chosen["min_size"] == 0 and [r["seg"] for r in table] == [1.0, 1.0]  # blind to them
+    chosen, table = tune_segmentation(prob, truth, cfg, grid, "op_csb")
+    assert chosen["min_size"] == 16
+    assert [r["op_csb"] for r in table] == pytest.approx([(1 + 1 - 3 / 20) / 2, 1.0])
+    labels = segment_volume(prob, method="components", threshold=0.5, min_size=0)
+    assert score(labels, truth, "det") == pytest.approx(1 - 3 / 20)
+    known = np.ones(truth.shape, bool)
+    known[0, 18:, :10] = known[0, :10, 18:] = known[0, 26:, 26:] = False  # the specks: unknown
+    assert score(labels, truth, "det", known=known) == 1.0
+    chosen, table = tune_segmentation(prob, truth, cfg, grid, "op_csb", known)
+    assert chosen["min_size"] == 0 and [r["op_csb"] for r in table] == [1.0, 1.0]
+
+
 def merge(cfg):
     from unetpipe.config import section_params
 

@@ -53,6 +53,7 @@ ROWS = [  # (key, label, lower is better); "t train" = threshold fixed on the tr
     ("slice_v_rand_t_train", "mean slice V_rand, t train", False),
     ("iou", "foreground IoU", False),
     ("seg", "SEG (CTC)", False),
+    ("det", "DET (CTC)", False),
 ]
 FIXED_THRESHOLDS = ("pixel_error", "v_rand", "slice_v_rand", "warping_error")
 """The measures scored also at a threshold fixed on the training slices (``<measure>_t_train``)."""
@@ -143,12 +144,13 @@ def _at_own_threshold(scores: dict[str, float]) -> dict[str, float]:
 
 def score_instances(instances: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Instance measures of a (z, y, x) labelling, slices scored separately: V_rand and V_info
-    (no thinning), CTC SEG, foreground IoU, and the number of instances."""
+    (no thinning), CTC SEG and DET, foreground IoU, and the number of instances."""
     seg, ref = metrics.slice_unique(instances), metrics.slice_unique(truth)
     return {
         "instances_v_rand": metrics.v_rand(seg, ref),
         "instances_v_info": metrics.v_info(seg, ref),
         "seg": metrics.seg_score(seg, ref),
+        "det": metrics.det_score(seg, ref),
         "iou": metrics.foreground_iou(seg, ref),
         "instances": int(np.count_nonzero(np.bincount(seg.ravel())[1:])),
     }
@@ -173,11 +175,11 @@ def score_sequences(
     ``{"sequence", "frame"}`` of slice i of the stacks), with the paper's IoU of row ``paper``.
 
     ``iou`` is the foreground IoU pooled over the sequence's frames; ``seg`` is the CTC SEG measure,
-    the mean Jaccard index over all reference objects of those frames; ``per_frame`` has both of
-    each frame, the network's and the baseline's. As the CTC documents,
-    ``man_seg`` objects are the reference and every other pixel is background: a segment matching
-    no reference object costs nothing in SEG (the measure runs over reference objects) but counts
-    as false foreground in IoU.
+    the mean Jaccard index over all reference objects of those frames; ``det`` the CTC DET measure
+    over them; ``per_frame`` has the three of each frame, the network's and the baseline's. As the
+    CTC documents, ``man_seg`` objects are the reference and every other pixel is background: a
+    segment matching no reference object costs nothing in SEG (the measure runs over reference
+    objects) but counts as a false positive in DET and as false foreground in IoU.
     """
     if len({len(frames), len(instances), len(baseline), len(truth)}) != 1:
         raise ValueError(
@@ -200,6 +202,7 @@ def score_sequences(
                         for who, labels in (("unet", instances), ("baseline", baseline))
                         for key, score in (
                             ("seg", metrics.seg_score),
+                            ("det", metrics.det_score),
                             ("iou", metrics.foreground_iou),
                         )
                     },
@@ -318,7 +321,11 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(row)
     sequences = [
         [name, sequence, str(len(entry["frames"]))]
-        + [f"{entry[who][key]:.4f}" for key in ("iou", "seg") for who in ("unet", "baseline")]
+        + [
+            format_value(key, entry[who].get(key))
+            for key in ("iou", "seg", "det")
+            for who in ("unet", "baseline")
+        ]
         + ["-" if entry["paper_iou"] is None else f"{entry['paper_iou']:.4f}"]
         for name, result in results.items()
         for sequence, entry in result.get("sequences", {}).items()
@@ -327,7 +334,7 @@ def format_table(results: dict[str, Any]) -> str:
         table2 = ", ".join(f"{k} {v}" for k, v in PAPER["iou"].items())
         return f"{_text_table(lines)}\npaper IoU (Table 2): {table2}"
     columns = ["set", "sequence", "frames", "IoU u-net", "IoU baseline", "SEG u-net"]
-    columns += ["SEG baseline", "paper IoU"]
+    columns += ["SEG baseline", "DET u-net", "DET baseline", "paper IoU"]
     return (
         f"{_text_table(lines)}\n\n"
         f"Cell Tracking Challenge per sequence (paper: Table 2, u-net IoU)\n"

@@ -1,5 +1,6 @@
 """Segmentation measures of the paper's Section 4: ISBI 2012 (Rand, information, pixel error) and
-the Cell Tracking Challenge (SEG, IoU of Table 2).
+the Cell Tracking Challenge (SEG, IoU of Table 2; DET, which counts the false positives SEG
+ignores).
 
 Definitions follow Arganda-Carreras et al. 2015 (Front. Neuroanat. 9:142), the ISBI 2012 challenge
 paper, and its reference implementation (Fiji ``trainableSegmentation.metrics``): foreground-
@@ -315,6 +316,56 @@ def seg_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
     match = (r > 0) & (s > 0) & (2 * n > ref_size[r])
     jaccard = n[match] / (ref_size[r[match]] + seg_size[s[match]] - n[match])
     return float(jaccard.sum() / objects)
+
+
+DET_WEIGHTS = {"splits": 5.0, "false_negatives": 10.0, "false_positives": 1.0}
+"""The Cell Tracking Challenge's AOGM-D weights (Matula et al. 2015, PLoS ONE 10:e0144959): a
+needed split operation 5, a missed reference object 10, a spurious segment 1."""
+
+
+def det_score(segmentation: ArrayLike, reference: ArrayLike) -> float:
+    """The Cell Tracking Challenge DET measure, with the SEG rule of matching (|R n S| > |R| / 2):
+    1 - min(AOGM-D, AOGM-D0) / AOGM-D0, AOGM-D = 5 splits + 10 false negatives + 1 false positive
+    (:data:`DET_WEIGHTS`), AOGM-D0 = 10 x the reference objects (building them all from nothing).
+    A segment matching k > 1 reference objects needs k - 1 splits, a reference object without a
+    match is a false negative, a segment matching none a false positive. The CTC scores DET against
+    its tracking markers of every cell; here the reference is the instance truth."""
+    seg = _as_labels(segmentation, "segmentation")
+    ref = _as_labels(reference, "reference")
+    if seg.shape != ref.shape:
+        raise ValueError(f"segmentation {seg.shape} and reference {ref.shape} differ in shape")
+    return det_score_of_table(*contingency(ref, seg))
+
+
+def det_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
+    """:func:`det_score` from the :func:`contingency` ``(r, s, n_rs)`` of (reference,
+    segmentation) over all pixels."""
+    r, s, n = (np.asarray(x) for x in (r, s, n))
+    ref_size = np.bincount(r, weights=n)
+    seg_size = np.bincount(s, weights=n)
+    objects = np.count_nonzero(ref_size[1:])
+    if objects == 0:
+        raise ValueError("the reference has no objects (all labels are 0)")
+    match = (r > 0) & (s > 0) & (2 * n > ref_size[r])
+    matched = np.bincount(s[match], minlength=seg_size.size)[1:]  # references per segment
+    w = DET_WEIGHTS
+    aogm = (
+        w["splits"] * np.maximum(matched - 1, 0).sum()
+        + w["false_negatives"] * (objects - np.count_nonzero(match))
+        + w["false_positives"] * np.count_nonzero((seg_size[1:] > 0) & (matched == 0))
+    )
+    empty = w["false_negatives"] * objects
+    return float(1.0 - min(aogm, empty) / empty)
+
+
+def op_csb(segmentation: ArrayLike, reference: ArrayLike) -> float:
+    """The Cell Tracking Challenge's overall segmentation measure OP_CSB = (SEG + DET) / 2."""
+    return (seg_score(segmentation, reference) + det_score(segmentation, reference)) / 2
+
+
+def op_csb_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
+    """:func:`op_csb` from the :func:`contingency` ``(r, s, n_rs)``."""
+    return (seg_score_of_table(r, s, n) + det_score_of_table(r, s, n)) / 2
 
 
 def foreground_iou(segmentation: ArrayLike, reference: ArrayLike) -> float:

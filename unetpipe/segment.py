@@ -5,7 +5,7 @@ the thresholded cell probability (``components``), optionally split by a seeded 
 watershed into supervoxels merged by mean boundary probability (:mod:`unetpipe.agglomerate`).
 
 Post-processing parameters can be fixed on training slices (:func:`tune_segmentation`: the best
-instance V_rand or CTC SEG over a grid), never on the slices that are scored.
+instance V_rand, CTC SEG, DET or OP_CSB over a grid), never on the slices that are scored.
 
 ``components`` and ``watershed`` segment each slice in 2D, read whole even when its (y, x) plane
 spans several Zarr chunks, so labels agree across chunk borders by construction. ``agglomerate``
@@ -40,7 +40,12 @@ log = logging.getLogger(__name__)
 
 METHODS = ("components", "watershed", "agglomerate")
 RELIEFS = agg.RELIEFS
-MEASURES = ("v_rand", "seg")
+MEASURES = {  # the tuner's scores, from a contingency table of (truth, labels)
+    "v_rand": metrics.v_rand_of_table,
+    "seg": metrics.seg_score_of_table,
+    "det": metrics.det_score_of_table,
+    "op_csb": metrics.op_csb_of_table,
+}
 DEFAULTS = defaults("segment")
 """The ``segment`` config section's defaults (from the schema, unetpipe/config.schema.yaml)."""
 GRIDS = {  # the tuner's default grids, per method (every value a list)
@@ -188,29 +193,42 @@ def segment_slice(
     )
 
 
-def score(labels: np.ndarray, truth: np.ndarray, measure: str, mode: str = "2d") -> float:
-    """Instance score of a (z, y, x) labelling: ``v_rand`` (instance V_rand, no thinning) or
-    ``seg`` (CTC SEG), slices scored separately as :func:`unetpipe.evaluate.score_instances` does
-    (``mode`` 2d), or the volume as one (3d)."""
+def score(
+    labels: np.ndarray,
+    truth: np.ndarray,
+    measure: str,
+    mode: str = "2d",
+    known: np.ndarray | None = None,
+) -> float:
+    """Instance score of a (z, y, x) labelling: ``v_rand`` (instance V_rand, no thinning), ``seg``
+    (CTC SEG), ``det`` (CTC DET) or ``op_csb`` (their mean), slices scored separately as
+    :func:`unetpipe.evaluate.score_instances` does (``mode`` 2d), or the volume as one (3d).
+    ``known``: where the truth is known (None: everywhere); other pixels are scored in neither,
+    as :func:`unetpipe.evaluate.evaluate_run` does."""
     labels = metrics.slice_unique(labels) if mode == "2d" else labels
-    return _Scorer(truth, measure, mode).entries(labels)(None)
+    return _Scorer(truth, measure, mode, known).entries(labels)(None)
 
 
 class _Scorer:
     """:func:`score` against one truth of many relabellings ``table[labels]`` of a labelling,
     from their contingency table (computed once per labelling)."""
 
-    def __init__(self, truth: np.ndarray, measure: str, mode: str) -> None:
+    def __init__(
+        self, truth: np.ndarray, measure: str, mode: str, known: np.ndarray | None = None
+    ) -> None:
         if measure not in MEASURES:
-            raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+            raise ValueError(f"measure must be one of {list(MEASURES)}, got {measure!r}")
+        if known is not None and np.shape(known) != np.shape(truth):
+            raise ValueError(f"known {np.shape(known)} and truth {np.shape(truth)} differ")
+        self.known = None if known is None else np.asarray(known, bool)
+        truth = truth if self.known is None else np.where(self.known, truth, 0)
         self.truth = metrics.slice_unique(truth) if mode == "2d" else truth
-        self.function = (
-            metrics.v_rand_of_table if measure == "v_rand" else metrics.seg_score_of_table
-        )
+        self.function = MEASURES[measure]
 
     def entries(self, labels: np.ndarray) -> Any:
         """The scores of relabellings of ``labels`` (ids at most its size, objects within one
         slice each in 2d mode): a function of the table (``None``: ``labels`` as they are)."""
+        labels = labels if self.known is None else np.where(self.known, labels, 0)
         i, j, n = metrics.contingency(self.truth, labels)
 
         def scored(table: np.ndarray | None) -> float:
@@ -230,11 +248,12 @@ def tune_segmentation(
     cfg: Mapping[str, Any] | None = None,
     grid: Mapping[str, Sequence[Any]] | None = None,
     measure: str = "v_rand",
+    known: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Post-processing fixed on training slices: every combination of ``grid`` (parameter ->
     values; empty or None: the method's :data:`GRIDS`) over the ``cfg`` segment
-    parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth``; the first
-    best wins. Returns the chosen parameters and the table of scores (one row per combination).
+    parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth`` where the
+    truth is ``known`` (None: everywhere); the first best wins. Returns the chosen parameters and the table of scores (one row per combination).
     Only the given arrays are read: pass the training slices, never the scored ones.
 
     Costly steps run once per combination of the other parameters: ``min_size`` (and for
@@ -258,7 +277,7 @@ def tune_segmentation(
     before = [k for k in grid if k not in _AFTER]
     after = [k for k in _AFTER if k in grid]
     rows = []
-    scorer = _Scorer(truth, measure, base["mode"])
+    scorer = _Scorer(truth, measure, base["mode"], known)
     for values in itertools.product(*(grid[k] for k in before)):
         params = {**base, **dict(zip(before, values, strict=True))}
         _check(params)
@@ -310,10 +329,12 @@ def tune_on_slices(
     slices: Sequence[int],
     params: Mapping[str, Any],
     tune: Mapping[str, Any],
+    known: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`tune_segmentation` on slices ``slices`` of a (classes, z, y, x) prediction array and
-    a (z, y, x) labels array; nothing else of either is read. In 3d mode the slices must be
-    consecutive (one sub-volume)."""
+    a (z, y, x) labels array, scored where the (z, y, x) array ``known`` is nonzero (None:
+    everywhere; a dataset group's ``mask``); nothing else of them is read. In 3d mode the slices
+    must be consecutive (one sub-volume)."""
     slices = [int(z) for z in slices]
     if not slices:
         raise ValueError("segment.tune needs training slices: give at least one")
@@ -323,7 +344,8 @@ def tune_on_slices(
         )
     prob = np.stack([cell_probability(predictions, z) for z in slices])
     labels = np.stack([np.asarray(truth[z]) for z in slices])
-    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"])
+    mask = None if known is None else np.stack([np.asarray(known[z]) > 0 for z in slices])
+    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask)
 
 
 def _dask_runner(threads: int) -> agg.Runner:
@@ -342,6 +364,7 @@ def segment_zarr(
     truth: Any = None,
     tune_slices: Sequence[int] | None = None,
     tune_predictions: str | Path | None = None,
+    known: Any = None,
 ) -> None:
     """Segment a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
 
@@ -349,8 +372,9 @@ def segment_zarr(
     (agglomerate) run in parallel (Dask, ``threads`` workers); labels are distinct over the stack.
     With ``tune.enabled``, the parameters of :data:`GRIDS` (or ``tune.grid``) are first fixed by
     :func:`tune_on_slices` on slices ``tune_slices`` of ``tune_predictions`` (default
-    ``predictions``) against the same slices of ``truth`` (a labels array); the choice and its
-    table of scores are logged and kept in the output's ``tuning`` attribute.
+    ``predictions``) against the same slices of ``truth`` (a labels array), where ``known`` (the
+    dataset's ``mask``, None: everywhere) says the truth is known; the choice and its table of
+    scores are logged and kept in the output's ``tuning`` attribute.
     """
     params = section_params("segment", cfg)
     tune = params["tune"]
@@ -364,7 +388,7 @@ def segment_zarr(
             raise ValueError("segment.tune.enabled needs the labels and the training slices")
         start = time.perf_counter()
         tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
-        chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune)
+        chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune, known)
         params = params | chosen
         best = max(row[tune["measure"]] for row in table)
         attributes["tuning"] = {

@@ -20,22 +20,30 @@ def _segment(args: argparse.Namespace) -> int:
     keys = ["threshold", "method", "relief", "min_distance", "min_size", "mode", "sigma"]
     keys += ["max_distance", "mask", "merge_threshold", "block"]
     cfg = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    truth = slices = None
+    truth = slices = known = None
     if args.tune:
         if not args.data:
             raise ValueError("--tune needs --data, the dataset's data.zarr (labels, splits)")
         group = open_data(args.data)
         truth = group["labels"]
+        known = group["mask"] if "mask" in group else None
         slices = _slices(args.tune_slices) if args.tune_slices else read_splits(group)["train"]
-        grid = dict(_grid(text) for text in args.grid or [])
+        grid = dict(parse_grid(text) for text in args.grid or [])
         cfg["tune"] = {"enabled": True, "measure": args.measure, "grid": grid}
     segment_zarr(
-        args.predictions, args.output, cfg, args.threads, truth, slices, args.tune_predictions
+        args.predictions,
+        args.output,
+        cfg,
+        args.threads,
+        truth,
+        slices,
+        args.tune_predictions,
+        known,
     )
     return 0
 
 
-def _grid(text: str) -> tuple[str, list]:
+def parse_grid(text: str) -> tuple[str, list]:
     """``merge_threshold=0.4,0.5`` -> ("merge_threshold", [0.4, 0.5])."""
     key, equals, values = text.partition("=")
     if not (equals and values):
@@ -126,11 +134,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-threshold", type=float, help="agglomerate: stop merging at this mean")
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="agglomerate block")
     p.add_argument("--tune", action="store_true", help="fix parameters on training slices first")
-    p.add_argument("--data", help="--tune: the dataset's data.zarr (its labels and splits)")
+    p.add_argument("--data", help="--tune: the dataset's data.zarr (labels, splits, mask)")
     p.add_argument("--tune-slices", help="--tune: slices such as 0-24 (default: the train split)")
     p.add_argument("--tune-predictions", help="--tune: predictions of raw, if PREDICTIONS is not")
     p.add_argument(
-        "--measure", choices=MEASURES, default="v_rand", help="--tune: score to maximise"
+        "--measure", choices=list(MEASURES), default="v_rand", help="--tune: score to maximise"
     )
     p.add_argument(
         "--grid",

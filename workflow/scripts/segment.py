@@ -12,7 +12,7 @@ from unetpipe.splits import gold, resolve
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule segment"):
     cfg = {**snakemake.params.cfg, **run_settings("segment", snakemake.config["segment"])}
-    truth = slices = raw = None
+    truth = slices = raw = known = None
     if cfg["tune"]["enabled"]:
         group = open_data(Path(snakemake.input.group).parent)
         split = snakemake.params.split
@@ -22,6 +22,14 @@ with logged(snakemake.log[0], "rule segment"):
             gold(group.attrs, train),
             snakemake.input.raw_predictions,
         )
+        known = group["mask"] if "mask" in group else None
     segment_zarr(
-        snakemake.input.predictions, snakemake.output[0], cfg, snakemake.threads, truth, slices, raw
+        snakemake.input.predictions,
+        snakemake.output[0],
+        cfg,
+        snakemake.threads,
+        truth,
+        slices,
+        raw,
+        known,
     )
