@@ -253,8 +253,9 @@ def tune_segmentation(
     """Post-processing fixed on training slices: every combination of ``grid`` (parameter ->
     values; empty or None: the method's :data:`GRIDS`) over the ``cfg`` segment
     parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth`` where the
-    truth is ``known`` (None: everywhere); the first best wins. Returns the chosen parameters and the table of scores (one row per combination).
-    Only the given arrays are read: pass the training slices, never the scored ones.
+    truth is ``known`` (None: everywhere); the first best wins. Returns the chosen parameters and
+    the table of scores (one row per combination). Only the given arrays are read: pass the
+    training slices, never the scored ones.
 
     Costly steps run once per combination of the other parameters: ``min_size`` (and for
     ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after.
