@@ -293,20 +293,22 @@ def slice_v_rand(
     return float(means[best]), float(thresholds[best])
 
 
-def seg_score(segmentation: ArrayLike, reference: ArrayLike) -> float:
-    """The Cell Tracking Challenge SEG measure: a reference object R matches the segment S with
-    |R n S| > |R| / 2 (at most one can); the score is the mean over reference objects of the
-    Jaccard index |R n S| / |R u S| of their match, 0 when unmatched."""
+def _reference_table(
+    segmentation: ArrayLike, reference: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The :func:`contingency` ``(r, s, n_rs)`` of (reference, segmentation) label images."""
     seg = _as_labels(segmentation, "segmentation")
     ref = _as_labels(reference, "reference")
     if seg.shape != ref.shape:
         raise ValueError(f"segmentation {seg.shape} and reference {ref.shape} differ in shape")
-    return seg_score_of_table(*contingency(ref, seg))
+    return contingency(ref, seg)
 
 
-def seg_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
-    """:func:`seg_score` from the :func:`contingency` ``(r, s, n_rs)`` of (reference,
-    segmentation) over all pixels."""
+def _matches(
+    r: ArrayLike, s: ArrayLike, n: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """The CTC matching of a :func:`_reference_table`: ``(r, s, n, reference sizes, segment
+    sizes, reference objects, match)``, ``match`` marking the entries with |R n S| > |R| / 2."""
     r, s, n = (np.asarray(x) for x in (r, s, n))
     ref_size = np.bincount(r, weights=n)
     seg_size = np.bincount(s, weights=n)
@@ -314,6 +316,20 @@ def seg_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
     if objects == 0:
         raise ValueError("the reference has no objects (all labels are 0)")
     match = (r > 0) & (s > 0) & (2 * n > ref_size[r])
+    return r, s, n, ref_size, seg_size, objects, match
+
+
+def seg_score(segmentation: ArrayLike, reference: ArrayLike) -> float:
+    """The Cell Tracking Challenge SEG measure: a reference object R matches the segment S with
+    |R n S| > |R| / 2 (at most one can); the score is the mean over reference objects of the
+    Jaccard index |R n S| / |R u S| of their match, 0 when unmatched."""
+    return seg_score_of_table(*_reference_table(segmentation, reference))
+
+
+def seg_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
+    """:func:`seg_score` from the :func:`contingency` ``(r, s, n_rs)`` of (reference,
+    segmentation) over all pixels."""
+    r, s, n, ref_size, seg_size, objects, match = _matches(r, s, n)
     jaccard = n[match] / (ref_size[r[match]] + seg_size[s[match]] - n[match])
     return float(jaccard.sum() / objects)
 
@@ -330,23 +346,13 @@ def det_score(segmentation: ArrayLike, reference: ArrayLike) -> float:
     A segment matching k > 1 reference objects needs k - 1 splits, a reference object without a
     match is a false negative, a segment matching none a false positive. The CTC scores DET against
     its tracking markers of every cell; here the reference is the instance truth."""
-    seg = _as_labels(segmentation, "segmentation")
-    ref = _as_labels(reference, "reference")
-    if seg.shape != ref.shape:
-        raise ValueError(f"segmentation {seg.shape} and reference {ref.shape} differ in shape")
-    return det_score_of_table(*contingency(ref, seg))
+    return det_score_of_table(*_reference_table(segmentation, reference))
 
 
 def det_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
     """:func:`det_score` from the :func:`contingency` ``(r, s, n_rs)`` of (reference,
     segmentation) over all pixels."""
-    r, s, n = (np.asarray(x) for x in (r, s, n))
-    ref_size = np.bincount(r, weights=n)
-    seg_size = np.bincount(s, weights=n)
-    objects = np.count_nonzero(ref_size[1:])
-    if objects == 0:
-        raise ValueError("the reference has no objects (all labels are 0)")
-    match = (r > 0) & (s > 0) & (2 * n > ref_size[r])
+    r, s, n, ref_size, seg_size, objects, match = _matches(r, s, n)
     matched = np.bincount(s[match], minlength=seg_size.size)[1:]  # references per segment
     w = DET_WEIGHTS
     aogm = (
@@ -360,7 +366,7 @@ def det_score_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
 
 def op_csb(segmentation: ArrayLike, reference: ArrayLike) -> float:
     """The Cell Tracking Challenge's overall segmentation measure OP_CSB = (SEG + DET) / 2."""
-    return (seg_score(segmentation, reference) + det_score(segmentation, reference)) / 2
+    return op_csb_of_table(*_reference_table(segmentation, reference))
 
 
 def op_csb_of_table(r: ArrayLike, s: ArrayLike, n: ArrayLike) -> float:
