@@ -16,9 +16,9 @@ def hierarchy(prob, block, settings, stop=1.0):
     return h, write, store
 
 
-def objects(prob, block, settings, threshold, min_size=0):
+def objects(prob, block, settings, threshold, min_size=0, small="drop"):
     h, write, store = hierarchy(prob, block, settings)
-    write(h.table(threshold, min_size))
+    write(h.table(threshold, min_size, small))
     return store
 
 
@@ -43,14 +43,20 @@ def test_high_ridge_keeps_regions_apart_weak_ridge_merges(sigma):
     assert h.count == 2 and h.levels.tolist() == [round(0.9 * 65535) / 65535]
 
 
-def naive(pairs, total, count, stop, n):
-    """Reference: lowest mean first, every mean recomputed from the original faces each step."""
-    cluster = list(range(n))
+def naive(pairs, total, count, stop, n, cluster=None, sizes=None, min_size=0):
+    """Reference: lowest mean first, every mean recomputed from the original faces each step;
+    with ``sizes``, only merges of a cluster under ``min_size`` (clusters start as ``cluster``)."""
+    cluster = list(range(n)) if cluster is None else list(cluster)
     while True:
         sums = {}
         for u, v, t, c in zip(*pairs, total, count, strict=True):
             a, b = sorted((cluster[u], cluster[v]))
-            if a != b:
+            big = (
+                sizes is not None
+                and min(sum(sizes[k] for k in range(n) if cluster[k] == e) for e in (a, b))
+                >= min_size
+            )
+            if a != b and not big:
                 s = sums.setdefault((a, b), [0, 0])
                 s[0], s[1] = s[0] + t, s[1] + c
         if not sums:
@@ -90,28 +96,59 @@ def test_agglomeration_equals_the_naive_reference(seed):
     assert np.all(np.diff(heap[1]) >= 0)  # lowest edge first: levels never decrease
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_small_objects_merge_as_the_naive_reference(seed):
+    """small="merge": past the threshold, only small objects merge, lowest mean first; those
+    that touch nothing are dropped (and drop removes every small one)."""
+    rng = np.random.default_rng(seed)
+    n, threshold, min_size = 40, 0.4, 30
+    candidates = [(u, v) for u, v in itertools.combinations(range(1, n), 2) if rng.random() < 0.1]
+    pairs = np.array(candidates).T
+    count = rng.integers(1, 20, pairs.shape[1])
+    total = count * rng.integers(0, agg.QUANTUM, pairs.shape[1])
+    sizes = np.concatenate([[0], rng.integers(1, 40, n - 1)])
+    merges, levels = agg.agglomerate(pairs, total, count, stop=threshold)
+    h = agg.Hierarchy(n - 1, sizes, merges, levels, threshold, (pairs, total, count))
+    before = naive(pairs, total, count, threshold, n)
+    after = naive(pairs, total, count, np.inf, n, before, sizes, min_size)
+    size = {c: sum(sizes[k] for k in range(n) if after[k] == c) for c in set(after)}
+    expected = [after[k] if size[after[k]] >= min_size and k else 0 for k in range(n)]
+    merged = h.table(threshold, min_size, "merge")
+    assert partition(merged) == partition(expected)
+    assert (merged[1:] == 0).sum() < (h.table(threshold, min_size)[1:] == 0).sum()
+    dropped = h.table(threshold, min_size, "drop")
+    size = {c: sum(sizes[k] for k in range(n) if before[k] == c) for c in set(before)}
+    assert partition(dropped) == partition(
+        [before[k] if size[before[k]] >= min_size and k else 0 for k in range(n)]
+    )
+    with pytest.raises(ValueError, match="graph"):
+        agg.Hierarchy(n - 1, sizes, merges, levels, threshold).table(threshold, 5, "merge")
+    with pytest.raises(ValueError, match="small"):
+        h.table(threshold, 5, "fill")
+
+
 def smooth_volume(shape, seed, sigma=2.0):
     prob = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), sigma)
     return (prob - prob.min()) / (prob.max() - prob.min())
 
 
 @pytest.mark.parametrize(
-    "mode,relief,mask",
+    "mode,relief,mask,small",
     [
-        ("2d", "probability", False),
-        ("2d", "distance", True),
-        ("3d", "probability", True),
-        ("3d", "distance", False),
+        ("2d", "probability", False, "drop"),
+        ("2d", "distance", True, "merge"),
+        ("3d", "probability", True, "merge"),
+        ("3d", "distance", False, "drop"),
     ],
 )
-def test_blockwise_equals_whole_volume(mode, relief, mask):
+def test_blockwise_equals_whole_volume(mode, relief, mask, small):
     prob = smooth_volume((5, 36, 44), seed=3)
     prob[:, 30:, 30:] = 0.95  # a corner with no background: the distance transform's edge case
     s = agg.Settings(mode=mode, relief=relief, sigma=1.0, max_distance=4, mask=mask)
-    whole = objects(prob, prob.shape, s, threshold=0.45, min_size=5)
+    whole = objects(prob, prob.shape, s, threshold=0.45, min_size=5, small=small)
     assert 5 < whole.max() < 200
     for block in [(1, 11, 13), (2, 36, 9), (5, 7, 44), (3, 5, 6)]:
-        np.testing.assert_array_equal(objects(prob, block, s, 0.45, 5), whole)
+        np.testing.assert_array_equal(objects(prob, block, s, 0.45, 5, small), whole)
 
 
 def test_object_crossing_seams_keeps_one_id():

@@ -163,6 +163,39 @@ def test_tuning_by_op_csb_drops_the_fragments_seg_ignores():
     assert chosen["min_size"] == 0 and [r["op_csb"] for r in table] == [1.0, 1.0]
 
 
+def cell_with_rim_fragment():
+    """A cell (a 30 x 30 square) whose right rim (4 px wide) a faint line cuts off, and a speck
+    apart from it; the truth: the whole square."""
+    prob = np.full((1, 40, 50), 0.05, np.float32)
+    prob[0, 5:35, 5:35] = 0.95
+    prob[0, 5:35, 30] = 0.55  # foreground at threshold 0.5, boundary 0.45 > merge_threshold
+    prob[0, 36:39, 42:45] = 0.95  # 9 px, touching nothing
+    truth = np.zeros(prob.shape, np.uint32)
+    truth[0, 5:35, 5:35] = 1
+    return prob, truth
+
+
+def test_small_objects_merge_into_their_cell():
+    prob, truth = cell_with_rim_fragment()
+    cfg = {"method": "agglomerate", "mask": True, "threshold": 0.5, "sigma": 0.0}
+    cfg |= {"relief": "probability", "merge_threshold": 0.3, "min_size": 200}
+    dropped = segment_volume(prob, **cfg)
+    assert dropped.max() == 1 and (dropped[0, 5:35, 5:30] == 1).all()
+    assert (dropped[0, :, 31:] == 0).all()  # the rim (4 x 30 = 120 px) is a hole
+    merged = segment_volume(prob, **cfg, small_objects="merge")
+    assert merged.max() == 1 and (merged[truth > 0] == 1).all() and (merged[truth == 0] == 0).all()
+    assert score(merged, truth, "seg") == 1.0 and score(dropped, truth, "seg") < 0.9
+    grid = {"small_objects": ["drop", "merge"], "min_size": [200]}
+    chosen, table = tune_segmentation(prob, truth, cfg, grid, "seg")
+    assert chosen["small_objects"] == "merge" and [r["seg"] for r in table][1] == 1.0
+    with pytest.raises(ValueError, match="needs method agglomerate"):
+        segment_volume(prob, method="components", small_objects="merge")
+    with pytest.raises(ValueError, match="needs method agglomerate"):
+        tune_segmentation(prob, truth, {"method": "components"}, grid, "seg")
+    with pytest.raises(ValueError, match="small_objects must be one of"):
+        tune_segmentation(prob, truth, cfg, {"small_objects": ["fill"]}, "seg")
+
+
 def merge(cfg):
     from unetpipe.config import section_params
 

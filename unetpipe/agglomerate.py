@@ -318,10 +318,18 @@ def agglomerate(
 
 
 def agglomerate_heap(
-    pairs: np.ndarray, total: np.ndarray, count: np.ndarray, stop: float
+    pairs: np.ndarray,
+    total: np.ndarray,
+    count: np.ndarray,
+    stop: float,
+    sizes: np.ndarray | None = None,
+    min_size: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`agglomerate` lowest edge first, with a heap (ties: the earlier edge, merged edges
-    after the others); the merges' levels never decrease."""
+    after the others); the merges' levels never decrease. With ``sizes`` (pixels per region id),
+    only merges that involve a region under ``min_size`` pixels: an edge between two regions of
+    at least ``min_size`` is passed over (sizes only grow, so it never becomes one)."""
+    size = None if sizes is None else np.asarray(sizes, np.int64).tolist()
     # an edge: [level, total, count, end, end, alive]; the heap holds (level, sequence, edge)
     adjacency: dict[int, dict[int, list]] = {}
     heap = []
@@ -339,6 +347,10 @@ def agglomerate_heap(
             continue  # replaced by the sum of two edges when their regions merged
         edge[5] = False
         u, v = edge[3], edge[4]
+        if size is not None:
+            if size[u] >= min_size and size[v] >= min_size:
+                continue
+            size[u] = size[v] = size[u] + size[v]
         keep, gone = (u, v) if len(adjacency[u]) >= len(adjacency[v]) else (v, u)
         merged.append((keep, gone))
         levels.append(level)
@@ -361,26 +373,37 @@ def agglomerate_heap(
     return np.array(merged, np.int64).reshape(-1, 2).T, np.array(levels, np.float64)
 
 
+SMALL = ("drop", "merge")  # what becomes of objects under min_size pixels
+
+
 @dataclass
 class Hierarchy:
-    """Supervoxels 1..count with their sizes and the agglomeration's merges (up to ``stop``)."""
+    """Supervoxels 1..count with their sizes, the agglomeration's merges (up to ``stop``) and the
+    region graph it ran on (``graph``: the touching pairs, two rows u < v, with the sum and count
+    of their faces' scores; needed for ``small="merge"``)."""
 
     count: int
     sizes: np.ndarray  # pixels per supervoxel, index 0 unused
     merges: np.ndarray
     levels: np.ndarray
     stop: float
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def table(self, merge_threshold: float, min_size: int = 0) -> np.ndarray:
+    def table(self, merge_threshold: float, min_size: int = 0, small: str = "drop") -> np.ndarray:
         """Object of each supervoxel (uint32, index 0 = background = 0) when the agglomeration
-        stops at ``merge_threshold`` (at most ``stop``); objects under ``min_size`` pixels become
-        background; objects are numbered 1.. in the order of their first supervoxel."""
+        stops at ``merge_threshold`` (at most ``stop``); objects are numbered 1.. in the order of
+        their first supervoxel. Objects under ``min_size`` pixels become background
+        (``small="drop"``), or (``"merge"``) the agglomeration goes on past the threshold for them
+        alone: lowest mean boundary first, each merge joins a small object to a neighbour, until
+        every object is at least ``min_size`` or touches none (these are dropped)."""
         if merge_threshold > self.stop:
             raise ValueError(f"merge_threshold {merge_threshold} above the hierarchy's {self.stop}")
-        done = self.merges[:, self.levels < merge_threshold]
+        if small not in SMALL:
+            raise ValueError(f"small must be one of {SMALL}, got {small!r}")
+        component = _components(self.count + 1, self.merges[:, self.levels < merge_threshold])
+        if small == "merge" and min_size > 0:
+            component = self._absorb(component, min_size)
         n = self.count + 1
-        graph = coo_matrix((np.ones(done.shape[1], np.int8), (done[0], done[1])), shape=(n, n))
-        _, component = connected_components(graph, directed=False)
         size = np.bincount(component, weights=self.sizes, minlength=component.max() + 1)
         first = np.full(size.size, n)
         np.minimum.at(first, component[1:], np.arange(1, n))
@@ -391,6 +414,29 @@ class Hierarchy:
         table = number[component]
         table[0] = 0
         return table
+
+    def _absorb(self, component: np.ndarray, min_size: int) -> np.ndarray:
+        """``component`` (region of each supervoxel) after the small regions' merges."""
+        if self.graph is None:
+            raise ValueError("small='merge' needs the hierarchy's region graph")
+        pairs, total, counted = self.graph
+        a, b = component[pairs[0]], component[pairs[1]]
+        sizes = np.bincount(component, weights=self.sizes, minlength=component.size)
+        # an edge of two objects of min_size pixels never merges, nor any edge it is summed into
+        useful = (a != b) & ((sizes[a] < min_size) | (sizes[b] < min_size))
+        pairs, total, counted = reduce_faces(
+            np.stack([np.minimum(a, b), np.maximum(a, b)])[:, useful],
+            total[useful],
+            counted[useful],
+        )
+        merges, _ = agglomerate_heap(pairs, total, counted, np.inf, sizes, min_size)
+        return _components(component.size, merges)[component]
+
+
+def _components(n: int, merges: np.ndarray) -> np.ndarray:
+    """Connected component (0..) of each of ``n`` nodes joined by the edges ``merges`` (2 rows)."""
+    graph = coo_matrix((np.ones(merges.shape[1], np.int8), (merges[0], merges[1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
 
 Runner = Callable[[Callable, Sequence], list]
@@ -480,7 +526,7 @@ def build(
 
         run(relabel, boxes)
 
-    return Hierarchy(count, sizes, merges, levels, stop), write
+    return Hierarchy(count, sizes, merges, levels, stop, (pairs, total, counted)), write
 
 
 def _region(lo: Sequence[int], hi: Sequence[int]) -> tuple[slice, ...]:

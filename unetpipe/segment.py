@@ -57,7 +57,7 @@ GRIDS = {  # the tuner's default grids, per method (every value a list)
         "min_size": [0, 64],
     },
 }
-_AFTER = ("merge_threshold", "min_size")  # parameters applied after the (costly) labelling
+_AFTER = ("merge_threshold", "min_size", "small_objects")  # applied after the (costly) labelling
 _RUN = ("block", "tune")  # not parameters of the labels
 
 
@@ -81,6 +81,12 @@ def _check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"mode must be one of {agg.MODES}, got {params['mode']!r}")
     if params["mode"] == "3d" and params["method"] != "agglomerate":
         raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
+    if params["small_objects"] not in agg.SMALL:
+        raise ValueError(
+            f"small_objects must be one of {agg.SMALL}, got {params['small_objects']!r}"
+        )
+    if params["small_objects"] == "merge" and params["method"] != "agglomerate":
+        raise ValueError("small_objects merge needs method agglomerate (its region graph)")
     if params["method"] == "agglomerate":
         _settings(params)  # checks mode, sigma, max_distance
 
@@ -128,6 +134,10 @@ def _hierarchy(
     return hierarchy, store
 
 
+def _table(hierarchy: agg.Hierarchy, params: Mapping[str, Any], stop: float) -> np.ndarray:
+    return hierarchy.table(stop, int(params["min_size"]), params["small_objects"])
+
+
 def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
     """Instances (uint32, 1..n, 0 = background) of a (z, y, x) cell-probability stack (or one
     (y, x) slice), labels distinct over the stack; ``params`` = :data:`DEFAULTS` keys.
@@ -137,7 +147,9 @@ def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
     apart) of its distance transform, flooding the negated distance or ``1 - probability``
     (``relief``). ``agglomerate``: :mod:`unetpipe.agglomerate` stopped at ``merge_threshold``
     (slice by slice for ``mode`` 2d, in 3D for 3d; ``mask``: pixels with probability at most
-    ``threshold`` are background). Objects smaller than ``min_size`` pixels are removed.
+    ``threshold`` are background). Objects smaller than ``min_size`` pixels are removed, or for
+    ``agglomerate`` with ``small_objects`` merge joined to their neighbour of lowest mean boundary
+    probability (:meth:`unetpipe.agglomerate.Hierarchy.table`).
     """
     params = section_params("segment", params)
     _check(params)
@@ -148,7 +160,7 @@ def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
     if params["method"] == "agglomerate":
         stop = float(params["merge_threshold"])
         hierarchy, supervoxels = _hierarchy(volume, params, stop)
-        labels = hierarchy.table(stop, int(params["min_size"]))[supervoxels]
+        labels = _table(hierarchy, params, stop)[supervoxels]
     else:
         labels = _stack_labels(volume, params)
         labels = relabel_sequential(_drop_small(labels, int(params["min_size"])))[0]
@@ -291,8 +303,9 @@ def tune_segmentation(
         scores = scorer.entries(labels)
         for late in itertools.product(*(grid[k] for k in after)):
             chosen = {**params, **dict(zip(after, late, strict=True))}
+            _check(chosen)
             if method == "agglomerate":
-                table = hierarchy.table(float(chosen["merge_threshold"]), int(chosen["min_size"]))
+                table = _table(hierarchy, chosen, float(chosen["merge_threshold"]))
             else:
                 table = np.where(sizes >= int(chosen["min_size"]), np.arange(sizes.size), 0)
                 table[0] = 0
@@ -448,7 +461,7 @@ def _agglomerate_zarr(
         stop,
         _dask_runner(threads),
     )
-    table = hierarchy.table(stop, int(params["min_size"]))
+    table = _table(hierarchy, params, stop)
     write(table)
     return int(table.max())
 
