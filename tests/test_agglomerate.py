@@ -132,6 +132,22 @@ def smooth_volume(shape, seed, sigma=2.0):
     return (prob - prob.min()) / (prob.max() - prob.min())
 
 
+def test_small_objects_merge_with_ids_past_int32_products():
+    """Region ids whose products pass 2^31 (the pair keys of reduce_faces) merge right."""
+    n = 70_000
+    sizes = np.full(n, 100)
+    sizes[[n - 3, n - 1]] = 5
+    pairs = np.array([[n - 4, n - 3, n - 2], [n - 3, n - 2, n - 1]])
+    total = np.array([1, 3, 2]) * agg.QUANTUM // 4
+    count = np.ones(3, np.int64)
+    h = agg.Hierarchy(
+        n - 1, sizes, np.zeros((2, 0), np.int64), np.zeros(0), 0.1, (pairs, total, count)
+    )
+    table = h.table(0.1, 10, "merge")
+    assert table[n - 3] == table[n - 4] and table[n - 1] == table[n - 2]  # to the lower mean
+    assert table[n - 4] != table[n - 2] and np.unique(table[1:]).size == n - 3
+
+
 @pytest.mark.parametrize(
     "mode,relief,mask,small",
     [

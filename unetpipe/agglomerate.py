@@ -436,7 +436,7 @@ class Hierarchy:
 def _components(n: int, merges: np.ndarray) -> np.ndarray:
     """Connected component (0..) of each of ``n`` nodes joined by the edges ``merges`` (2 rows)."""
     graph = coo_matrix((np.ones(merges.shape[1], np.int8), (merges[0], merges[1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    return connected_components(graph, directed=False)[1].astype(np.int64)  # int32 from scipy
 
 
 Runner = Callable[[Callable, Sequence], list]
