@@ -3,6 +3,7 @@ one stage or one target on demand, and `snakemake --lint`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -73,6 +74,23 @@ def test_weights_change_reruns_weights_and_downstream_only(tiny_run):
 def test_predict_change_reruns_predict_and_later_only(tiny_run):
     config = changed_config(tiny_run, "predict", "mirror", "symmetric")
     assert scheduled_rules(tiny_run, configfile=config) == AFTER_TRAIN
+
+
+@pytest.mark.slow
+def test_a_change_after_a_failed_rerun_still_reruns_what_follows(tiny_run, tmp_path):
+    """A rerun that fails after writing removes its stage's outputs and Snakemake's records of
+    them (as a segment rerun that failed did on DIC-HeLa), while what follows stays: the next run
+    must rebuild the stage and everything after it for the new setting, not call the old results
+    up to date."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    for array in ("raw", "test"):
+        output = f"{RUN}/segmentation/{array}.zarr"
+        shutil.rmtree(workdir / output)
+        record = base64.b64encode(output.encode()).decode()
+        (workdir / ".snakemake" / "metadata" / record).unlink()
+    config = changed_config(workdir, "segment", "min_size", 3)
+    assert scheduled_rules(workdir, configfile=config) == {"segment", "evaluate", "report", "all"}
 
 
 @pytest.mark.slow

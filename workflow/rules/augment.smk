@@ -23,5 +23,6 @@ rule augment:
     params:
         cfg=section("augment"),
         model={key: config["model"][key] for key in ("depth", "padding")},
+        upstream=upstream(*DATA_SECTIONS, "weights"),
     script:
         "../scripts/augment.py"

@@ -1,4 +1,6 @@
 # Paths and helpers shared by the rules. One dataset per configuration file.
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +39,24 @@ def section(name):
     rule and what follows. Run settings (threads, devices, cadence ...) are not params; scripts
     read them from snakemake.config (unetpipe.config.run_settings)."""
     return _sorted(rule_params(name, config[name]))
+
+
+# The sections whose result settings a trained network builds on (synth only for synthetic data).
+DATA_SECTIONS = (
+    ["dataset", "synth"] if config["dataset"]["source"] == "synthetic" else ["dataset"]
+)
+TRAINED = [*DATA_SECTIONS, "weights", "augment", "model", "train", "crossval"]
+
+
+def upstream(*names):
+    """A digest of the result settings of the stages a rule builds on (the sections ``names``,
+    besides its own), as one of its params. Snakemake reruns a rule whose own params changed and
+    then what follows by file times; but an output that a failed rerun removed is not rebuilt
+    while what follows it exists, which would keep the old settings' results. With the digest a
+    changed setting reruns every later rule by its own params, whatever is left in between.
+    """
+    text = json.dumps({name: section(name) for name in names}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def split(wildcards):

@@ -21,6 +21,7 @@ rule segment:
     params:
         cfg=section("segment"),
         split=split,
+        upstream=upstream(*TRAINED, "predict"),
     script:
         "../scripts/segment.py"
 
@@ -50,6 +51,7 @@ rule evaluate:
         cfg=section("evaluate"),
         arrays=EVALUATED,
         split=split,
+        upstream=upstream(*TRAINED, "predict", "segment"),
     script:
         "../scripts/evaluate.py"
 
@@ -79,6 +81,7 @@ rule report:
     params:
         cfg=section("report"),
         split=split,
+        upstream=upstream(*TRAINED, "predict", "segment", "evaluate"),
     script:
         "../scripts/report.py"
 
@@ -99,5 +102,6 @@ rule crossval:
         **rule_resources("crossval", mem_mb=1000, runtime=10),
     params:
         folds=FOLDS,
+        upstream=upstream(*TRAINED, "predict", "segment", "evaluate"),
     script:
         "../scripts/crossval.py"

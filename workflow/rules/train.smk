@@ -32,5 +32,6 @@ rule train:
         model=section("model"),
         augment=section("augment"),
         split=split,
+        upstream=upstream(*DATA_SECTIONS, "weights"),
     script:
         "../scripts/train.py"

@@ -18,5 +18,6 @@ rule weights:
         **rule_resources("weights", mem_mb=4000, runtime=60),
     params:
         cfg=section("weights"),
+        upstream=upstream(*DATA_SECTIONS),
     script:
         "../scripts/weights.py"
