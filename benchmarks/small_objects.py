@@ -20,7 +20,7 @@ import zarr
 
 from unetpipe.agglomerate import SMALL
 from unetpipe.ngff import open_image
-from unetpipe.segment import cell_probability, score, segment_volume
+from unetpipe.segment import score, segment_volume, stack_slices
 
 
 def attribute(segmentation: Path, key: str) -> dict[str, Any]:
@@ -45,11 +45,8 @@ def main() -> None:
     slices = settings["results"]["val"]["slices"]
     group = zarr.open_group(str(args.data), mode="r")
     predictions = open_image(args.run / "predictions" / "raw.zarr", "czyx")
-    prob = np.stack([cell_probability(predictions, z) for z in slices])
-    truth = np.stack([np.asarray(group["labels"][z]) for z in slices])
-    known = (
-        np.stack([np.asarray(group["mask"][z]) > 0 for z in slices]) if "mask" in group else None
-    )
+    known = group["mask"] if "mask" in group else None
+    prob, truth, known = stack_slices(predictions, group["labels"], slices, known)
     measure = tuning["measure"]
     rows = [("chosen", tuning["chosen"])]
     for small in SMALL:

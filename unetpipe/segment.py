@@ -356,10 +356,19 @@ def tune_on_slices(
         raise ValueError(
             f"mode 3d tunes on one sub-volume: the slices {slices} are not consecutive"
         )
+    prob, labels, mask = stack_slices(predictions, truth, slices, known)
+    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask)
+
+
+def stack_slices(
+    predictions: Any, truth: Any, slices: Sequence[int], known: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Slices ``slices`` of a (classes, z, y, x) prediction (:func:`cell_probability`), of a
+    (z, y, x) labels array and of ``known`` (True where nonzero; None stays None), stacked."""
     prob = np.stack([cell_probability(predictions, z) for z in slices])
     labels = np.stack([np.asarray(truth[z]) for z in slices])
     mask = None if known is None else np.stack([np.asarray(known[z]) > 0 for z in slices])
-    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask)
+    return prob, labels, mask
 
 
 def _dask_runner(threads: int) -> agg.Runner:

@@ -41,6 +41,12 @@ def gold(attrs: Mapping[str, Any], slices: Sequence[int]) -> list[int]:
     return [int(z) for z in slices if frames[z].get("truth", "gold") == "gold"]
 
 
+def tuning(attrs: Mapping[str, Any], train: Sequence[int], silver_truth: bool = False) -> list[int]:
+    """The training slices ``train`` that fix the post-processing (``segment.tune``): the gold ones,
+    or with ``silver_truth`` every one (silver truth where a frame has no gold)."""
+    return [int(z) for z in train] if silver_truth else gold(attrs, train)
+
+
 def resolve(
     group: DataGroup, crossval: Mapping[str, Any] | None = None, fold: str | None = None
 ) -> Split:

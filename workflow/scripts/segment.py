@@ -1,5 +1,6 @@
 """Rule segment: cell probabilities to uint32 instances (unetpipe.segment), with segment.tune the
-post-processing fixed first on the gold-truth training slices of the run's split."""
+post-processing fixed first on the training slices of the run's split (gold truth, or with
+segment.tune.silver_truth silver truth too)."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from unetpipe.config import run_settings
 from unetpipe.io import open_data
 from unetpipe.log import logged
 from unetpipe.segment import segment_zarr
-from unetpipe.splits import gold, resolve
+from unetpipe.splits import resolve, tuning
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule segment"):
@@ -19,7 +20,7 @@ with logged(snakemake.log[0], "rule segment"):
         train = (resolve(group, **split) if split else resolve(group))["train"]
         truth, slices, raw = (
             group["labels"],
-            gold(group.attrs, train),
+            tuning(group.attrs, train, cfg["tune"]["silver_truth"]),
             snakemake.input.raw_predictions,
         )
         known = group["mask"] if "mask" in group else None

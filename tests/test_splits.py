@@ -1,0 +1,19 @@
+import pytest
+
+from unetpipe.splits import gold, tuning
+
+# a Cell Tracking Challenge group's frames with dataset.silver_truth: gold truth on 1 and 3 only
+FRAMES = [{"sequence": "01", "frame": t, "truth": "gold" if t % 2 else "silver"} for t in range(5)]
+
+
+@pytest.mark.parametrize("silver_truth, expected", [(False, [1, 3]), (True, [0, 1, 3, 4])])
+def test_tuning_slices_are_the_gold_training_frames_or_with_silver_truth_all(
+    silver_truth, expected
+):
+    train = [0, 1, 3, 4]  # slice 2 is scored
+    assert tuning({"frames": FRAMES}, train, silver_truth) == expected
+    assert gold({"frames": FRAMES}, train) == [1, 3]
+
+
+def test_data_without_frames_is_all_gold():
+    assert tuning({}, [4, 0], False) == tuning({}, [4, 0], True) == [4, 0]
