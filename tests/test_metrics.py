@@ -406,3 +406,47 @@ def test_warping_on_isbi_labels(isbi_dir):
         assert np.count_nonzero(moved != truth) > 50_000
         result = warping_error(moved / 255.0, truth)
         assert result["mismatch_error"] == 0.0 and topology(result) == {}
+
+
+def test_pixel_errors_by_distance_hand_case():
+    truth = np.ones((10, 10), np.uint8)
+    truth[:, 4:6] = 0  # a membrane 2 px wide between two cells
+    cell = np.ones((10, 10), bool)
+    cell[:, 5:7] = False  # the same membrane, 1 px to the right
+    cell[5, 1] = False  # a speck in the left cell, 3 px from the membrane
+    errors = metrics.pixel_errors_by_distance(cell, truth)
+    assert errors["false_positive"].tolist() == [0, 10, 0, 0]  # column 4: membrane called cell
+    assert errors["false_negative"].tolist() == [0, 10, 0, 1]  # column 6 and the speck
+    assert (errors["true_positive"], errors["positive"], errors["interface"]) == (69, 80, 20)
+    plain = 1 - pixel_fscores(cell.astype(float), truth, [0.5])[0]
+    assert metrics.pixel_error_beyond(errors, 0) == pytest.approx(plain, abs=1e-15)
+    assert metrics.pixel_error_beyond(errors, 1) == pytest.approx(1 - 138 / 139)
+    assert metrics.pixel_error_beyond(errors, 3) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixel_errors_by_distance_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    truth = ndimage.gaussian_filter(rng.normal(size=(2, 24, 20)), (0, 2, 2)) > 0
+    cell = rng.random(truth.shape) < 0.5
+    known = rng.random(truth.shape) < 0.8
+    errors = metrics.pixel_errors_by_distance(cell, truth, known)
+    expected = {"false_positive": [], "false_negative": []}
+    for z, y, x in zip(*np.nonzero((cell != truth) & known), strict=True):
+        other = np.argwhere(truth[z] != truth[z, y, x])
+        d = int(np.abs(other - [y, x]).max(axis=1).min())
+        expected["false_negative" if truth[z, y, x] else "false_positive"].append(d)
+    for kind, distances in expected.items():
+        counts = np.bincount(distances, minlength=errors[kind].size)
+        assert errors[kind].tolist() == counts.tolist()
+    # unknown pixels are neither true nor false: zero in both, they drop out of the F1
+    plain = 1 - pixel_fscores(np.where(known, cell, 0), np.where(known, truth, 0), [0.5])[0]
+    assert errors["true_positive"] == (cell & truth & known).sum()
+    assert metrics.pixel_error_beyond(errors, 0) == pytest.approx(plain, abs=1e-12)
+
+
+def test_pixel_errors_by_distance_needs_an_interface():
+    with pytest.raises(ValueError, match="one class only"):
+        metrics.pixel_errors_by_distance(np.ones((4, 4), bool), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        metrics.pixel_errors_by_distance(np.ones((4, 4), bool), np.ones((4, 5)))
