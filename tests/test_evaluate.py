@@ -17,6 +17,7 @@ from unetpipe.evaluate import (
     evaluate_run,
     fit_baseline,
     format_table,
+    score_instances,
     score_sequences,
     summarize_folds,
     summary,
@@ -47,7 +48,28 @@ def test_metrics_json(evaluated_run):
     for key in ("pixel_error", "rand_error", "warping_error"):
         assert unet[key] < val["baseline"][key]  # the network beats thresholding
     assert val["baseline"]["v_rand_threshold"] == report["baseline"]["threshold"]
+    # the baseline's instances are the components of its thresholded map, so their thinned
+    # V_rand is the map's at that threshold (isbi_scores thins both on its own path)
+    assert val["baseline"]["instances_v_rand_thinned"] == pytest.approx(val["baseline"]["v_rand"])
+    instances = np.asarray(open_image(tmp / "segmentation/raw.zarr")[3:5])
+    thinned = metrics.v_rand(
+        *map(metrics.thin_boundaries, map(metrics.slice_unique, (instances, truth)))
+    )
+    assert unet["instances_v_rand_thinned"] == pytest.approx(thinned)
+    assert unet["instances_v_rand_thinned"] != pytest.approx(unet["instances_v_rand"])
     assert report["results"]["test"]["slices"] == [0, 1]
+
+
+def test_thinned_instance_v_rand_only_with_thinning():
+    """``instances_v_rand_thinned`` of the components of a binary map is the ISBI protocol's
+    thinned V_rand of that map; without thinning the key is absent."""
+    rng = np.random.default_rng(0)
+    truth = metrics.components(rng.random((2, 24, 24)) > 0.3)
+    cell = (rng.random((2, 24, 24)) > 0.35).astype(np.float32)
+    scores = score_instances(metrics.components(cell > 0.5), truth, thinning=True)
+    expected = metrics.isbi_scores(cell, truth, thresholds=[0.5])["v_rand"]
+    assert scores["instances_v_rand_thinned"] == pytest.approx(expected)
+    assert "instances_v_rand_thinned" not in score_instances(cell.astype(int), truth)
 
 
 def test_thresholds_fixed_on_training_slices(evaluated_run):

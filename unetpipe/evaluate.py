@@ -51,6 +51,8 @@ ROWS = [  # (key, label, lower is better); "t train" = threshold fixed on the tr
     ("v_info", "V_info (thinned)", False),
     ("slice_v_rand", "mean slice V_rand", False),
     ("slice_v_rand_t_train", "mean slice V_rand, t train", False),
+    ("instances_v_rand", "V_rand of the instances", False),
+    ("instances_v_rand_thinned", "V_rand (thinned) of the instances", False),
     ("iou", "foreground IoU", False),
     ("seg", "SEG (CTC)", False),
     ("det", "DET (CTC)", False),
@@ -142,11 +144,20 @@ def _at_own_threshold(scores: dict[str, float]) -> dict[str, float]:
     return scores | {f"{key}_t_train": scores[key] for key in FIXED_THRESHOLDS}
 
 
-def score_instances(instances: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def score_instances(
+    instances: np.ndarray, truth: np.ndarray, thinning: bool = False
+) -> dict[str, float]:
     """Instance measures of a (z, y, x) labelling, slices scored separately: V_rand and V_info
-    (no thinning), CTC SEG and DET, foreground IoU, and the number of instances."""
+    (no thinning), CTC SEG and DET, foreground IoU, and the number of instances. ``thinning``
+    adds ``instances_v_rand_thinned``: V_rand after the ISBI 2012 border thinning of both, the
+    measure of the paper's Table 1 (which scores the thresholded map) applied to the instances."""
     seg, ref = metrics.slice_unique(instances), metrics.slice_unique(truth)
-    return {
+    thinned = (
+        {"instances_v_rand_thinned": metrics.v_rand(*map(metrics.thin_boundaries, (seg, ref)))}
+        if thinning
+        else {}
+    )
+    return thinned | {
         "instances_v_rand": metrics.v_rand(seg, ref),
         "instances_v_info": metrics.v_info(seg, ref),
         "seg": metrics.seg_score(seg, ref),
@@ -264,13 +275,13 @@ def evaluate_run(
             "slices": [int(z) for z in slices],
             "unet": {
                 **score_probability(prob, truth, thresholds, params["thinning"], chosen),
-                **score_instances(instances, truth),
+                **score_instances(instances, truth, params["thinning"]),
             },
             "baseline": {
                 **_at_own_threshold(
                     score_probability(base_prob, truth, [baseline["threshold"]], params["thinning"])
                 ),
-                **score_instances(base_instances, truth),
+                **score_instances(base_instances, truth, params["thinning"]),
             },
         }
         if name == "val" and "frames" in group.attrs:
@@ -375,6 +386,7 @@ CROSSVAL_MEASURES = [  # (key, label); the u-net's and the baseline's, as evalua
     ("v_rand_t_train", "V_rand thinned (t train)"),
     ("slice_v_rand_t_train", "slice V_rand (t train)"),
     ("instances_v_rand", "V_rand of the instances"),
+    ("instances_v_rand_thinned", "V_rand thinned of the instances"),
     ("seg", "SEG"),
     ("iou", "IoU"),
 ]
