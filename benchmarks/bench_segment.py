@@ -30,8 +30,8 @@ from scipy import ndimage
 
 from unetpipe.cli.evaluate import parse_grid
 from unetpipe.datasets import binary_to_instances
-from unetpipe.evaluate import score_instances
 from unetpipe.io import open_data, read_splits, read_stack
+from unetpipe.metrics import thinned_v_rand
 from unetpipe.ngff import open_image
 from unetpipe.segment import (
     DEFAULTS,
@@ -160,9 +160,9 @@ def main() -> None:
         v_rand, seg, det = (
             score(labels, truth[scored], m, known=known[scored]) for m in ("v_rand", "seg", "det")
         )
-        thinned = score_instances(
-            np.where(known[scored], labels, 0), np.where(known[scored], truth[scored], 0), True
-        )["instances_v_rand_thinned"]
+        thinned = thinned_v_rand(
+            np.where(known[scored], labels, 0), np.where(known[scored], truth[scored], 0)
+        )
         grid = {k: chosen[k] for k in table[0] if k != args.measure}
         print(
             f"{name:16s} {v_rand:7.4f} {thinned:7.4f} {seg:6.4f} {det:6.4f} "

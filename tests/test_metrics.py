@@ -450,3 +450,14 @@ def test_pixel_errors_by_distance_needs_an_interface():
         metrics.pixel_errors_by_distance(np.ones((4, 4), bool), np.ones((4, 4)))
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.pixel_errors_by_distance(np.ones((4, 4), bool), np.ones((4, 5)))
+
+
+def test_thinned_v_rand_is_the_isbi_protocol_on_components():
+    """The thinned V_rand of the components of a binary map is isbi_scores' V_rand of that map
+    at the same threshold (which thins both on its own path); distinct from the unthinned one."""
+    rng = np.random.default_rng(3)
+    truth = metrics.components(rng.random((3, 20, 20)) > 0.3)
+    cell = rng.random((3, 20, 20)) > 0.4
+    expected = metrics.isbi_scores(cell.astype(np.float32), truth, thresholds=[0.5])["v_rand"]
+    assert metrics.thinned_v_rand(metrics.components(cell), truth) == pytest.approx(expected)
+    assert metrics.thinned_v_rand(truth, truth) == 1.0

@@ -152,11 +152,7 @@ def score_instances(
     adds ``instances_v_rand_thinned``: V_rand after the ISBI 2012 border thinning of both, the
     measure of the paper's Table 1 (which scores the thresholded map) applied to the instances."""
     seg, ref = metrics.slice_unique(instances), metrics.slice_unique(truth)
-    thinned = (
-        {"instances_v_rand_thinned": metrics.v_rand(*map(metrics.thin_boundaries, (seg, ref)))}
-        if thinning
-        else {}
-    )
+    thinned = {"instances_v_rand_thinned": metrics.thinned_v_rand(seg, ref)} if thinning else {}
     return thinned | {
         "instances_v_rand": metrics.v_rand(seg, ref),
         "instances_v_info": metrics.v_info(seg, ref),
