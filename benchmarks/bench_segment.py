@@ -161,7 +161,7 @@ def main() -> None:
             score(labels, truth[scored], m, known=known[scored]) for m in ("v_rand", "seg", "det")
         )
         thinned = thinned_v_rand(
-            np.where(known[scored], labels, 0), np.where(known[scored], truth[scored], 0)
+            *(np.where(known[scored], a, 0) for a in (labels, truth[scored])), known[scored]
         )
         grid = {k: chosen[k] for k in table[0] if k != args.measure}
         print(

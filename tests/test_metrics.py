@@ -461,3 +461,16 @@ def test_thinned_v_rand_is_the_isbi_protocol_on_components():
     expected = metrics.isbi_scores(cell.astype(np.float32), truth, thresholds=[0.5])["v_rand"]
     assert metrics.thinned_v_rand(metrics.components(cell), truth) == pytest.approx(expected)
     assert metrics.thinned_v_rand(truth, truth) == 1.0
+
+
+def test_thinned_v_rand_scores_known_pixels_only():
+    """Thinning grows objects into pixels where the truth is unknown; ``known`` keeps them out:
+    a labelling that agrees with the truth wherever it is known scores 1."""
+    truth = np.zeros((1, 8, 8), np.int64)
+    truth[0, :, :3], truth[0, :, 4:] = 1, 2  # two objects, a membrane column between them
+    seg = truth.copy()
+    seg[0, :, 6:] = 3  # a third object where the truth is unknown
+    known = np.ones(truth.shape, bool)
+    known[0, :, 6:] = False
+    assert metrics.thinned_v_rand(seg, truth, known) == 1.0
+    assert metrics.thinned_v_rand(seg, truth) < 1.0

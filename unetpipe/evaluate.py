@@ -145,14 +145,20 @@ def _at_own_threshold(scores: dict[str, float]) -> dict[str, float]:
 
 
 def score_instances(
-    instances: np.ndarray, truth: np.ndarray, thinning: bool = False
+    instances: np.ndarray,
+    truth: np.ndarray,
+    thinning: bool = False,
+    known: np.ndarray | bool = True,
 ) -> dict[str, float]:
     """Instance measures of a (z, y, x) labelling, slices scored separately: V_rand and V_info
     (no thinning), CTC SEG and DET, foreground IoU, and the number of instances. ``thinning``
     adds ``instances_v_rand_thinned``: V_rand after the ISBI 2012 border thinning of both, the
-    measure of the paper's Table 1 (which scores the thresholded map) applied to the instances."""
+    measure of the paper's Table 1 (which scores the thresholded map) applied to the instances,
+    scored where the truth is ``known`` only (thinning grows the objects into unknown pixels)."""
     seg, ref = metrics.slice_unique(instances), metrics.slice_unique(truth)
-    thinned = {"instances_v_rand_thinned": metrics.thinned_v_rand(seg, ref)} if thinning else {}
+    thinned = (
+        {"instances_v_rand_thinned": metrics.thinned_v_rand(seg, ref, known)} if thinning else {}
+    )
     return thinned | {
         "instances_v_rand": metrics.v_rand(seg, ref),
         "instances_v_info": metrics.v_info(seg, ref),
@@ -271,13 +277,13 @@ def evaluate_run(
             "slices": [int(z) for z in slices],
             "unet": {
                 **score_probability(prob, truth, thresholds, params["thinning"], chosen),
-                **score_instances(instances, truth, params["thinning"]),
+                **score_instances(instances, truth, params["thinning"], known),
             },
             "baseline": {
                 **_at_own_threshold(
                     score_probability(base_prob, truth, [baseline["threshold"]], params["thinning"])
                 ),
-                **score_instances(base_instances, truth, params["thinning"]),
+                **score_instances(base_instances, truth, params["thinning"], known),
             },
         }
         if name == "val" and "frames" in group.attrs:

@@ -296,12 +296,18 @@ def thin_boundaries(labels: ArrayLike) -> np.ndarray:
     return out
 
 
-def thinned_v_rand(segmentation: ArrayLike, ground_truth: ArrayLike) -> float:
+def thinned_v_rand(
+    segmentation: ArrayLike, ground_truth: ArrayLike, known: ArrayLike | None = None
+) -> float:
     """V_rand of a (z, y, x) labelling after the border thinning (:func:`thin_boundaries`) of it
     and of the ground truth, slices scored separately: the ISBI 2012 measure of an instance
-    labelling, so the truth's membrane pixels count, each in the object it was thinned into."""
-    thinned = (thin_boundaries(slice_unique(x)) for x in (segmentation, ground_truth))
-    return v_rand(*thinned)
+    labelling, so the truth's membrane pixels count, each in the object it was thinned into.
+    ``known``: where the truth is known (None: everywhere); objects thinned into other pixels
+    are not scored there."""
+    segments, truth = (thin_boundaries(slice_unique(x)) for x in (segmentation, ground_truth))
+    if known is not None:
+        truth = np.where(np.broadcast_to(known, truth.shape), truth, 0)
+    return v_rand(segments, truth)
 
 
 def isbi_scores(
