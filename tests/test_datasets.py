@@ -254,7 +254,9 @@ def test_convert_isbi_zip(isbi, tmp_path):
     assert group.attrs["source"]["sha256"] == sha(data)
     assert group.attrs["voxel_size"] == [50.0, 4.0, 4.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zarr", "isbi2012.zip"]
-    assert main(["convert", "isbi2012", str(archive), str(out), "--val-slices", "0", "4"]) == 0
+    args = ["convert", "isbi2012", str(archive), str(out), "--val-slices", "0", "4"]
+    assert main(args) == 1  # written by unetpipe, but only replaced when asked
+    assert main([*args, "--overwrite"]) == 0
     group = open_data(out)
     assert group.attrs["source"]["url"] == "https://downloads.imagej.net/ISBI-2012-challenge.zip"
     assert read_splits(group) == {"train": [1, 2, 3], "val": [0, 4]}

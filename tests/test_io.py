@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
+import threading
+import time
+
 import numpy as np
 import pytest
 import tifffile
@@ -11,6 +18,8 @@ from PIL import Image
 from unetpipe.io import (
     atomic_path,
     check_disjoint,
+    claim_folder,
+    claim_output,
     create_array,
     make_splits,
     open_data,
@@ -19,6 +28,7 @@ from unetpipe.io import (
     read_stack,
     slice_chunks,
     write_array,
+    written_by_unetpipe,
 )
 
 
@@ -170,10 +180,132 @@ def test_atomic_path_renames_only_on_success(tmp_path):
         (tmp / "partial").write_text("x")
         raise RuntimeError("boom")
     assert not final.exists() and list((tmp_path / "out").iterdir()) == []
-    final.mkdir()
-    (final / "stale").write_text("old")
-    with atomic_path(final) as tmp:
-        tmp.mkdir()
-        (tmp / "new").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["new"]
+    for content in ("old", "new"):
+        with atomic_path(final) as tmp:
+            tmp.mkdir()
+            (tmp / content).write_text(content)
+    assert sorted(p.name for p in final.iterdir()) == [".unetpipe", "new"]  # ours: replaced
     assert sorted(p.name for p in final.parent.iterdir()) == ["group"]
+
+
+def files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_what_unetpipe_did_not_write_is_never_replaced(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("mine")
+    tifffile.imwrite(tmp_path / "theirs.tif", np.zeros((4, 4), np.uint8))
+    before = files(tmp_path)
+    for final in (victim, tmp_path / "notes.txt", tmp_path / "theirs.tif", tmp_path / "."):
+        assert not written_by_unetpipe(final)
+        with pytest.raises(ValueError, match="was not written by unetpipe"):
+            with atomic_path(final) as tmp:
+                tmp.write_text("new")
+        with pytest.raises(ValueError, match="was not written by unetpipe"):
+            claim_folder(final)
+    assert files(tmp_path) == before
+
+
+def test_what_unetpipe_wrote_is_marked_and_replaced_only_with_overwrite(tmp_path):
+    with atomic_path(tmp_path / "g.zarr") as tmp:
+        zarr.open_group(tmp, mode="w").attrs["made"] = 1
+    with atomic_path(tmp_path / "table.csv") as tmp:
+        tmp.write_text("a,b\n")
+    tifffile.imwrite(tmp_path / "ours.tif", np.zeros((4, 4), np.uint8), software="unetpipe")
+    run = claim_folder(tmp_path / "run")
+    (run / "sub").mkdir()
+    (run / "sub" / "log.csv").write_text("1\n")
+    assert zarr.open_group(tmp_path / "g.zarr").attrs["unetpipe"]["version"]
+    for ours in ("g.zarr", "table.csv", "ours.tif", "run", "run/sub/log.csv"):
+        assert written_by_unetpipe(tmp_path / ours), ours
+        with pytest.raises(ValueError, match="pass --overwrite"):
+            with claim_output(tmp_path / ours, overwrite=False):
+                pass
+        with claim_output(tmp_path / ours, overwrite=True):
+            pass
+    assert not written_by_unetpipe(tmp_path / "run" / "sub")  # a folder: only its own mark
+    assert claim_folder(tmp_path / "run") == tmp_path / "run"
+    empty = tmp_path / "made-by-snakemake" / "train"
+    empty.mkdir(parents=True)  # empty folders hold nothing to lose
+    assert written_by_unetpipe(claim_folder(empty.parent))
+    with atomic_path(tmp_path / "d.zarr") as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        for name in ("raw", "weights"):
+            group.create_array(name, shape=(1, 4, 4), dtype="uint8")
+    (tmp_path / "d.zarr" / "zarr.json").unlink()  # what Snakemake removes of a rerun's outputs
+    shutil.rmtree(tmp_path / "d.zarr" / "raw")
+    assert written_by_unetpipe(tmp_path / "d.zarr")  # weights/ is marked too
+    (tmp_path / "d.zarr" / "thesis.txt").write_text("x")
+    assert not written_by_unetpipe(tmp_path / "d.zarr")
+
+
+def test_a_second_writer_is_refused_and_leftovers_removed(tmp_path):
+    final = tmp_path / "out.zarr"
+    (tmp_path / ".out.zarr.tmp-99999").mkdir()  # a killed run's temporary
+    (tmp_path / ".out.zarr.tmp-99999" / "c").write_text("x")
+    (tmp_path / ".other.tmp-1").write_text("not this output's")
+    with claim_output(final) as held:
+        assert held == final and not (tmp_path / ".out.zarr.tmp-99999").exists()
+        with atomic_path(final) as tmp:  # the holder itself may write (re-entrant)
+            tmp.mkdir()
+        fd = os.open(tmp_path / ".out.zarr.lock", os.O_RDWR)
+        try:  # what another process sees: the lock is taken
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(tmp_path / ".out.zarr.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process holds it
+    try:
+        with pytest.raises(ValueError, match="another unetpipe process is writing"):
+            with claim_output(final):
+                pass
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.tmp-1",
+        ".out.zarr.lock",
+        "out.zarr",
+    ]
+    with claim_output(final):
+        pass
+    assert not (tmp_path / ".out.zarr.lock").exists()
+
+
+def test_check_disjoint_covers_the_input_group(tmp_path):
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    for name in ("raw", "test"):
+        group.create_array(name, shape=(1, 4, 4), dtype="uint8")[:] = 1
+    for out in (tmp_path / "d.zarr" / "test" / "c", tmp_path / "d.zarr" / "new"):
+        with pytest.raises(ValueError, match="lies in the Zarr group of the input"):
+            check_disjoint(out, tmp_path / "d.zarr" / "raw")
+    check_disjoint(tmp_path / "p.zarr" / "labels" / "s", tmp_path / "p.zarr", beside="labels")
+
+
+def test_an_interrupt_while_writers_still_write_leaves_no_partial_output(tmp_path):
+    """Ctrl-C while Zarr's threads still write chunks: the interrupt propagates (not rmtree's
+    'Directory not empty'), nothing is at the output, and the next run removes what is left."""
+    final, stop = tmp_path / "out.zarr", threading.Event()
+
+    def keep_writing(folder):
+        i = 0
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                (folder / "c" / str(i % 50)).parent.mkdir(parents=True, exist_ok=True)
+                (folder / "c" / str(i % 50)).write_bytes(b"x" * 100)
+            i += 1
+
+    with pytest.raises(KeyboardInterrupt), atomic_path(final) as tmp:
+        tmp.mkdir()
+        writer = threading.Thread(target=keep_writing, args=(tmp,))
+        writer.start()
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+    stop.set()
+    writer.join()
+    assert not final.exists()
+    with claim_output(final):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.zarr.lock"]

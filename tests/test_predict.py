@@ -415,10 +415,10 @@ def test_outputs_overlapping_the_input_or_the_model_are_refused(
         (test, tmp_path / "link"),  # the group through a symbolic link
         (tmp_path / "o.zarr.partial", tmp_path / "o.zarr"),  # the input as the stale partial
     ]:
-        with pytest.raises(ValueError, match="overlaps the input"):
+        with pytest.raises(ValueError, match="would destroy the input"):
             predict_zarr(model_file, source, output, progress=False)
     for output in (model_file, model_file.parent):
-        with pytest.raises(ValueError, match="overlaps the model file"):
+        with pytest.raises(ValueError, match=f"the input {model_file}"):
             predict_zarr(model_file, test, output, progress=False)
     args = ["predict", str(model_file), str(test), str(tmp_path / "d.zarr"), "--no-progress"]
     assert main(args) == 1
@@ -508,7 +508,7 @@ def test_command_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert open_image(tmp_path / "p.zarr", "czyx").shape == (2, 1, 30, 40)
     assert main(["predict", str(tmp_path / "none.pt"), *args[2:]]) == 1
     before = tree(tmp_path / "p.zarr")
-    assert main([*args, "--memory-gb", "0", "--no-progress"]) == 1
+    assert main([*args, "--memory-gb", "0", "--overwrite", "--no-progress"]) == 1
     assert "memory_gb must be a positive number of GiB" in capsys.readouterr().err
     assert tree(tmp_path / "p.zarr") == before
 

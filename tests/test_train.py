@@ -16,7 +16,7 @@ import zarr
 from unetpipe.augment import open_bank, write_bank
 from unetpipe.config import load_config
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import write_array
+from unetpipe.io import claim_folder, write_array
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.model import UNet, load_model
 from unetpipe.synthetic import write_synthetic
@@ -306,8 +306,17 @@ def test_non_finite_training_images_are_refused(data, tmp_path):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+def test_a_run_folder_unetpipe_did_not_write_is_refused(data, tmp_path):
+    run = tmp_path / "victim"
+    run.mkdir()
+    (run / "thesis.txt").write_text("x")
+    with pytest.raises(ValueError, match="victim exists and was not written by unetpipe"):
+        train(data, run, *sections(iterations=1))
+    assert [p.name for p in run.iterdir()] == ["thesis.txt"]
+
+
 def test_checkpoint_and_model_files_that_are_not_ours_are_one_clear_error(data, tmp_path):
-    run = tmp_path / "run"
+    run = claim_folder(tmp_path / "run")  # a run folder of unetpipe's, a damaged checkpoint
     (run / "checkpoints").mkdir(parents=True)
     for content in (b"", b"garbage", b"PK\x03\x04 truncated zip"):
         (run / "checkpoints" / "last.pt").write_bytes(content)

@@ -24,7 +24,7 @@ import zarr
 
 from unetpipe.config import defaults, section_params
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import atomic_path, check_disjoint, create_array, open_data, read_splits
+from unetpipe.io import atomic_path, create_array, open_data, read_splits, writes_output
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ def _shard_range(bank_size: int, shard: int, n_shards: int) -> range:
     return range(shard * bank_size // n_shards, (shard + 1) * bank_size // n_shards)
 
 
+@writes_output("out_path", "data_zarr_path")
 def write_bank(
     data_zarr_path: str | Path,
     out_path: str | Path,
@@ -286,6 +287,7 @@ def write_bank(
     params: Mapping[str, Any] | None,
     input_size: Size,
     output_size: Size,
+    overwrite: bool = True,
 ) -> None:
     """Write shard ``shard`` of ``n_shards`` of the bank of ``params["bank_size"]`` samples.
 
@@ -297,7 +299,6 @@ def write_bank(
     renamed when complete.
     """
     params = resolve_params(params)
-    check_disjoint(out_path, data_zarr_path)
     group = open_data(data_zarr_path)
     missing = [name for name in ("raw", "labels", "weights") if name not in group]
     if missing:

@@ -52,7 +52,7 @@ from unetpipe.config import defaults, section_params
 from unetpipe.datasets import REGISTRY
 from unetpipe.evaluate import format_table
 from unetpipe.intensity import normalize
-from unetpipe.io import atomic_path, open_data, sha256sum
+from unetpipe.io import atomic_path, open_data, sha256sum, writes_output
 from unetpipe.model import UNet, UNetProbabilities, load_model
 from unetpipe.tiling import Geometry, read_mirrored
 
@@ -112,6 +112,7 @@ def package_geometry(net: UNetProbabilities) -> tuple[int, int, int]:
     return 2 * halo + step, step, halo
 
 
+@writes_output("output", "data")
 def export_bioimageio(
     run_dir: str | Path,
     output: str | Path,
@@ -119,6 +120,7 @@ def export_bioimageio(
     *,
     data: str | Path | None = None,
     threads: int | None = None,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Write ``output`` (a .zip), the bioimage.io package of the run's ``model.pt``, and test it.
 

@@ -32,11 +32,11 @@ from tqdm import tqdm
 
 from unetpipe.io import (
     atomic_path,
-    check_disjoint,
     make_splits,
     read_stack,
     sha256sum,
     write_array,
+    writes_output,
 )
 from unetpipe.metrics import components
 
@@ -487,6 +487,7 @@ def read_dataset(
     return data
 
 
+@writes_output("out", "source")
 def convert(
     source: str | Path,
     out: str | Path,
@@ -494,6 +495,7 @@ def convert(
     val_slices: list[int] | tuple[int, ...] = (),
     voxel_size: list[float] | tuple[float, ...] = (1.0, 1.0, 1.0),
     provenance: dict[str, Any] | None = None,
+    overwrite: bool = True,
     **ctc: Any,
 ) -> Path:
     """Convert a downloaded zip or a local folder into the dataset's Zarr group ``out``.
@@ -508,7 +510,6 @@ def convert(
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such archive or folder")
-    check_disjoint(out, source)
     info = dict(provenance or {})
     digests: dict[str, str] = {}
     if source.is_dir():

@@ -12,14 +12,18 @@ chunk that cannot be decoded, instead of reading zeros or failing with a codec's
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import hashlib
+import inspect
 import io
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import tifffile
@@ -28,6 +32,8 @@ from PIL import Image
 
 MAX_CHUNK = 1024
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+P = ParamSpec("P")
+R = TypeVar("R")
 STORE_EVERY_CHUNK = {"write_empty_chunks": True}
 """Zarr array config of every array we write: all chunks stored, so a missing one is an error."""
 
@@ -265,11 +271,147 @@ def make_splits(
     return {"train": train, "val": val}
 
 
+PROVENANCE = "unetpipe"
+"""The attribute (Zarr ``zarr.json``), marker file (``.unetpipe`` in a folder), extended attribute
+(``user.unetpipe`` of a file) or TIFF Software tag that says unetpipe wrote a path."""
+_MARKER = f".{PROVENANCE}"
+_XATTR = f"user.{PROVENANCE}"
+_held: dict[Path, tuple[int, int]] = {}  # output -> (lock file descriptor, depth) in this process
+
+
+def written_by_unetpipe(path: str | Path) -> bool:
+    """Whether ``path`` is unetpipe's own output, so that unetpipe may replace it: it carries
+    unetpipe's mark (:func:`_marked`), or it is a file inside a folder that does."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return False
+    return _marked(path) or (path.is_file() and any(_marked(p) for p in path.parents))
+
+
+def _marked(path: Path) -> bool:
+    """A Zarr node whose ``zarr.json`` attributes name unetpipe, a folder with the ``.unetpipe``
+    mark, a file with the extended attribute or a TIFF with unetpipe's Software tag; or a plain
+    folder holding only such things (or nothing)."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        if (path / _MARKER).is_file() or PROVENANCE in _zarr_attributes(path):
+            return True
+        return not (path / "zarr.json").exists() and all(_marked(c) for c in path.iterdir())
+    with contextlib.suppress(OSError):
+        if _XATTR in os.listxattr(path):
+            return True
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with contextlib.suppress(Exception), tifffile.TiffFile(path) as tif:
+            return (tif.pages.first.software or "").startswith(PROVENANCE)
+    return False
+
+
+def _zarr_attributes(folder: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        attributes = json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+        return attributes if isinstance(attributes, dict) else {}
+    return {}
+
+
+def _mark(path: Path) -> None:
+    """Record that unetpipe wrote ``path`` (see :data:`PROVENANCE`): every Zarr node in it (not
+    only the root, so that what is left of a group whose other arrays were removed is still
+    known as ours), else a ``.unetpipe`` file in a folder, an extended attribute on a file."""
+    if not path.is_dir():
+        with contextlib.suppress(OSError, AttributeError):  # no extended attributes: unmarked
+            os.setxattr(path, _XATTR, _version().encode())
+        return
+    if not (path / "zarr.json").is_file():
+        (path / _MARKER).write_text("written by unetpipe\n")
+        return
+    for folder, subfolders, names in os.walk(path):
+        subfolders[:] = [d for d in subfolders if d != "c"]  # chunks, not nodes
+        if "zarr.json" in names and PROVENANCE not in _zarr_attributes(Path(folder)):
+            metadata = Path(folder) / "zarr.json"
+            node = json.loads(metadata.read_text())
+            node.setdefault("attributes", {})[PROVENANCE] = {"version": _version()}
+            metadata.write_text(json.dumps(node, indent=2))
+
+
+def _version() -> str:
+    from unetpipe import __version__
+
+    return __version__
+
+
+def _name(final: Path) -> str:
+    if not final.name:
+        raise ValueError(f"{final}: not a path to write to; name a file or folder")
+    return final.name
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=True)  # left over: removed by the next run
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
+
+
+def claim_folder(folder: str | Path) -> Path:
+    """Make ``folder`` unetpipe's to write into (a run folder): create it, or take one that
+    unetpipe wrote or that holds no file; refuse any other (what is in it is not ours)."""
+    folder = Path(folder)
+    _refuse_foreign(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _mark(folder)
+    return folder
+
+
+def _holds_a_file(path: Path) -> bool:
+    return path.is_file() or any(p.is_file() for p in path.rglob("*"))
+
+
+def _refuse_foreign(final: Path) -> None:
+    if (final.exists() or final.is_symlink()) and not written_by_unetpipe(final):
+        raise ValueError(
+            f"{final} exists and was not written by unetpipe, which never replaces or deletes "
+            "what it did not write: choose another output path"
+        )
+
+
+@contextlib.contextmanager
+def claim_output(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Hold ``final`` for writing (resolved path yielded): refuse a path unetpipe did not write,
+    one it did unless ``overwrite``, and a second writer (a lock, released when the holder
+    exits or dies); remove the temporary files a killed run left beside it. Re-entrant."""
+    final = Path(final).resolve()
+    name = _name(final)
+    if final in _held:
+        fd, depth = _held[final]
+        _held[final] = (fd, depth + 1)
+        try:
+            yield final
+        finally:
+            _held[final] = (fd, depth)
+        return
+    _refuse_foreign(final)
+    if final.exists() and not overwrite and _holds_a_file(final):
+        raise ValueError(f"{final} exists (written by unetpipe): pass --overwrite to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.with_name(f".{name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"{final}: another unetpipe process is writing it; wait for it to finish"
+        ) from None
+    for leftover in [*final.parent.glob(f".{name}.tmp-*"), *final.parent.glob(f".{name}.old-*")]:
+        _remove(leftover)
+    _held[final] = (fd, 1)
+    try:
+        yield final
+    finally:
+        del _held[final]
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -277,41 +419,105 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``final`` to write (a file or a folder); rename it on success.
 
     On an exception the temporary is removed and ``final`` is left as it was; nothing partial
-    ever sits at ``final``. An existing ``final`` is replaced.
+    ever sits at ``final``. An existing ``final`` is replaced only if unetpipe wrote it
+    (:func:`written_by_unetpipe`); what is published is marked as unetpipe's.
     """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if not tmp.exists():
-        raise RuntimeError(f"{tmp}: nothing was written for {final}")
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists() or final.is_symlink():
-        final.rename(old)
-    tmp.rename(final)
-    _remove(old)
+    with claim_output(final) as final:
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        if not tmp.exists():
+            raise RuntimeError(f"{tmp}: nothing was written for {final}")
+        _mark(tmp)
+        _refuse_foreign(final)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists() or final.is_symlink():
+            final.rename(old)
+        tmp.rename(final)
+        _remove(old)
+
+
+def location(item: Any) -> Path | None:
+    """Where an input lives on the local file system: a path as given, an image's OME-Zarr
+    group or file, a Zarr array's folder; None for an in-memory array or another store."""
+    if item is None or isinstance(item, np.ndarray):
+        return None
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item).resolve()
+    root = getattr(getattr(item, "store", None), "root", None)
+    if root is not None:
+        return (Path(root) / item.path).resolve()
+    where = getattr(item, "group", None) or getattr(item, "path", None)
+    return Path(where).resolve() if isinstance(where, (str, os.PathLike)) else None
+
+
+def writes_output(
+    output: str, *inputs: str, beside: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator of a stage that writes its argument ``output``: before anything is read or
+    written, the output is checked against the arguments ``inputs`` (:func:`check_disjoint`;
+    a sequence argument counts each item) and then held for the whole call
+    (:func:`claim_output`, with the call's ``overwrite`` argument, default True)."""
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            given = bound.arguments
+            paths = []
+            for name in inputs:
+                value = given.get(name)
+                items = value if isinstance(value, (list, tuple)) else [value]
+                paths += [where for item in items if (where := location(item)) is not None]
+            check_disjoint(given[output], *paths, beside=beside)
+            with claim_output(given[output], given.get("overwrite", True)):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _zarr_root(path: Path) -> Path:
+    """The outermost Zarr node holding ``path`` (its group), or ``path`` outside Zarr."""
+    root = path
+    for parent in path.parents:
+        if not (parent / "zarr.json").is_file():
+            break
+        root = parent
+    return root
 
 
 def check_disjoint(output: str | Path, *inputs: str | Path, beside: str | None = None) -> None:
-    """Refuse, before anything is written, an output that is, contains or lies inside an input:
-    writing it would delete or overwrite the input. ``beside``: a sub-folder of the inputs where
-    outputs may lie (an OME-Zarr image's ``labels``)."""
+    """Refuse, before anything is written, an output that is, contains or lies inside an input
+    or the Zarr group holding it: writing it would delete or overwrite the input. ``beside``:
+    a sub-folder of the inputs where outputs may lie (an OME-Zarr image's ``labels``)."""
     out = Path(output).resolve()
     for given in inputs:
         source = Path(given).resolve()
-        if beside and (source / beside) in out.parents:
+        sources = dict.fromkeys((source, _zarr_root(source)))
+        if beside and any((s / beside) in out.parents for s in sources):
             continue
-        if out == source or out in source.parents or source in out.parents:
-            relation = "is" if out == source else "contains" if out in source.parents else "lies in"
-            raise ValueError(
-                f"the output {output} {relation} the input {given}: writing it would destroy "
-                "the input; choose another output path"
-            )
+        for protected in sources:
+            if out == protected or out in protected.parents or protected in out.parents:
+                relation = (
+                    "is"
+                    if out == protected
+                    else "contains"
+                    if out in protected.parents
+                    else "lies in"
+                )
+                what = "the input" if protected == source else "the Zarr group of the input"
+                raise ValueError(
+                    f"the output {output} {relation} {what} {given}: writing it would destroy "
+                    "the input; choose another output path"
+                )
 
 
 def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:

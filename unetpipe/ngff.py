@@ -27,7 +27,7 @@ import tifffile
 import zarr
 from zarr.storage import LocalStore
 
-from unetpipe.io import atomic_path, slice_chunks
+from unetpipe.io import PROVENANCE, atomic_path, slice_chunks, writes_output
 
 VERSION = "0.5"
 PYRAMID_PLANE = 512  # levels are added until a (y, x) plane fits in 512 x 512
@@ -553,7 +553,10 @@ def _imagej_dtype(image: ImageArray) -> np.dtype:
     raise ValueError(f"{image.path}: labels up to {high} do not fit an ImageJ image (2^24)")
 
 
-def write_tiff(source: str | Path, output: str | Path, level: int = 0) -> Path:
+@writes_output("output", "source")
+def write_tiff(
+    source: str | Path, output: str | Path, level: int = 0, overwrite: bool = True
+) -> Path:
     """Export an image (OME-Zarr image or label image, plain Zarr array, TIFF) as an ImageJ
     hyperstack TIFF (axes ZCYX, pixel size and z spacing with their unit) for Fiji.
 
@@ -577,5 +580,6 @@ def write_tiff(source: str | Path, output: str | Path, level: int = 0) -> Path:
             imagej=True,
             resolution=(1 / size_x, 1 / size_y),
             metadata=metadata,
+            software=PROVENANCE,
         )
     return Path(output)

@@ -34,7 +34,7 @@ import zarr
 from tqdm import tqdm
 
 from unetpipe.intensity import normalize
-from unetpipe.io import STORE_EVERY_CHUNK, sha256sum
+from unetpipe.io import STORE_EVERY_CHUNK, check_disjoint, location, sha256sum, writes_output
 from unetpipe.model import UNet, load_model
 from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.tiling import (
@@ -371,18 +371,9 @@ class _CheckedSource:
         return int.from_bytes(self._hash.digest(), "little") or 1
 
 
-def _location(array: Any) -> Path | None:
-    """Where an input lives on the local file system: an image's file or folder (its OME-Zarr
-    group), a Zarr array's folder (None for other stores)."""
-    if isinstance(array, ImageArray):
-        return Path(array.group or array.path).resolve()
-    root = getattr(getattr(array, "store", None), "root", None)
-    return None if root is None else (Path(root) / array.path).resolve()
-
-
 def _name(array: Any) -> str:
-    location = _location(array)
-    return f"input {location}" if location else f"input {getattr(array, 'store', 'array')}"
+    where = location(array)
+    return f"input {where}" if where else f"input {getattr(array, 'store', 'array')}"
 
 
 def _undecodable_chunk(array: Any, box: tuple[slice, ...], err: Exception) -> ValueError | None:
@@ -528,6 +519,7 @@ def _batches(job: _Job) -> Iterator[tuple[int, int, int]]:
     return itertools.product(*(range(c) for c in counts))  # type: ignore[return-value]
 
 
+@writes_output("output_zarr_path", "input_zarr_array", "model_path")
 def predict_zarr(
     model_path: str | Path,
     input_zarr_array: Any,
@@ -547,6 +539,7 @@ def predict_zarr(
     address: str | None = None,
     slurm: dict[str, Any] | None = None,
     progress: bool = True,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Predict a volume (z, y, x) of any size into an OME-Zarr image (classes, z, y, x).
 
@@ -563,7 +556,8 @@ def predict_zarr(
     whose input is unchanged (checked by digest). ``dtype`` float16 stores probabilities, uint8
     stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster), address
     (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
-    Returns counts (blocks, computed, reused, stale, per worker) and timings.
+    Returns counts (blocks, computed, reused, stale, per worker) and timings. An existing output
+    is replaced only if unetpipe wrote it and ``overwrite`` (:func:`unetpipe.io.writes_output`).
     """
     slurm = dict(slurm or {})
     _check_run_settings(dtype, scheduler, mirror, device, n_workers, threads_per_worker, slurm)
@@ -574,7 +568,7 @@ def predict_zarr(
         raise FileNotFoundError(f"model file not found: {model_path}")
     output = Path(output_zarr_path)
     partial = output.with_name(output.name + ".partial")
-    _check_output_path(output, partial, source, model_path)
+    check_disjoint(partial, location(source), model_path)
     # Loaded here to check it; the threads scheduler's workers then share this copy.
     model, metadata = _worker_model(model_path, device if scheduler == "threads" else "cpu")
     if "normalization" not in metadata:
@@ -695,19 +689,6 @@ def _check_run_settings(
     unknown = sorted(set(slurm) - set(SLURM_KEYS))
     if unknown:
         raise ValueError(f"unknown slurm options {unknown}; known: {list(SLURM_KEYS)}")
-
-
-def _check_output_path(output: Path, partial: Path, source: Any, model_path: str) -> None:
-    """Refuse an output (or its .partial) that is, contains or lies inside the input array or
-    the model file: replacing it would delete them."""
-    protected = {"input": _location(source), "model file": Path(model_path).resolve()}
-    for candidate in (output.resolve(), partial.resolve()):
-        for what, path in protected.items():
-            if path and (path.is_relative_to(candidate) or candidate.is_relative_to(path)):
-                raise ValueError(
-                    f"output {output} overlaps the {what} {path} (writing it would replace "
-                    "them); choose an output path outside the input and the model"
-                )
 
 
 def _open_partial(

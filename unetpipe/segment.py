@@ -33,7 +33,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
 from unetpipe.config import defaults, section_params
-from unetpipe.io import STORE_EVERY_CHUNK, check_disjoint
+from unetpipe.io import STORE_EVERY_CHUNK, writes_output
 from unetpipe.ngff import ImageArray, label_image, open_image
 
 log = logging.getLogger(__name__)
@@ -379,6 +379,7 @@ def _dask_runner(threads: int) -> agg.Runner:
     return run
 
 
+@writes_output("output", "predictions", "tune_predictions", beside="labels")
 def segment_zarr(
     predictions: str | Path,
     output: str | Path,
@@ -388,6 +389,7 @@ def segment_zarr(
     tune_slices: Sequence[int] | None = None,
     tune_predictions: str | Path | None = None,
     known: Any = None,
+    overwrite: bool = True,
 ) -> None:
     """Segment a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
 
@@ -402,8 +404,6 @@ def segment_zarr(
     params = section_params("segment", cfg)
     tune = params["tune"]
     _check(params)
-    inputs = [predictions, *([tune_predictions] if tune_predictions else [])]
-    check_disjoint(output, *inputs, beside="labels")  # NGFF: labels/<name> inside the image
     source = _open_predictions(predictions)
     attributes: dict[str, Any] = {"predictions": str(predictions)}
     if tune["enabled"]:

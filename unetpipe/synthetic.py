@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from skimage.draw import ellipse
 from skimage.measure import label as connected_components
 
-from unetpipe.io import atomic_path, make_splits, write_array
+from unetpipe.io import atomic_path, make_splits, write_array, writes_output
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -225,6 +225,7 @@ def synthetic_stack(
     return raw, labels
 
 
+@writes_output("path")
 def write_synthetic(
     path: str | Path,
     n_slices: int,
@@ -238,6 +239,7 @@ def write_synthetic(
     val_slices: Sequence[int] = (),
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     dataset: str = "synthetic",
+    overwrite: bool = True,
 ) -> Path:
     """Write the synthetic dataset as the Zarr group of the data contract, atomically.
 

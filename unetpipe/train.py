@@ -39,7 +39,7 @@ from tqdm import tqdm
 from unetpipe.augment import resolve_params
 from unetpipe.config import result_settings
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import atomic_path, check_disjoint, open_data
+from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
 from unetpipe.model import UNet, save_model
@@ -117,6 +117,7 @@ def train(
     """
     args = (str(data), str(run_dir), train_cfg, model_cfg, augment_cfg, [str(p) for p in bank])
     check_disjoint(run_dir, data, *bank)
+    claim_folder(run_dir)
     gpus = int(train_cfg["gpus"])
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch

@@ -16,6 +16,16 @@ from unetpipe import __version__
 from unetpipe.log import setup_logging
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace an earlier output of unetpipe (never anything unetpipe did not
+    write, which is always refused)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output if an earlier unetpipe run wrote it (never anything else)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"unetpipe {__version__}")

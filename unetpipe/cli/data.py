@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from unetpipe.cli import add_overwrite
 from unetpipe.config import defaults
 from unetpipe.datasets import REGISTRY, UNLABELLED, convert, download_dataset, provenance
 from unetpipe.synthetic import write_synthetic
@@ -29,6 +30,7 @@ def _convert(args: argparse.Namespace) -> int:
         sequences=args.sequences,
         silver_truth=args.silver_truth,
         unlabelled=args.unlabelled,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -47,6 +49,7 @@ def _synth(args: argparse.Namespace) -> int:
         val_slices=args.val_slices,
         voxel_size=args.voxel_size,
         dataset=args.name,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -104,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "background as the masks say",
     )
     _common(p, dataset)
+    add_overwrite(p)
     p.set_defaults(func=_convert)
 
     p = subparsers.add_parser("synth", help="write the built-in synthetic EM-like dataset")
@@ -143,4 +147,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=synth["seed"], help="the data are a function of it")
     _common(p, dataset)
+    add_overwrite(p)
     p.set_defaults(func=_synth)

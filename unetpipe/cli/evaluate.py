@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from unetpipe.cli import add_overwrite
 from unetpipe.config import load_config
 from unetpipe.evaluate import evaluate_run, summary
 from unetpipe.io import open_data, read_splits
@@ -39,6 +40,7 @@ def _segment(args: argparse.Namespace) -> int:
         slices,
         args.tune_predictions,
         known,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -148,6 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "method's default grid)",
     )
     p.add_argument("--threads", type=int, default=1, help="Dask worker threads")
+    add_overwrite(p)
     p.set_defaults(func=_segment)
 
     for name, func, text in [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unetpipe.bioimageio import EXPORT_DEFAULTS, export_bioimageio
+from unetpipe.cli import add_overwrite
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tag", action="append", default=[], help="an extra tag (repeat for several)"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    add_overwrite(parser)
     parser.set_defaults(func=run)
 
 
@@ -59,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
         "tags": args.tag,
     }
     result = export_bioimageio(
-        args.run_dir, args.bioimageio, cfg, data=args.data, threads=args.threads
+        args.run_dir,
+        args.bioimageio,
+        cfg,
+        data=args.data,
+        threads=args.threads,
+        overwrite=args.overwrite,
     )
     print(f"{args.bioimageio}: bioimage.io model test {result['status']}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from unetpipe.cli import add_overwrite
 from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predict_zarr
 
 
@@ -91,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
+    add_overwrite(parser)
     parser.set_defaults(func=run)
 
 
@@ -112,5 +114,6 @@ def run(args: argparse.Namespace) -> int:
         n_workers=args.n_workers,
         threads_per_worker=args.threads_per_worker,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     return 0

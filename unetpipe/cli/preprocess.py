@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unetpipe.cli import add_overwrite
 from unetpipe.config import defaults, load_config
 
 
@@ -45,6 +46,7 @@ def _augment(args: argparse.Namespace) -> int:
             params=params,
             input_size=params["tile"],
             output_size=out,
+            overwrite=args.overwrite,
         )
     return 0
 
@@ -104,4 +106,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["valid", "same"],
         help=f"U-Net padding (default {model['padding']})",
     )
+    add_overwrite(p)
     p.set_defaults(func=_augment)
