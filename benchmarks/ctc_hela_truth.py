@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/ctc-hela-truth"))
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--local-dir", type=Path, help="an unpacked local copy (default: download)")
     parser.add_argument("--report", action="store_true", help="only the table of finished runs")
     args = parser.parse_args(argv)
     base = yaml.safe_load(args.config.read_text())
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm in args.arms:
         name = base["dataset"]["name"] if arm == "silver" else f"{base['dataset']['name']}-{arm}"
         config = arm_config(base, arm, name)
+        if args.local_dir:
+            config["dataset"]["local_dir"] = str(args.local_dir.resolve())
         path = args.out / f"{arm}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         run = Path("results") / name / config["run"]

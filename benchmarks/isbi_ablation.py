@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/isbi2012-cpu.yaml")
     parser.add_argument("--out", type=Path, default=Path("results/isbi2012/ablation"))
-    parser.add_argument("--local-dir", type=Path, help="ISBI folder (default: the config's)")
+    parser.add_argument(
+        "--local-dir", type=Path, help="a local copy of ISBI 2012 (default: the config's local_dir)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     parser.add_argument("--device", default="cpu", help="cpu, cuda (training and prediction)")
@@ -268,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
-    local_dir = args.local_dir or Path(config["dataset"]["local_dir"])
+    local_dir = args.local_dir or config["dataset"]["local_dir"]
+    if local_dir is None:
+        parser.error("--local-dir: the folder of a local copy of ISBI 2012 (TIFF stacks or PNGs)")
     groups = prepare_data(
         config, args.out, local_dir, list(dict.fromkeys([*DEFAULT_ARMS, *args.arms])), args.threads
     )

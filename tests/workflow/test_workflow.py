@@ -191,3 +191,18 @@ def test_a_file_changed_in_local_dir_reruns_the_conversion(tmp_path):
     check(snakemake(work, target, "--cores", "1", configfile=path))
     tifffile.imwrite(local / "test-volume.tif", np.zeros((1, 32, 32), np.uint8))
     assert scheduled_rules(work, target, configfile=path) == {"convert"}
+
+
+@pytest.mark.parametrize("name", ["isbi2012-cpu.yaml", "isbi2012-cv.yaml", "ctc-dic-hela-cpu.yaml"])
+def test_real_data_recipes_download_unless_given_a_local_copy(name, tmp_path):
+    """Cloned anywhere, a recipe plans the registry download; ``dataset.local_dir`` (a local copy
+    of the same dataset) replaces the download by reading that folder."""
+    config = CONFIGS / name
+    assert "local_dir" not in yaml.safe_load(config.read_text())["dataset"]
+    assert {"download", "convert"} <= scheduled_rules(tmp_path, configfile=config)
+    local = tmp_path / "copy"
+    local.mkdir()
+    (local / "train-volume.tif").write_bytes(b"a local copy")
+    override = f"dataset={{local_dir: {local}}}"  # merged into the recipe's dataset section
+    rules = scheduled_rules(tmp_path, "--config", override, configfile=config)
+    assert "convert" in rules and "download" not in rules

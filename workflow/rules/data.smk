@@ -30,7 +30,7 @@ if SOURCE == "synthetic":
 
 else:
 
-    if SOURCE != "local":
+    if not config["dataset"]["local_dir"]:  # a registry source without a local copy
 
         rule download:
             output:
@@ -51,7 +51,11 @@ else:
 
     rule convert:
         input:
-            local_files() if SOURCE == "local" else f"{RESOURCES}/{SOURCE}.zip",
+            (
+                local_files()
+                if config["dataset"]["local_dir"]
+                else f"{RESOURCES}/{SOURCE}.zip"
+            ),
         output:
             **DATA_OUTPUTS,
         log:

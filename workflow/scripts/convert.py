@@ -9,7 +9,7 @@ snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule convert"):
     cfg = snakemake.params.cfg
     convert(
-        cfg["local_dir"] if cfg["source"] == "local" else snakemake.input[0],
+        cfg["local_dir"] or snakemake.input[0],
         Path(snakemake.output.group).parent,
         dataset=cfg["name"],
         val_slices=cfg["val_slices"],
