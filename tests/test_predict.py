@@ -454,19 +454,27 @@ def test_bad_settings_are_refused_before_anything_is_written(
 def test_a_damaged_input_chunk_is_named(model_file: Path, tmp_path: Path) -> None:
     raw = make_volume(tmp_path / "raw.zarr", (3, 30, 30))
     (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").write_bytes(b"not zstd at all")
-    message = rf"input {tmp_path / 'raw.zarr'}: chunk \(1, 0, 0\) \(file c/1/0/0\) cannot be read"
+    before = tree(tmp_path / "raw.zarr")
+    message = rf"{tmp_path / 'raw.zarr'}: chunk c/1/0/0 cannot be decoded \(.+\); the file is"
     with pytest.raises(ValueError, match=message):
         predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False)
     assert not (tmp_path / "p.zarr").exists()
+    assert tree(tmp_path / "raw.zarr") == before
 
 
-def test_a_missing_input_chunk_reads_as_its_fill_value(model_file: Path, tmp_path: Path) -> None:
+def test_a_missing_input_chunk_is_refused(model_file: Path, tmp_path: Path) -> None:
+    """Not predicted from the fill value: a plain Zarr input that leaves a chunk unstored is
+    refused with the chunk named (issue 29: ``rm d.zarr/test/c/1/0/0`` predicted zeros)."""
     raw = make_volume(tmp_path / "raw.zarr", (2, 30, 30))
     (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").unlink()
-    predict_zarr(model_file, raw, tmp_path / "p.zarr", tile=60, progress=False)
-    expected = per_slice_reference(NETS[3, "valid"], np.stack([raw[0], np.zeros_like(raw[0])]), 60)
-    probs = open_image(tmp_path / "p.zarr", "czyx")[:].astype(np.float32)
-    np.testing.assert_allclose(probs, expected, atol=1e-3, rtol=0)
+    before = tree(tmp_path / "raw.zarr")
+    message = rf"{tmp_path / 'raw.zarr'}: chunk c/1/0/0 is missing: .* write_empty_chunks=True"
+    with pytest.raises(ValueError, match=message):
+        predict_zarr(
+            model_file, tmp_path / "raw.zarr", tmp_path / "p.zarr", tile=60, progress=False
+        )
+    assert not (tmp_path / "p.zarr").exists()
+    assert tree(tmp_path / "raw.zarr") == before
 
 
 def test_auto_device_gives_each_local_worker_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

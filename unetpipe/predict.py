@@ -336,7 +336,7 @@ def _worker_id() -> str:
 
 class _CheckedSource:
     """The input as a block reads it: every box read is hashed (the block's input digest) and
-    checked for NaN and inf, and a chunk that cannot be decoded is named."""
+    checked for NaN and inf (missing and undecodable chunks: :class:`unetpipe.io.CheckedArray`)."""
 
     def __init__(self, array: Any) -> None:
         self.array = array
@@ -344,15 +344,7 @@ class _CheckedSource:
         self._hash = hashlib.blake2b(digest_size=8)
 
     def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
-        try:
-            data = np.asarray(self.array[box])
-        except OSError:  # the file system, not the data: as it is (a rerun may succeed)
-            raise
-        except Exception as err:
-            named = _undecodable_chunk(self.array, box, err)
-            if named is None:
-                raise
-            raise named from err
+        data = np.asarray(self.array[box])  # a missing or damaged chunk: named by ImageArray
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             first = np.argwhere(~np.isfinite(data))[0]
             value = data[tuple(first)]
@@ -383,26 +375,6 @@ def _location(array: Any) -> Path | None:
 def _name(array: Any) -> str:
     location = _location(array)
     return f"input {location}" if location else f"input {getattr(array, 'store', 'array')}"
-
-
-def _undecodable_chunk(array: Any, box: tuple[slice, ...], err: Exception) -> ValueError | None:
-    """The first chunk (shard) of ``box`` that fails to read on its own, as a clear error."""
-    chunks = getattr(array, "shards", None) or getattr(array, "chunks", None)
-    if chunks is None:
-        return None
-    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks, strict=True)]
-    for coords in itertools.product(*ranges):
-        try:
-            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks, strict=True))]
-        except Exception as chunk_err:
-            stored = array.zarr_array() if isinstance(array, ImageArray) else array
-            same = stored is not None and tuple(stored.shape) == tuple(array.shape)
-            where = f" (file {stored.metadata.encode_chunk_key(coords)})" if same else ""
-            return ValueError(
-                f"{_name(array)}: chunk {coords}{where} cannot be read ({chunk_err}); "
-                "the input is damaged: restore or rewrite it"
-            )
-    return None
 
 
 def _block_box(job: _Job, index: Sequence[int]) -> tuple[list[int], list[int]]:
