@@ -236,6 +236,17 @@ def open_image(
     return _open_ome_zarr(path, node, axes, level)
 
 
+def require_grid(image: ImageArray, shape: Sequence[int], of: str) -> None:
+    """Refuse an image whose (z, y, x) extent is not ``shape``, the extent of ``of`` (e.g. the
+    dataset array it was predicted from): one line, before anything is read."""
+    grid, shape = tuple(image.shape[-3:]), tuple(int(n) for n in shape)
+    if grid != shape:
+        raise ValueError(
+            f"{image.path}: (z, y, x) = {grid} does not match {of} {shape}; it was made from "
+            "another image: predict (and segment) that array again"
+        )
+
+
 def _plain(path: str, array: zarr.Array, axes: str, space: Space, **kw: Any) -> ImageArray:
     """A Zarr array of the pipeline's layout: (z, y, x) images, (c, z, y, x) predictions."""
     if array.ndim not in (3, 4):

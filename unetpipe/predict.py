@@ -34,7 +34,7 @@ import zarr
 from tqdm import tqdm
 
 from unetpipe.intensity import normalize
-from unetpipe.io import STORE_EVERY_CHUNK, sha256sum
+from unetpipe.io import STORE_EVERY_CHUNK, sha256sum, stored_digest
 from unetpipe.model import UNet, load_model
 from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.tiling import (
@@ -598,6 +598,9 @@ def predict_zarr(
         device,
     )
     resumed = _open_partial(partial, attrs, model.config["n_classes"], source.shape, job)
+    # What was read, for evaluate to match against a dataset; outside the fingerprint, so that
+    # a resumed run still keeps each block whose own input is unchanged.
+    zarr.open_array(str(partial), mode="r+").attrs["input_sha256"] = _input_digest(source)
     n_blocks = math.prod(grid)
     log.info(
         "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, scheduler %s%s",
@@ -637,6 +640,13 @@ def predict_zarr(
         totals["workers"],
     )
     return {**totals, "seconds": seconds, "block": block, "batch": job.batch}
+
+
+def _input_digest(source: ImageArray) -> str | None:
+    """sha256 of the input as stored (:func:`unetpipe.io.stored_digest`: a TIFF's bytes, a Zarr
+    array's metadata and chunks); None for an array that is not on the local file system."""
+    path = Path(source.path)
+    return stored_digest(path) if path.exists() else None
 
 
 def _check_run_settings(
