@@ -465,7 +465,7 @@ def test_a_damaged_input_chunk_is_named(model_file: Path, tmp_path: Path) -> Non
 def test_a_missing_input_chunk_is_refused(model_file: Path, tmp_path: Path) -> None:
     """Not predicted from the fill value: a plain Zarr input that leaves a chunk unstored is
     refused with the chunk named (issue 29: ``rm d.zarr/test/c/1/0/0`` predicted zeros)."""
-    raw = make_volume(tmp_path / "raw.zarr", (2, 30, 30))
+    make_volume(tmp_path / "raw.zarr", (2, 30, 30))
     (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").unlink()
     before = tree(tmp_path / "raw.zarr")
     message = rf"{tmp_path / 'raw.zarr'}: chunk c/1/0/0 is missing: .* write_empty_chunks=True"
@@ -528,3 +528,19 @@ def test_every_predict_option_has_help() -> None:
     assert len(actions) > 15
     for action in actions:
         assert action.help and action.help != argparse.SUPPRESS, action.dest
+
+
+def test_a_missing_gpu_and_a_tiny_memory_budget_are_one_line(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_volume(tmp_path / "raw.zarr", (1, 30, 40))
+    before = tree(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["predict", str(model_file), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
+    assert main([*args, "--device", "cuda", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "device cuda: no such CUDA device is available" in err and "readable" not in err
+    assert main([*args, "--memory-gb", "0.000001", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "a memory budget of 1e-06 GiB fits no tile with 64 output px per axis" in err
+    assert tree(tmp_path) == before

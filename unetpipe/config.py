@@ -108,7 +108,15 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[st
         where = str(config)
         if not Path(config).is_file():
             raise FileNotFoundError(f"{config}: no such configuration file")
-        values = yaml.safe_load(Path(config).read_text()) or {}
+        try:
+            values = yaml.safe_load(Path(config).read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where_in = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{config}: not valid YAML ({problem}{where_in}); fix the file"
+            ) from None
         if not isinstance(values, dict):
             raise ValueError(f"{config}: not a mapping of sections")
     return _validated(values, _schema(), where)
