@@ -249,6 +249,10 @@ def test_tiff_export_refuses_a_prediction_with_a_missing_or_damaged_chunk(tmp_pa
     chunk.write_bytes(saved[:5])
     with pytest.raises(ValueError, match=r"p.ome.zarr/0: chunk c/0/1/0/0 cannot be decoded"):
         write_tiff(tmp_path / "p.ome.zarr", tmp_path / "p.tif")
+    metadata = tmp_path / "p.ome.zarr" / "0" / "zarr.json"
+    metadata.write_text(metadata.read_text()[:-30])  # truncated
+    with pytest.raises(ValueError, match=r"p.ome.zarr/0/zarr.json: the Zarr metadata cannot be"):
+        write_tiff(tmp_path / "p.ome.zarr", tmp_path / "p.tif")
     assert sorted(os.listdir(tmp_path)) == ["p.ome.zarr"]
     assert chunk.read_bytes() == saved[:5]
 
