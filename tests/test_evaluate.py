@@ -337,7 +337,7 @@ def test_predictions_of_another_image_are_refused(tmp_path):
     before = _tree(tmp_path / "data.zarr")
     for source, name in [(tmp_path / "other.zarr", "other"), (tmp_path / "data.zarr/raw", "own")]:
         predict_zarr(
-            tmp_path / "m.pt", source, tmp_path / f"{name}.ome.zarr", tile=44, progress=False
+            tmp_path / "m.pt", source, tmp_path / f"{name}.ome.zarr", tile=92, progress=False
         )
     message = r"other.ome.zarr/0: predicted from .*other.zarr \(sha256 [0-9a-f]{12}\.\.\.\), whose"
     with pytest.raises(ValueError, match=message + r" content is not that of .*data.zarr/raw"):

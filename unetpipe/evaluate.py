@@ -247,13 +247,13 @@ def evaluate_run(
     check_disjoint(output, data, *predictions.values(), *segmentations.values())
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
+    raw_pred = open_image(predictions["raw"], "czyx")
+    _check_input(raw_pred, group, "raw")  # before anything is computed
     split = split or resolve(group)
     fit = gold(group.attrs, split["train"])
     known = _known(group, fit)
     train_truth = np.where(known, _stack(group["labels"], fit), 0)
     baseline = fit_baseline(_stack(group["raw"], fit), train_truth, float(params["baseline_sigma"]))
-    raw_pred = open_image(predictions["raw"], "czyx")
-    _check_input(raw_pred, group, "raw")
     train_prob = np.stack([cell_probability(raw_pred, z) for z in fit])
     chosen = choose_thresholds(
         np.where(known, train_prob, 0), train_truth, thresholds, params["thinning"]
