@@ -36,7 +36,8 @@ STORE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def read_image(path: str | Path, digests: dict[str, str] | None = None) -> np.ndarray:
-    """One image file as an array: a TIFF (any number of pages, BigTIFF, compressed) or a PNG
+    """One image file as an array: a TIFF (any number of pages, BigTIFF, compressed;
+    several series of one shape and dtype as one stack: :func:`tiff_series`) or a PNG
     (a single slice; palette images as their grey values). The file is read once; with
     ``digests`` its sha256 is recorded there under its path."""
     path = Path(path)

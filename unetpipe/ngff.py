@@ -209,11 +209,14 @@ def open_image(
 ) -> ImageArray:
     """An image as an :class:`ImageArray` with ``axes`` (letters of c, z, y, x), and its space.
 
-    ``source``: a TIFF file (multi-page, BigTIFF, compressed; the first series), a Zarr array
+    ``source``: a TIFF file (multi-page, BigTIFF, compressed; several series of one shape and
+    dtype, such as one series per page, stacked: :func:`unetpipe.io.tiff_series`), a Zarr array
     (its voxel size from the ``voxel_size`` attribute of the dataset group holding it), or an
     OME-Zarr 0.4/0.5 image or label image (multiscale ``level``, 0 = full resolution). Axes of
     length 1 that are not asked for are dropped, axes asked for but absent get length 1; a stack
-    axis (time, pages) stands for z when there is no z.
+    axis (time, pages) stands for z when there is no z. Zarr reads refuse missing chunks and name
+    undecodable ones (:class:`unetpipe.io.CheckedArray`); damaged metadata, multiscales that list
+    no level or a level that is absent are one line each.
     """
     if isinstance(source, ImageArray) and source.axes == axes and level == 0:
         return source

@@ -535,6 +535,8 @@ def predict_zarr(
     whose input is unchanged (checked by digest). ``dtype`` float16 stores probabilities, uint8
     stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster), address
     (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
+    The output records ``input_sha256``, the digest of the input as stored
+    (:func:`unetpipe.io.stored_digest`), which evaluate matches against the dataset it scores.
     Returns counts (blocks, computed, reused, stale, per worker) and timings.
     """
     slurm = dict(slurm or {})
