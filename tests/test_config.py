@@ -127,3 +127,28 @@ def test_cli_defaults_are_the_schemas():
         actions = {a.dest: a for a in commands.choices[command]._actions}
         for name in names:
             assert actions[name].default == defaults[name], (command, name)
+
+
+def test_malformed_yaml_is_one_line_naming_the_file(tmp_path, capsys):
+    from unetpipe.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 0.01\n   iterations: [3\n")
+    with pytest.raises(ValueError, match=rf"^{path}: not valid YAML \(.+ at line 3, column \d+\)"):
+        config.load_config(path)
+    assert (
+        main(["train", str(tmp_path / "d.zarr"), str(tmp_path / "run"), "--config", str(path)]) == 1
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: not valid YAML" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_a_key_of_several_forms_lists_them(tmp_path):
+    forms = (
+        r"dataset.labels: 'binary' is none of null \| \"instances\" \| "
+        r"\{kind: \"binary\", foreground: number\} \| \{kind: \"binary\", threshold: number\}"
+    )
+    with pytest.raises(ValueError, match=forms):
+        config.load_config({"dataset": {"labels": "binary"}})
+    assert config.load_config({"dataset": {"labels": {"kind": "binary", "threshold": 128}}})

@@ -402,3 +402,83 @@ def test_real_isbi_tiff_and_png_layouts_agree(isbi_dir, tmp_path):
     assert per_slice.max() == pytest.approx(0.2699, abs=5e-5)
     assert tif["raw"][:].mean() == pytest.approx(126.2, abs=0.05)
     assert read_splits(tif)["val"] == list(range(24, 30))
+
+
+def isbi_folder(root, labels, test_pages=None):
+    """A local ISBI folder: train-volume.tif, train-labels.tif (``labels``) and, with
+    ``test_pages``, a test-volume.tif written one page (one series) at a time."""
+    root.mkdir()
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, labels.shape, np.uint8)
+    tifffile.imwrite(root / "train-volume.tif", raw, photometric="minisblack")
+    tifffile.imwrite(root / "train-labels.tif", labels, photometric="minisblack")
+    if test_pages is not None:
+        with tifffile.TiffWriter(root / "test-volume.tif") as tif:
+            for page in test_pages:
+                tif.write(page, compression="lzw")
+    return root
+
+
+def checksums(root):
+    return {p.name: sha(p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ambiguous_label_stacks_are_refused_naming_values_and_setting(tmp_path):
+    """Issue 29: anti-aliased 0/128/255, 0/255 with 4 stray pixels and a 0/1/2 class map were
+    taken as instance ids (2-3 "cells"); unset, each is refused with the values found."""
+    binary = isbi_labels(3)
+    anti_aliased = binary.copy()
+    anti_aliased[:, 14, :] = anti_aliased[:, 16, :] = 128
+    stray = binary.copy()
+    stray[0, 3, 3:7] = 254
+    classes = (binary // 255).astype(np.uint8)
+    classes[:, :, 25:] *= 2  # two classes, each in several separate regions
+    for name, labels, values in [
+        ("aa", anti_aliased, r"0 \(183 px\), 128 \(192 px\), 255 \(2697 px\)"),
+        ("stray", stray, r"0 \(189 px\), 254 \(4 px\), 255 \(2879 px\)"),
+        ("classes", classes, r"0 \(189 px\), 1 \(2232 px\), 2 \(651 px\)"),
+    ]:
+        root = isbi_folder(tmp_path / name, labels)
+        before = checksums(root)
+        message = rf"train-labels.tif: ambiguous labels with values {values}: .*set dataset.labels"
+        with pytest.raises(ValueError, match=message):
+            convert(root, tmp_path / f"{name}.zarr", "x")
+        assert checksums(root) == before and not (tmp_path / f"{name}.zarr").exists()
+    root = tmp_path / "stray"
+    with pytest.raises(ValueError, match=r"foreground 255, but the values are 0 \(189 px\), 254"):
+        convert(root, tmp_path / "s.zarr", "x", labels={"kind": "binary", "foreground": 255})
+    with pytest.raises(ValueError, match="masks are instance ids; dataset.labels"):
+        convert(ctc_folder(tmp_path / "ctc"), tmp_path / "c.zarr", "x", labels={
+            "kind": "binary", "foreground": 1})  # fmt: skip
+    assert not any(p.suffix == ".zarr" for p in tmp_path.iterdir())
+
+
+def test_declared_label_conventions_convert_and_log_instances_per_slice(tmp_path, caplog):
+    binary = isbi_labels(3)
+    anti_aliased = binary.copy()
+    anti_aliased[:, 14, :] = 128  # the membrane's anti-aliased edge: background at 128 < 200
+    root = isbi_folder(tmp_path / "aa", anti_aliased, test_pages=binary[:2])
+    with caplog.at_level(logging.INFO, logger="unetpipe.datasets"):
+        group = open_data(
+            convert(root, tmp_path / "aa.zarr", "x", labels={"kind": "binary", "threshold": 200})
+        )
+    assert [np.unique(s[s > 0]).size for s in group["labels"][:]] == [4, 4, 4]
+    assert "instances per slice: [4, 4, 4]" in caplog.text
+    assert group["labels"].attrs["convention"] == {"kind": "binary", "threshold": 200}
+    assert group["test"].shape == (2, 32, 32)  # both pages of a page-by-page TIFF
+    np.testing.assert_array_equal(group["test"][:], binary[:2])
+    ids = np.zeros((3, 32, 32), np.uint16)
+    ids[:, :10, :10], ids[:, 20:, 20:], ids[1, 12:14, :] = 1, 2, 3  # one region per id
+    for labels, out in [(None, "auto.zarr"), ("instances", "ids.zarr")]:
+        root = tmp_path / out.replace(".zarr", "")
+        group = open_data(convert(isbi_folder(root, ids), tmp_path / out, "x", labels=labels))
+        np.testing.assert_array_equal(group["labels"][:], ids)
+    assert main(
+        ["convert", "local", str(tmp_path / "aa"), str(tmp_path / "cli.zarr"), "--labels",
+         "threshold=200"]
+    ) == 0  # fmt: skip
+    cli = open_data(tmp_path / "cli.zarr")["labels"][:]
+    np.testing.assert_array_equal(cli > 0, anti_aliased >= 200)
+    with pytest.raises(SystemExit):
+        main(["convert", "local", str(root), str(tmp_path / "no.zarr"), "--labels", "binary"])
+    assert not (tmp_path / "no.zarr").exists()

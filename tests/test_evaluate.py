@@ -310,3 +310,69 @@ def test_summarize_folds_mean_and_sample_sd_of_every_measure(tmp_path):
     assert "| fold-1 | 0.100000 | 0.1100 |" in table[2]  # warping error to 6 decimals
     with pytest.raises(ValueError, match="at least 2 folds"):
         summarize_folds({"fold-1": folds["fold-1"]}, tmp_path / "a.json", tmp_path / "a.md")
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_predictions_of_another_image_are_refused(tmp_path):
+    """Predictions record the digest of what they read; evaluate scores them only against the
+    array with that content (issue 29: another image of the same shape was scored)."""
+    import torch
+
+    from unetpipe.model import UNet, save_model
+    from unetpipe.predict import predict_zarr
+
+    make_run(tmp_path)
+    torch.manual_seed(0)
+    save_model(
+        tmp_path / "m.pt",
+        UNet(depth=2, base_channels=2),
+        normalization={"mean": 120.0, "std": 60.0},
+    )
+    raw = zarr.open_array(str(tmp_path / "data.zarr" / "raw"))[:]
+    zarr.create_array(str(tmp_path / "other.zarr"), data=255 - raw, chunks=(1, 64, 64))
+    segmentations = {"raw": tmp_path / "segmentation" / "raw.zarr"}
+    before = _tree(tmp_path / "data.zarr")
+    for source, name in [(tmp_path / "other.zarr", "other"), (tmp_path / "data.zarr/raw", "own")]:
+        predict_zarr(
+            tmp_path / "m.pt", source, tmp_path / f"{name}.ome.zarr", tile=92, progress=False
+        )
+    message = r"other.ome.zarr/0: predicted from .*other.zarr \(sha256 [0-9a-f]{12}\.\.\.\), whose"
+    with pytest.raises(ValueError, match=message + r" content is not that of .*data.zarr/raw"):
+        evaluate_run(
+            tmp_path / "data.zarr", {"raw": tmp_path / "other.ome.zarr"}, segmentations,
+            tmp_path / "m.json",
+        )  # fmt: skip
+    assert not (tmp_path / "m.json").exists()
+    report = evaluate_run(
+        tmp_path / "data.zarr", {"raw": tmp_path / "own.ome.zarr"}, segmentations,
+        tmp_path / "m.json",
+    )  # fmt: skip
+    assert report["results"]["val"]["slices"] == [3, 4]
+    assert _tree(tmp_path / "data.zarr") == before
+
+
+def test_predictions_of_another_extent_or_with_a_lost_chunk_are_one_line(tmp_path):
+    _, paths = make_run(tmp_path)
+    segmentations = {k: tmp_path / "segmentation" / f"{k}.zarr" for k in paths}
+    pred = zarr.open_array(str(paths["raw"]))[:]
+    zarr.create_array(str(tmp_path / "short.zarr"), data=pred[:, :3], chunks=(2, 1, 64, 64))
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match=r"short.zarr: \(z, y, x\) = \(3, 64, 64\) does not match"):
+        evaluate_run(
+            tmp_path / "data.zarr", {**paths, "raw": tmp_path / "short.zarr"}, segmentations,
+            tmp_path / "m.json",
+        )  # fmt: skip
+    (paths["test"] / "c" / "0" / "1" / "0" / "0").unlink()
+    with pytest.raises(ValueError, match=r"predictions/test.zarr: chunk c/0/1/0/0 is missing"):
+        evaluate_run(tmp_path / "data.zarr", paths, segmentations, tmp_path / "m.json")
+    (paths["raw"] / "c" / "0" / "1" / "0" / "0").write_bytes(b"damaged")
+    with pytest.raises(
+        ValueError, match=r"predictions/raw.zarr: chunk c/0/1/0/0 cannot be decoded"
+    ):
+        evaluate_run(tmp_path / "data.zarr", paths, segmentations, tmp_path / "m.json")
+    after = _tree(tmp_path)
+    assert set(before) - set(after) == {"predictions/test.zarr/c/0/1/0/0"}
+    assert {k for k in after if after[k] != before[k]} == {"predictions/raw.zarr/c/0/1/0/0"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +18,16 @@ import zarr
 from PIL import Image
 
 from unetpipe.io import (
+    CheckedArray,
     atomic_path,
     check_disjoint,
+    checked_array,
     claim_folder,
     claim_output,
     create_array,
     make_splits,
     open_data,
+    open_zarr,
     read_image,
     read_splits,
     read_stack,
@@ -309,3 +314,81 @@ def test_an_interrupt_while_writers_still_write_leaves_no_partial_output(tmp_pat
     assert not final.exists()
     with claim_output(final):
         assert sorted(p.name for p in tmp_path.iterdir()) == [".out.zarr.lock"]
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_checked_array_refuses_a_missing_chunk_of_the_region_it_reads(tmp_path):
+    """A chunk left unstored (a foreign array's fill-value chunk, or a deleted one) is an error
+    naming it, never zeros; reads that do not touch it work, and nothing is written."""
+    plain = zarr.create_array(tmp_path / "a.zarr", shape=(3, 4, 6), chunks=(1, 4, 3), dtype="u1")
+    plain[:] = np.arange(72, dtype=np.uint8).reshape(3, 4, 6)
+    plain[1, :, 3:] = 0  # equal to the fill value: zarr's default leaves it unstored
+    before = _checksums(tmp_path)
+    array = checked_array(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(array[0], plain[0])
+    np.testing.assert_array_equal(array[1:, :, :3], plain[1:, :, :3])
+    for selection in (1, (slice(None), 2), (1, slice(None), 5), ([0, 1],), (..., slice(4, 6))):
+        with pytest.raises(ValueError, match=r"a.zarr: chunk c/1/0/1 is missing: .*fill value 0"):
+            array[selection]
+    with pytest.raises(ValueError, match=r"c/1/0/1 is missing \(1 of 6\).*write_empty_chunks"):
+        array.check_complete()
+    assert _checksums(tmp_path) == before
+
+
+def test_checked_array_names_a_damaged_chunk_and_shard(tmp_path):
+    sharded = zarr.create_array(
+        tmp_path / "s.zarr", shape=(4, 4, 4), chunks=(1, 2, 2), shards=(2, 4, 4), dtype="u2"
+    )
+    sharded[:] = 7
+    (tmp_path / "s.zarr" / "c" / "1" / "0" / "0").write_bytes(b"not a shard")
+    array = CheckedArray(zarr.open_array(tmp_path / "s.zarr", mode="r"), "the input")
+    assert array[:2].sum() == 7 * 32
+    with pytest.raises(ValueError, match=r"the input: chunk c/1/0/0 cannot be decoded \(.+\)"):
+        array[3]
+    (tmp_path / "s.zarr" / "c" / "0" / "0" / "0").unlink()
+    with pytest.raises(ValueError, match=r"the input: chunk c/0/0/0 is missing"):
+        array[0]
+
+
+def test_damaged_metadata_names_its_file(tmp_path):
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    write_array(group, "raw", np.ones((2, 4, 4), np.uint8))
+    metadata = tmp_path / "d.zarr" / "raw" / "zarr.json"
+    metadata.write_text(metadata.read_text()[:40])
+    with pytest.raises(ValueError, match=r"raw/zarr.json: the Zarr metadata cannot be parsed"):
+        open_data(tmp_path / "d.zarr")["raw"]
+    with pytest.raises(ValueError, match=r"raw/zarr.json: the Zarr metadata cannot be parsed"):
+        open_zarr(tmp_path / "d.zarr" / "raw")
+    (tmp_path / "d.zarr" / "zarr.json").write_text("{")
+    with pytest.raises(ValueError, match=r"d.zarr/zarr.json: the Zarr metadata cannot be parsed"):
+        open_data(tmp_path / "d.zarr")
+
+
+def test_every_series_of_a_multi_series_tiff_is_read(tmp_path):
+    """Pages written one at a time (one series each, as acquisition tools write) are one stack,
+    LZW-compressed too; series of different shapes or dtypes are refused, saying what differs."""
+    stack = np.random.default_rng(0).integers(0, 255, (3, 5, 7), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "loop.tif") as tif:
+        for page in stack:
+            tif.write(page, compression="lzw")
+    np.testing.assert_array_equal(read_stack(tmp_path / "loop.tif"), stack)
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(stack[0])
+        tif.write(stack[1, :4])
+        tif.write(stack[2].astype(np.uint16))
+    message = r"mixed.tif: its 3 image series differ \(1 of shape \(4, 7\) uint8; 1 of shape "
+    with pytest.raises(ValueError, match=message):
+        read_stack(tmp_path / "mixed.tif")
+
+
+def test_a_tiff_without_images_is_refused(tmp_path):
+    (tmp_path / "none.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")  # no first page
+    with pytest.raises(ValueError, match=r"none.tif: cannot read this image: a TIFF without"):
+        read_stack(tmp_path / "none.tif")

@@ -137,3 +137,30 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_missing_model_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_model(tmp_path / "nope.pt")
+
+
+def test_a_cuda_device_this_machine_lacks_is_named(tmp_path, monkeypatch):
+    """Not "not a readable unetpipe model": the device is what is missing."""
+    path = tmp_path / "model.pt"
+    save_model(path, UNet(depth=2, base_channels=2), normalization={"mean": 0.0, "std": 1.0})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"device {device}: no such CUDA device is available"):
+            load_model(path, device)
+    assert load_model(path, "cpu")[1]["normalization"] == {"mean": 0.0, "std": 1.0}
+
+
+def test_a_failed_save_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
+    from unetpipe.model import save_file
+
+    save_file({"a": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(torch.load(tmp_path / "ok.pt", weights_only=True)["a"], torch.ones(2))
+
+    def full(obj, target):
+        open(target, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"model.pt: writing failed, no space left on the device"):
+        save_model(tmp_path / "model.pt", UNet(depth=2, base_channels=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.pt"]

@@ -193,6 +193,70 @@ def test_bad_inputs_say_what_to_give(tmp_path: Path) -> None:
         open_image(flat)
 
 
+def test_a_tiff_of_one_series_per_page_is_read_whole(tmp_path: Path) -> None:
+    """``TiffWriter`` in a loop writes one series per page: every page is read (LZW too), as
+    whole stack and as regions; series that differ are refused, a TIFF without pages too."""
+    with tifffile.TiffWriter(tmp_path / "loop.tif") as tif:
+        for page in STACK:
+            tif.write(page, compression="lzw")
+    image = open_image(tmp_path / "loop.tif")
+    assert image.shape == STACK.shape
+    np.testing.assert_array_equal(image[:], STACK)
+    np.testing.assert_array_equal(image[1:4, 5:9, 80:], STACK[1:4, 5:9, 80:])
+    np.testing.assert_array_equal(image[-1, 3], STACK[-1, 3])
+    np.testing.assert_array_equal(open_image(tmp_path / "loop.tif", "czyx")[0, 2], STACK[2])
+    pickled = pickle.loads(pickle.dumps(image))
+    np.testing.assert_array_equal(pickled[2:, :3], STACK[2:, :3])
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(STACK[0])
+        tif.write(STACK[1, :60])
+    with pytest.raises(ValueError, match=r"mixed.tif: its 2 image series differ \(1 of shape"):
+        open_image(tmp_path / "mixed.tif")
+    (tmp_path / "none.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
+    with pytest.raises(ValueError, match="none.tif: cannot read this image: a TIFF without"):
+        open_image(tmp_path / "none.tif")
+
+
+def test_multiscales_that_point_nowhere_are_one_line(tmp_path: Path) -> None:
+    level0 = tmp_path / "level0.zarr"
+    zarr.create_array(str(level0), data=np.ones((2, 1, 8, 8), np.float32))
+    write_image(tmp_path / "p.ome.zarr", level0, Space())
+    group = zarr.open_group(str(tmp_path / "p.ome.zarr"), mode="r+")
+    ome = group.attrs["ome"]
+    ome["multiscales"][0]["datasets"][0]["path"] = "s0"
+    group.attrs["ome"] = ome
+    with pytest.raises(ValueError, match=r"p.ome.zarr: its OME-Zarr multiscales point level 0 at "):
+        open_image(tmp_path / "p.ome.zarr", "czyx")
+    ome["multiscales"][0]["datasets"] = []
+    group.attrs["ome"] = ome
+    with pytest.raises(ValueError, match=r"p.ome.zarr: its OME-Zarr multiscales list no image"):
+        open_image(tmp_path / "p.ome.zarr", "czyx")
+    ome["multiscales"] = []
+    group.attrs["ome"] = ome
+    with pytest.raises(ValueError, match=r"p.ome.zarr: its OME-Zarr multiscales list no image"):
+        open_image(tmp_path / "p.ome.zarr", "czyx")
+
+
+def test_tiff_export_refuses_a_prediction_with_a_missing_or_damaged_chunk(tmp_path: Path) -> None:
+    level0 = tmp_path / "level0.zarr"
+    zarr.create_array(str(level0), data=np.ones((2, 3, 8, 8), np.float16), chunks=(2, 1, 8, 8))
+    write_image(tmp_path / "p.ome.zarr", level0, Space())
+    chunk = tmp_path / "p.ome.zarr" / "0" / "c" / "0" / "1" / "0" / "0"
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    with pytest.raises(ValueError, match=r"p.ome.zarr/0: chunk c/0/1/0/0 is missing"):
+        write_tiff(tmp_path / "p.ome.zarr", tmp_path / "p.tif")
+    chunk.write_bytes(saved[:5])
+    with pytest.raises(ValueError, match=r"p.ome.zarr/0: chunk c/0/1/0/0 cannot be decoded"):
+        write_tiff(tmp_path / "p.ome.zarr", tmp_path / "p.tif")
+    metadata = tmp_path / "p.ome.zarr" / "0" / "zarr.json"
+    metadata.write_text(metadata.read_text()[:-30])  # truncated
+    with pytest.raises(ValueError, match=r"p.ome.zarr/0/zarr.json: the Zarr metadata cannot be"):
+        write_tiff(tmp_path / "p.ome.zarr", tmp_path / "p.tif")
+    assert sorted(os.listdir(tmp_path)) == ["p.ome.zarr"]
+    assert chunk.read_bytes() == saved[:5]
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
@@ -282,6 +346,21 @@ def test_predict_tiff_equals_zarr_bit_for_bit_and_opens_in_ngff_readers(
     ]
     assert node.metadata["axes"][1]["unit"] == "micrometer"
     assert node.data[0].shape == (2, *STACK.shape)
+
+
+def test_predict_reads_every_page_of_a_tiff_written_page_by_page(
+    model_file: Path, tiffs: dict[str, Path], tmp_path: Path
+) -> None:
+    with tifffile.TiffWriter(tmp_path / "loop.tif") as tif:
+        for page in STACK:
+            tif.write(page, compression="lzw")
+    predict_zarr(
+        model_file, tmp_path / "loop.tif", tmp_path / "loop.zarr", tile=100, progress=False
+    )
+    predict_zarr(model_file, tiffs["lzw_tiled"], tmp_path / "one.zarr", tile=100, progress=False)
+    pages = zarr.open_array(str(tmp_path / "loop.zarr" / "0"))[:]
+    assert pages.shape == (2, *STACK.shape)
+    assert np.array_equal(pages, zarr.open_array(str(tmp_path / "one.zarr" / "0"))[:])
 
 
 def test_tiff_input_resumes_after_a_failure(

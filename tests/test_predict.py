@@ -454,19 +454,27 @@ def test_bad_settings_are_refused_before_anything_is_written(
 def test_a_damaged_input_chunk_is_named(model_file: Path, tmp_path: Path) -> None:
     raw = make_volume(tmp_path / "raw.zarr", (3, 30, 30))
     (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").write_bytes(b"not zstd at all")
-    message = rf"input {tmp_path / 'raw.zarr'}: chunk \(1, 0, 0\) \(file c/1/0/0\) cannot be read"
+    before = tree(tmp_path / "raw.zarr")
+    message = rf"{tmp_path / 'raw.zarr'}: chunk c/1/0/0 cannot be decoded \(.+\); the file is"
     with pytest.raises(ValueError, match=message):
         predict_zarr(model_file, raw, tmp_path / "p.zarr", progress=False)
     assert not (tmp_path / "p.zarr").exists()
+    assert tree(tmp_path / "raw.zarr") == before
 
 
-def test_a_missing_input_chunk_reads_as_its_fill_value(model_file: Path, tmp_path: Path) -> None:
-    raw = make_volume(tmp_path / "raw.zarr", (2, 30, 30))
+def test_a_missing_input_chunk_is_refused(model_file: Path, tmp_path: Path) -> None:
+    """Not predicted from the fill value: a plain Zarr input that leaves a chunk unstored is
+    refused with the chunk named (issue 29: ``rm d.zarr/test/c/1/0/0`` predicted zeros)."""
+    make_volume(tmp_path / "raw.zarr", (2, 30, 30))
     (tmp_path / "raw.zarr" / "c" / "1" / "0" / "0").unlink()
-    predict_zarr(model_file, raw, tmp_path / "p.zarr", tile=60, progress=False)
-    expected = per_slice_reference(NETS[3, "valid"], np.stack([raw[0], np.zeros_like(raw[0])]), 60)
-    probs = open_image(tmp_path / "p.zarr", "czyx")[:].astype(np.float32)
-    np.testing.assert_allclose(probs, expected, atol=1e-3, rtol=0)
+    before = tree(tmp_path / "raw.zarr")
+    message = rf"{tmp_path / 'raw.zarr'}: chunk c/1/0/0 is missing: .* write_empty_chunks=True"
+    with pytest.raises(ValueError, match=message):
+        predict_zarr(
+            model_file, tmp_path / "raw.zarr", tmp_path / "p.zarr", tile=60, progress=False
+        )
+    assert not (tmp_path / "p.zarr").exists()
+    assert tree(tmp_path / "raw.zarr") == before
 
 
 def test_auto_device_gives_each_local_worker_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,3 +528,19 @@ def test_every_predict_option_has_help() -> None:
     assert len(actions) > 15
     for action in actions:
         assert action.help and action.help != argparse.SUPPRESS, action.dest
+
+
+def test_a_missing_gpu_and_a_tiny_memory_budget_are_one_line(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_volume(tmp_path / "raw.zarr", (1, 30, 40))
+    before = tree(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["predict", str(model_file), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
+    assert main([*args, "--device", "cuda", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "device cuda: no such CUDA device is available" in err and "readable" not in err
+    assert main([*args, "--memory-gb", "0.000001", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "a memory budget of 1e-06 GiB fits no tile with 64 output px per axis" in err
+    assert tree(tmp_path) == before

@@ -308,3 +308,26 @@ def test_bad_agglomerate_and_tuning_parameters(tmp_path):
             merge({"mode": "3d", "method": "agglomerate"}),
             {"grid": {}, "measure": "v_rand"},
         )
+
+
+def test_predictions_with_a_lost_chunk_or_of_another_shape_are_one_line(tmp_path):
+    """Not zeros: a missing chunk of the predictions is named; tuning against labels of another
+    extent is refused before anything is read or written."""
+    prob, truth = ridge_slices()
+    write_predictions(tmp_path / "pred.zarr", prob, (1, 20, 30))
+    chunk = tmp_path / "pred.zarr" / "c" / "0" / "1" / "0" / "0"
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    with pytest.raises(ValueError, match=r"pred.zarr: chunk c/0/1/0/0 is missing"):
+        segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", {"min_size": 0})
+    chunk.write_bytes(saved[:9])
+    with pytest.raises(ValueError, match=r"pred.zarr: chunk c/0/1/0/0 cannot be decoded"):
+        segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", {"min_size": 0})
+    chunk.write_bytes(saved)
+    cfg = {"tune": {"enabled": True, "grid": {"min_size": [0]}}}
+    for labels in (truth[:1], truth[:, :, :20]):
+        with pytest.raises(ValueError, match=r"pred.zarr: \(z, y, x\) = \(2, 20, 30\) does not"):
+            segment_zarr(
+                tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, truth=labels, tune_slices=[0]
+            )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.zarr"]

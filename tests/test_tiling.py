@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,22 @@ def test_memory_budget_picks_the_largest_fitting_tile() -> None:
     assert activation_bytes(config, (tile, tile)) <= budget
     assert activation_bytes(config, (tile + 8, tile + 8)) > budget
     assert max_tile_for_budget(config, geometry, budget, batch_size=4) < tile
+
+
+def test_a_budget_too_small_for_sensible_tiles_is_refused_naming_the_least() -> None:
+    """Issue 29: 1e-6 GiB planned 65,536 blocks of 4 x 4 px without a word."""
+    from unetpipe.tiling import MIN_BUDGET_OUTPUT
+
+    config = UNet(base_channels=64, depth=5).config
+    geometry = Geometry(5, "valid", 2)
+    floor = geometry.smallest_tile(MIN_BUDGET_OUTPUT[2])
+    assert floor - 2 * geometry.halo >= 64 > floor - 16 - 2 * geometry.halo
+    least = activation_bytes(config, (floor, floor))
+    assert max_tile_for_budget(config, geometry, least) == floor
+    message = r"a memory budget of 1e-06 GiB fits no tile with 64 output px per axis; give at least"
+    with pytest.raises(
+        ValueError, match=message + rf" {math.ceil(least / 2**30 * 1000) / 1000:g} GiB"
+    ):
+        max_tile_for_budget(config, geometry, 1e-6 * 2**30)
+    with pytest.raises(ValueError, match="fits no tile with 64 output px"):
+        max_tile_for_budget(config, geometry, least - 1)

@@ -385,3 +385,88 @@ def test_library_calls_leave_process_settings_as_they_were(data, tmp_path):
     train(data, tmp_path / "run", *sections(iterations=1), threads=threads + 1)
     assert torch.get_num_threads() == threads
     assert torch.backends.cudnn.benchmark == benchmark
+
+
+def test_cli_config_applies_dataset_val_slices_and_refuses_what_it_cannot(data, tmp_path, capsys):
+    """Issue 29: ``--config`` validated ``dataset.val_slices: [99]`` and trained on the group's
+    split anyway."""
+    import yaml
+
+    from unetpipe.cli import main
+
+    train_cfg, model_cfg, augment_cfg = sections(iterations=2, val_every=2, checkpoint_every=2)
+    config = {
+        "dataset": {"val_slices": [0], "source": "synthetic"},
+        "train": {k: train_cfg[k] for k in ("device", "workers", "optimizer", "lr", "iterations")}
+        | {"val_every": 2, "checkpoint_every": 2},
+        "model": {"depth": 2, "base_channels": 4, "dropout": 0.0},
+        "augment": {"tile": TILE},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(data), str(tmp_path / "run"), "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert load_model(tmp_path / "run" / "model.pt")[1]["split"] == {"train": [1, 2], "val": [0]}
+    assert "dataset.val_slices of" in err and "dataset keys ['source'] describe how" in err
+    before = sorted(p.name for p in tmp_path.iterdir())
+    config["dataset"]["val_slices"] = [99]
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(data), str(tmp_path / "r99"), "--config", str(path)]) == 1
+    assert "val_slices [99] out of range: the dataset has 3 slices" in capsys.readouterr().err
+    config["crossval"] = {"k": 3}
+    config["dataset"]["val_slices"] = [0]
+    path.write_text(yaml.safe_dump(config))
+    args = ["train", str(data), str(tmp_path / "rf"), "--config", str(path), "--fold", "fold-1"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--fold fold-1 and dataset.val_slices [0] both choose the validation" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_papers_gpu_recipe_on_a_cpu_is_said_before_training(data, tmp_path, caplog):
+    from unetpipe import train as training
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stopped before the first step")
+
+    config = load_config(None)  # the paper's network and 10,000 steps
+    config["train"].update(device="cpu", workers=0)
+    original = training._fit
+    training._fit = stop
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="stopped before"):
+            train(data, tmp_path / "run", config["train"], config["model"], config["augment"])
+    finally:
+        training._fit = original
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line.startswith("training on a CPU with the paper's GPU defaults: a 31030658-param")
+    assert "for 10000 steps" in line
+    caplog.clear()
+    smaller = sections(iterations=2)
+    training._fit = stop
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="stopped before"):
+            train(data, tmp_path / "small", *smaller)
+    finally:
+        training._fit = original
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_names_the_path(data, tmp_path, monkeypatch):
+    """torch says only "unexpected pos" when the disk fills during a save."""
+
+    def full(obj, target):
+        Path(target).write_bytes(b"partial")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 1280 vs 1163"
+        )
+
+    monkeypatch.setattr(torch, "save", full)
+    folder = tmp_path / "run" / "checkpoints"
+    message = (
+        rf"^{folder}/(best|last).pt: writing failed, no space left on the device most likely \("
+    )
+    with pytest.raises(OSError, match=message + r"\d+ MiB free in .*unexpected pos 1280 vs 1163"):
+        train(data, tmp_path / "run", *sections(iterations=1, checkpoint_every=1))
+    assert not list((tmp_path / "run").rglob(".*tmp*"))
+    assert not list(folder.glob("*.pt"))  # no checkpoint, nor half of one

@@ -358,7 +358,7 @@ class AugmentedBank(Sequence):
     def __init__(self, paths: Sequence[str | Path]):
         if not paths:
             raise ValueError("open_bank needs at least one shard")
-        groups = [zarr.open_group(Path(p), mode="r") for p in paths]
+        groups = [open_data(p) for p in paths]  # complete arrays, damaged chunks named
         groups.sort(key=lambda g: g.attrs["first_index"])
         first = groups[0].attrs
         for g in groups[1:]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,23 @@ def _validated(
         raise ValueError(
             f"{where}: unknown {path or 'top-level'} parameters {unknown}; known: {known}"
         )
+    if error.validator == "oneOf":  # jsonschema's message names none of the allowed forms
+        forms = " | ".join(_form(option) for option in error.validator_value)
+        raise ValueError(f"{where}: {path}: {error.instance!r} is none of {forms}")
     raise ValueError(f"{where}: {path + ': ' if path else ''}{error.message}")
+
+
+def _form(node: dict[str, Any]) -> str:
+    """One allowed form of a ``oneOf`` key, e.g. ``{kind: "binary", threshold: number}``."""
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    if "properties" in node:
+        fields = (
+            f"{k}: {json.dumps(v['const']) if 'const' in v else v.get('type', 'any')}"
+            for k, v in node["properties"].items()
+        )
+        return "{" + ", ".join(fields) + "}"
+    return str(node.get("type", "any"))
 
 
 def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -91,7 +108,15 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[st
         where = str(config)
         if not Path(config).is_file():
             raise FileNotFoundError(f"{config}: no such configuration file")
-        values = yaml.safe_load(Path(config).read_text()) or {}
+        try:
+            values = yaml.safe_load(Path(config).read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where_in = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(
+                f"{config}: not valid YAML ({problem}{where_in}); fix the file"
+            ) from None
         if not isinstance(values, dict):
             raise ValueError(f"{config}: not a mapping of sections")
     return _validated(values, _schema(), where)

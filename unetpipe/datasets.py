@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import zarr
 from scipy import ndimage
+from skimage import measure
 from tqdm import tqdm
 
 from unetpipe.io import (
@@ -311,21 +312,99 @@ def binary_to_instances(labels: np.ndarray) -> np.ndarray:
     return components(np.asarray(labels) > 0).astype(np.uint32)
 
 
-def _as_instances(labels: np.ndarray, where: Path) -> tuple[np.ndarray, str]:
-    """Binary masks become connected components; anything else is taken as instance ids."""
+LabelConvention = str | dict[str, Any] | None
+"""``dataset.labels``: None (unset), ``"instances"``, ``{"kind": "binary", "foreground": V}`` or
+``{"kind": "binary", "threshold": T}`` (config.schema.yaml)."""
+
+SETTING = (
+    "set dataset.labels (convert --labels): instances, {kind: binary, foreground: V} or "
+    "{kind: binary, threshold: T}"
+)
+
+
+def _values(labels: np.ndarray, shown: int = 6) -> str:
+    """The values of a label stack with their pixel counts, e.g. ``0 (900 px), 255 (124 px)``."""
+    values, counts = np.unique(labels, return_counts=True)
+    text = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values[:shown], counts[:shown], strict=True))
+    return text + (f" and {values.size - shown} more" if values.size > shown else "")
+
+
+def _one_region_each(labels: np.ndarray) -> bool:
+    """Whether every value > 0 of every slice is one connected region, as instance ids are
+    (a binary, anti-aliased or class mask repeats a value over many separate regions)."""
+    for plane in labels:
+        regions = measure.label(plane, background=0, connectivity=2).max()
+        if regions != np.unique(plane[plane > 0]).size:
+            return False
+    return True
+
+
+def _as_instances(
+    labels: np.ndarray, where: Path, convention: LabelConvention = None
+) -> tuple[np.ndarray, str]:
+    """uint32 instances of a label stack under the declared ``convention`` (``dataset.labels``):
+    binary masks become the 4-connected components of their cells (:func:`binary_to_instances`),
+    instance ids stay. Unset: 0 and one other value is binary, one connected region per value
+    and slice is instances; anything else, and values the convention does not allow, is a
+    ValueError naming the values found and the setting to choose."""
     values = np.unique(labels)
-    if values.size <= 2:
-        return binary_to_instances(labels), "4-connected components of the cell class"
-    if values.min() < 0:
-        raise ValueError(f"{where}: negative label values; expected 0 = background, ids > 0")
-    return labels.astype(np.uint32), "instance ids as they are"
+    integers = values.min() >= 0 and np.all(values == np.round(values))
+    if convention is None:
+        if values.size <= 2 and values.min() == 0:
+            foreground = float(values.max())
+            return binary_to_instances(labels == foreground), (
+                f"binary (0 and {foreground:g}, not declared): 4-connected components of the cells"
+            )
+        if integers and _one_region_each(labels):
+            return labels.astype(np.uint32), "instance ids as they are (not declared)"
+        raise ValueError(
+            f"{where}: ambiguous labels with values {_values(labels)}: neither 0 and one other "
+            f"value (binary) nor one region per value (instances); {SETTING}"
+        )
+    if convention == "instances":
+        if not integers:
+            raise ValueError(
+                f"{where}: dataset.labels is instances, but the values {_values(labels)} are not "
+                "non-negative integer ids"
+            )
+        return labels.astype(np.uint32), "instance ids as they are (dataset.labels: instances)"
+    if "threshold" in convention:
+        threshold = float(convention["threshold"])
+        cells = labels >= threshold
+        if cells.all() or not cells.any():
+            raise ValueError(
+                f"{where}: dataset.labels threshold {threshold:g} puts every pixel on one side "
+                f"(values {_values(labels)}); choose a threshold between the background and the "
+                "cell values"
+            )
+        return binary_to_instances(cells), (
+            f"binary, cells at least {threshold:g} (dataset.labels): 4-connected components"
+        )
+    foreground = float(convention["foreground"])
+    others = values[values != foreground]
+    if foreground not in values or others.size > 1:
+        raise ValueError(
+            f"{where}: dataset.labels is binary with foreground {foreground:g}, but the values "
+            f"are {_values(labels)}: a binary mask has the foreground and one background value; "
+            "clean the labels or set dataset.labels {kind: binary, threshold: T} (or instances)"
+        )
+    return binary_to_instances(labels == foreground), (
+        f"binary, cells = {foreground:g} (dataset.labels): 4-connected components"
+    )
+
+
+def instance_counts(labels: np.ndarray) -> list[int]:
+    """Instances (distinct ids > 0) in each slice of a (z, y, x) label stack."""
+    return [int(np.unique(plane[plane > 0]).size) for plane in labels]
 
 
 def _find(root: Path, pattern: str) -> list[Path]:
     return sorted(p for p in root.rglob(pattern) if not p.name.startswith("."))
 
 
-def _read_isbi(root: Path, digests: dict[str, str]) -> dict[str, Any] | None:
+def _read_isbi(
+    root: Path, digests: dict[str, str], labels: LabelConvention = None
+) -> dict[str, Any] | None:
     """The ISBI layout: ``train-volume.tif``/``train-labels.tif`` (+ ``test-volume.tif``), or PNG
     slice folders ``train/image``, ``train/label`` (+ ``test``) as in zhixuhao/unet."""
     volumes = _find(root, "train-volume.tif")
@@ -342,10 +421,10 @@ def _read_isbi(root: Path, digests: dict[str, str]) -> dict[str, Any] | None:
         raw_path, label_path, test_path = images[0], images[0].parent / "label", folder / "test"
     if not label_path.exists():
         raise FileNotFoundError(f"{label_path}: the labels of {raw_path} are missing")
-    raw, labels = read_stack(raw_path, digests), read_stack(label_path, digests)
-    if raw.shape != labels.shape:
-        raise ValueError(f"{raw_path} {raw.shape} and {label_path} {labels.shape} differ in shape")
-    instances, how = _as_instances(labels, label_path)
+    raw, stack = read_stack(raw_path, digests), read_stack(label_path, digests)
+    if raw.shape != stack.shape:
+        raise ValueError(f"{raw_path} {raw.shape} and {label_path} {stack.shape} differ in shape")
+    instances, how = _as_instances(stack, label_path, labels)
     data = {"raw": raw, "labels": instances, "labels_from": how, "layout": "isbi"}
     if test_path.exists():
         data["test"] = read_stack(test_path, digests)
@@ -468,16 +547,25 @@ def _read_ctc(
 
 
 def read_dataset(
-    folder: str | Path, digests: dict[str, str] | None = None, **ctc: Any
+    folder: str | Path,
+    digests: dict[str, str] | None = None,
+    labels: LabelConvention = None,
+    **ctc: Any,
 ) -> dict[str, Any]:
     """Images and uint32 instance labels from a folder in the ISBI (TIFF or PNG) or CTC layout
-    (``ctc``: the options of the Cell Tracking Challenge layout, see :func:`_read_ctc`);
-    ``digests`` collects the sha256 of every file read."""
+    (``labels``: what the ISBI layout's label values mean, ``dataset.labels``; ``ctc``: the
+    options of the Cell Tracking Challenge layout, see :func:`_read_ctc`, whose masks are
+    instance ids); ``digests`` collects the sha256 of every file read."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     digests = {} if digests is None else digests
-    data = _read_isbi(folder, digests) or _read_ctc(folder, digests, **ctc)
+    data = _read_isbi(folder, digests, labels) or _read_ctc(folder, digests, **ctc)
+    if data and data["layout"] == "ctc" and labels not in (None, "instances"):
+        raise ValueError(
+            f"{folder}: Cell Tracking Challenge masks are instance ids; dataset.labels "
+            f"{labels} does not apply: leave it unset or set it to instances"
+        )
     if data is None:
         raise ValueError(
             f"{folder}: no dataset found. Expected train-volume.tif + train-labels.tif, or PNG "
@@ -496,6 +584,7 @@ def convert(
     voxel_size: list[float] | tuple[float, ...] = (1.0, 1.0, 1.0),
     provenance: dict[str, Any] | None = None,
     overwrite: bool = True,
+    labels: LabelConvention = None,
     **ctc: Any,
 ) -> Path:
     """Convert a downloaded zip or a local folder into the dataset's Zarr group ``out``.
@@ -504,7 +593,9 @@ def convert(
     the truth is known); group attributes ``dataset``, ``source`` (``provenance``, the archive's
     sha256 or the sha256 of every file read from a folder), ``voxel_size``, ``splits`` and, for
     the Cell Tracking Challenge, ``frames`` (sequence, frame and truth of each slice; ``ctc``:
-    the options of :func:`_read_ctc`). The default validation slices are the last 20% of those
+    the options of :func:`_read_ctc`). ``labels`` (``dataset.labels``) says what the values of
+    an ISBI-layout label stack mean (:func:`_as_instances`; an ambiguous stack is refused); the
+    instances per slice are logged. The default validation slices are the last 20% of those
     with gold truth. ``out`` must not be, contain or lie inside ``source``.
     """
     source, out = Path(source), Path(out)
@@ -514,7 +605,7 @@ def convert(
     digests: dict[str, str] = {}
     if source.is_dir():
         info["local_dir"] = str(source.resolve())
-        data = read_dataset(source, digests, **ctc)
+        data = read_dataset(source, digests, labels, **ctc)
         info["files"] = {
             str(Path(path).relative_to(source)): digest for path, digest in sorted(digests.items())
         }
@@ -522,7 +613,7 @@ def convert(
         info.update(archive=source.name, sha256=sha256sum(source))
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            data = read_dataset(extract(source, Path(tmp) / "extracted"), digests, **ctc)
+            data = read_dataset(extract(source, Path(tmp) / "extracted"), digests, labels, **ctc)
     gold = [i for i, f in enumerate(data.get("frames", [])) if f["truth"] == "gold"]
     attrs: dict[str, Any] = {
         "dataset": dataset,
@@ -536,10 +627,13 @@ def convert(
         group = zarr.open_group(tmp, mode="w")
         group.attrs.update(attrs)
         write_array(group, "raw", data["raw"], {"layout": data["layout"]})
-        label_attrs = {"layout": data["layout"], "from": data["labels_from"]}
+        label_attrs = {"layout": data["layout"], "from": data["labels_from"], "convention": labels}
         write_array(group, "labels", data["labels"], label_attrs)
         for name in ("mask", "test"):
             if name in data:
                 write_array(group, name, data[name], {"layout": data["layout"]})
     log.info("%s: %d labelled slices %s", out, len(data["raw"]), attrs["splits"])
+    log.info(
+        "labels: %s; instances per slice: %s", data["labels_from"], instance_counts(data["labels"])
+    )
     return out

@@ -24,8 +24,8 @@ from scipy import ndimage
 
 from unetpipe import metrics
 from unetpipe.config import section_params
-from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data
-from unetpipe.ngff import ImageArray, open_image
+from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data, stored_digest
+from unetpipe.ngff import ImageArray, open_image, require_grid
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, gold, resolve
 
@@ -247,12 +247,13 @@ def evaluate_run(
     check_disjoint(output, data, *predictions.values(), *segmentations.values())
     thresholds = [float(t) for t in params["thresholds"]]
     group = open_data(data)
+    raw_pred = open_image(predictions["raw"], "czyx")
+    _check_input(raw_pred, group, "raw")  # before anything is computed
     split = split or resolve(group)
     fit = gold(group.attrs, split["train"])
     known = _known(group, fit)
     train_truth = np.where(known, _stack(group["labels"], fit), 0)
     baseline = fit_baseline(_stack(group["raw"], fit), train_truth, float(params["baseline_sigma"]))
-    raw_pred = open_image(predictions["raw"], "czyx")
     train_prob = np.stack([cell_probability(raw_pred, z) for z in fit])
     chosen = choose_thresholds(
         np.where(known, train_prob, 0), train_truth, thresholds, params["thinning"]
@@ -266,8 +267,11 @@ def evaluate_run(
         known = _known(group, slices) if array == "raw" else True
         truth = np.where(known, _stack(group[label_array], slices), 0)
         pred = open_image(predictions[array], "czyx")
+        _check_input(pred, group, array)
+        segmentation = open_image(segmentations[array])
+        require_grid(segmentation, group[array].shape, f"{group.path}/{array}")
         prob = np.where(known, np.stack([cell_probability(pred, z) for z in slices]), 0)
-        instances = _stack(open_image(segmentations[array]), slices)
+        instances = _stack(segmentation, slices)
         instances = np.where(known, instances, 0)
         base_prob = np.where(known, baseline_probability(_stack(group[array], slices), baseline), 0)
         base_instances = metrics.components(base_prob > baseline["threshold"])
@@ -307,6 +311,25 @@ def evaluate_run(
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _check_input(predictions: ImageArray, group: Any, array: str) -> None:
+    """Refuse predictions that were not made from the group's ``array``: another extent, or
+    another content than predict recorded (``input_sha256``, the stored input's digest)."""
+    where = f"{group.path}/{array}"
+    require_grid(predictions, group[array].shape, where)
+    recorded = predictions.attrs.get("input_sha256")
+    if recorded is None:
+        log.warning("%s records no input digest: not checked against %s", predictions.path, where)
+        return
+    actual = stored_digest(group.path / array)
+    if recorded != actual:
+        source = predictions.attrs.get("input", {}).get("path", "another input")
+        raise ValueError(
+            f"{predictions.path}: predicted from {source} (sha256 {recorded[:12]}...), whose "
+            f"content is not that of {where} (sha256 {actual[:12]}...): it scores another image; "
+            f"predict {where} again"
+        )
 
 
 def _known(group: Any, slices: Sequence[int]) -> np.ndarray:

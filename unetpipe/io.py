@@ -17,7 +17,9 @@ import functools
 import hashlib
 import inspect
 import io
+import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -39,7 +41,8 @@ STORE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 def read_image(path: str | Path, digests: dict[str, str] | None = None) -> np.ndarray:
-    """One image file as an array: a TIFF (any number of pages, BigTIFF, compressed) or a PNG
+    """One image file as an array: a TIFF (any number of pages, BigTIFF, compressed;
+    several series of one shape and dtype as one stack: :func:`tiff_series`) or a PNG
     (a single slice; palette images as their grey values). The file is read once; with
     ``digests`` its sha256 is recorded there under its path."""
     path = Path(path)
@@ -54,7 +57,13 @@ def read_image(path: str | Path, digests: dict[str, str] | None = None) -> np.nd
             with Image.open(io.BytesIO(data)) as image:
                 array = _grey(image, path)
         else:
-            array = tifffile.imread(io.BytesIO(data))
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                pages = [series.asarray() for series in tiff_series(tif, path)]
+            array = pages[0] if len(pages) == 1 else np.stack(pages)
+    except ValueError as err:
+        if str(err).startswith(str(path)):  # ours: already names the file and what to do
+            raise
+        raise ValueError(f"{path}: cannot read this image ({err})") from err
     except Exception as err:  # tifffile and PIL raise many kinds for broken files
         raise ValueError(f"{path}: cannot read this image ({err})") from err
     if array.size == 0:
@@ -62,6 +71,31 @@ def read_image(path: str | Path, digests: dict[str, str] | None = None) -> np.nd
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise ValueError(f"{path}: contains NaN or infinite values; fill them before converting")
     return array
+
+
+def tiff_series(tif: tifffile.TiffFile, path: str | Path) -> list[tifffile.TiffPageSeries]:
+    """The image series of a TIFF file that make its stack: its one series, or every series when
+    the file holds several of one shape and dtype (as ``TiffWriter`` in a loop writes one series
+    per page), read in order as consecutive slices. Series that differ, and a file without any
+    image, are a ValueError saying so."""
+    series = list(tif.series)
+    if not series or not len(tif.pages) or any(s.size == 0 or not s.shape for s in series):
+        raise ValueError(
+            f"{path}: cannot read this image: a TIFF without image data ({len(tif.pages)} "
+            "pages); give a TIFF with images"
+        )
+    kinds = sorted({(tuple(s.shape), str(s.dtype)) for s in series})
+    if len(kinds) > 1:
+        differ = "; ".join(
+            f"{sum((tuple(s.shape), str(s.dtype)) == k for s in series)} of shape {k[0]} {k[1]}"
+            for k in kinds
+        )
+        raise ValueError(
+            f"{path}: its {len(series)} image series differ ({differ}); unetpipe reads the series "
+            "of a file as one stack only when their shapes and dtypes agree: save each stack to "
+            "its own file"
+        )
+    return series
 
 
 def _grey(image: Image.Image, path: Path) -> np.ndarray:
@@ -153,37 +187,149 @@ def write_array(
     return array
 
 
+def _axis_chunks(key: Any, length: int, size: int) -> list[int]:
+    """The chunk indices along one axis that ``key`` (an integer, a slice, a list or array of
+    integers or booleans) touches; chunks of ``size`` elements."""
+    if isinstance(key, slice):
+        start, stop, step = key.indices(length)
+        touched = range(start, stop, step)
+        if step == 1 and touched:
+            return list(range(start // size, (stop - 1) // size + 1))
+        return sorted({i // size for i in touched})
+    index = np.asarray(key)
+    if index.dtype == bool:
+        index = np.flatnonzero(index)
+    if not np.issubdtype(index.dtype, np.integer):
+        return list(range(math.ceil(length / size)))
+    return sorted({int(i) % max(length, 1) // size for i in index.ravel()})
+
+
 class CheckedArray:
-    """A read-only array of a dataset group whose reads name the chunk that cannot be decoded."""
+    """A read-only Zarr array that never reads a missing chunk as its fill value and names the
+    chunk that cannot be decoded: the one reader of every input array of every stage.
+
+    Every read first checks that the stored chunks (shards) it touches exist (on a local store:
+    one file each), then decodes them; either failure is a ValueError naming the array
+    (``where``) and the chunk's key. Arrays written by unetpipe store every chunk
+    (:data:`STORE_EVERY_CHUNK`); an array written elsewhere that leaves chunks equal to the fill
+    value unstored is refused too, with a line saying so: unetpipe cannot tell such a chunk from
+    a deleted one.
+    """
 
     def __init__(self, array: zarr.Array, where: str) -> None:
         self.array, self.where = array, where
         self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
-        self.ndim, self.attrs = array.ndim, array.attrs
+        self.ndim, self.attrs, self.fill_value = array.ndim, array.attrs, array.fill_value
+        self.stored = tuple(array.shards or array.chunks)  # what one key (file) holds
+        root = getattr(array.store, "root", None)
+        self.folder = None if root is None else Path(root) / array.path
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _key(self, index: Sequence[int]) -> str:
+        return self.array.metadata.encode_chunk_key(tuple(index))
+
+    def _grid(self, selection: Any) -> Iterator[tuple[int, ...]]:
+        """Stored-chunk indices touched by ``selection`` (basic or orthogonal indexing)."""
+        keys = list(selection) if isinstance(selection, tuple) else [selection]
+        if any(k is Ellipsis for k in keys):
+            at = next(i for i, k in enumerate(keys) if k is Ellipsis)
+            keys[at : at + 1] = [slice(None)] * (self.ndim - len(keys) + 1)
+        keys += [slice(None)] * (self.ndim - len(keys))
+        axes = [
+            _axis_chunks(k, n, c) for k, n, c in zip(keys, self.shape, self.stored, strict=True)
+        ]
+        return itertools.product(*axes)
+
+    def missing(self, selection: Any = slice(None)) -> list[str]:
+        """Keys of the chunks of ``selection`` that are not stored (local stores only: others
+        are not checked)."""
+        if self.folder is None:
+            return []
+        keys = (self._key(index) for index in self._grid(selection))
+        return [key for key in keys if not (self.folder / key).is_file()]
+
+    def check_complete(self) -> None:
+        """Refuse an array with any chunk missing, naming the first and counting them."""
+        if self.folder is None or self.array.nchunks_initialized == self.array.nchunks:
+            return
+        lost = self.missing()
+        if lost:
+            raise ValueError(
+                self._missing_message(lost[0], f" ({len(lost)} of {self.array.nchunks})")
+            )
+
+    def _missing_message(self, key: str, count: str = "") -> str:
+        return (
+            f"{self.where}: chunk {key} is missing{count}: the array is incomplete and unetpipe "
+            f"never reads a missing chunk as the fill value {self.fill_value}; rerun the stage "
+            "that wrote it (an array written outside unetpipe must store every chunk: zarr "
+            "config write_empty_chunks=True)"
+        )
+
     def __getitem__(self, selection: Any) -> np.ndarray:
+        lost = self.missing(selection)
+        if lost:
+            raise ValueError(self._missing_message(lost[0]))
         try:
             return self.array[selection]
+        except OSError:  # the file system, not the data: as it is (a rerun may succeed)
+            raise
         except Exception as err:  # a codec's error names neither the array nor the chunk
-            raise ValueError(f"{self.where}: {self._bad_chunk(err)}") from err
+            raise ValueError(f"{self.where}: {self._bad_chunk(selection, err)}") from err
 
-    def _bad_chunk(self, err: Exception) -> str:
-        for index in np.ndindex(*self.array.cdata_shape):
+    def _bad_chunk(self, selection: Any, err: Exception) -> str:
+        for index in self._grid(selection):
             region = tuple(
-                slice(i * c, (i + 1) * c) for i, c in zip(index, self.chunks, strict=True)
+                slice(i * c, (i + 1) * c) for i, c in zip(index, self.stored, strict=True)
             )
             try:
                 self.array[region]
             except Exception as chunk_err:
-                key = self.array.metadata.encode_chunk_key(index)
                 return (
-                    f"chunk {key} cannot be decoded ({chunk_err}); the file is corrupt: "
-                    "rerun the stage that wrote this array"
+                    f"chunk {self._key(index)} cannot be decoded ({chunk_err}); the file is "
+                    "damaged: restore it or rerun the stage that wrote this array"
                 )
         return f"cannot be read ({err})"
+
+
+def unparsable_metadata(path: Path) -> ValueError | None:
+    """A clear error for the Zarr metadata file of ``path`` (v3 ``zarr.json``; v2 ``.zarray``,
+    ``.zgroup``, ``.zattrs``) that is not valid JSON, if one is."""
+    for name in ("zarr.json", ".zarray", ".zgroup", ".zattrs"):
+        file = path / name
+        if file.is_file():
+            try:
+                json.loads(file.read_bytes())
+            except ValueError as err:
+                return ValueError(
+                    f"{file}: the Zarr metadata cannot be parsed ({err}); the file is damaged: "
+                    "restore it or rerun the stage that wrote it"
+                )
+    return None
+
+
+def open_zarr(path: str | Path) -> zarr.Array | zarr.Group:
+    """The Zarr array or group at ``path``, read-only; damaged metadata is named by its file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such Zarr array or group")
+    try:
+        return zarr.open(str(path), mode="r")
+    except Exception as err:
+        named = unparsable_metadata(path)
+        if named is not None:
+            raise named from err
+        raise ValueError(f"{path}: not a readable Zarr array or group ({err})") from err
+
+
+def checked_array(path: str | Path, where: str | None = None) -> CheckedArray:
+    """The Zarr array at ``path`` as a :class:`CheckedArray` (``where``: its name in messages)."""
+    node = open_zarr(path)
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"{path}: a Zarr group, not an array")
+    return CheckedArray(node, where or str(path))
 
 
 class DataGroup:
@@ -192,31 +338,23 @@ class DataGroup:
 
     def __init__(self, path: Path) -> None:
         self.path, self.store = path, str(path)
-        self.group = zarr.open_group(path, mode="r")
+        group = open_zarr(path)
+        if not isinstance(group, zarr.Group):
+            raise ValueError(f"{path}: a Zarr array, not a dataset group")
+        self.group = group
         self.attrs = self.group.attrs
         self._arrays: dict[str, CheckedArray] = {}
 
     def __contains__(self, name: str) -> bool:
-        return name in self.group
+        return (self.path / name / "zarr.json").is_file()
 
     def __getitem__(self, name: str) -> CheckedArray:
         if name not in self._arrays:
-            if name not in self.group:
+            if name not in self:
                 raise KeyError(f"{self.path} has no array {name!r}")
-            array = self.group[name]
-            where = f"{self.path}/{name}"
-            if array.nchunks_initialized < array.nchunks:
-                missing = next(
-                    array.metadata.encode_chunk_key(index)
-                    for index in np.ndindex(*array.cdata_shape)
-                    if not (self.path / name / array.metadata.encode_chunk_key(index)).exists()
-                )
-                lost = array.nchunks - array.nchunks_initialized
-                raise ValueError(
-                    f"{where}: chunk {missing} is missing ({lost} of {array.nchunks}): the "
-                    "array is incomplete; rerun the stage that writes it"
-                )
-            self._arrays[name] = CheckedArray(array, where)
+            array = checked_array(self.path / name, f"{self.path}/{name}")
+            array.check_complete()
+            self._arrays[name] = array
         return self._arrays[name]
 
     def digest(self, names: Iterable[str]) -> str:
@@ -224,11 +362,27 @@ class DataGroup:
         it changes whenever a value does, without decoding anything."""
         digest = hashlib.sha256()
         for name in names:
-            root = self.path / name
-            for file in sorted(p for p in root.rglob("*") if p.is_file()):
-                digest.update(str(file.relative_to(self.path)).encode())
-                digest.update(file.read_bytes())
+            _hash_files(digest, self.path / name, self.path)
         return digest.hexdigest()
+
+
+def _hash_files(digest: Any, root: Path, base: Path) -> None:
+    """Feed every file under ``root`` (its path relative to ``base``, then its bytes) to
+    ``digest``, in sorted order."""
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(base)).encode())
+        digest.update(file.read_bytes())
+
+
+def stored_digest(path: str | Path) -> str:
+    """sha256 of what is stored at ``path``: a file's bytes, or a folder's files (relative path
+    and bytes, sorted), e.g. a Zarr array's metadata and chunks."""
+    path = Path(path)
+    if path.is_file():
+        return sha256sum(path)
+    digest = hashlib.sha256()
+    _hash_files(digest, path, path)
+    return digest.hexdigest()
 
 
 def open_data(path: str | Path) -> DataGroup:

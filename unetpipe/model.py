@@ -13,7 +13,10 @@ the 3x3 convolutions so that the output has the input's size (not the paper's ch
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -244,11 +247,45 @@ def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:
 
     The file holds only tensors and plain Python values, so it loads with ``weights_only=True``.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"config": dict(model.config), "state_dict": state, "metadata": metadata}, tmp)
-    tmp.replace(path)
+    save_file({"config": dict(model.config), "state_dict": state, "metadata": metadata}, path)
+
+
+def save_file(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary sibling, then an atomic rename: a kill never leaves half a
+    file. A failed write (a full disk: torch says only "unexpected pos" or "file write failed")
+    is an OSError naming the path, the free space and "no space left"; the temporary is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+    except (RuntimeError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(path.parent).free / 2**20
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        full = OSError(
+            f"{path}: writing failed, no space left on the device most likely ({free:.0f} MiB "
+            f"free in {path.parent}; torch: {reason}); free space and rerun"
+        )
+        full.errno = errno.ENOSPC
+        raise full from err
+    os.replace(tmp, path)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device; a CUDA device that this machine does not have is a
+    ValueError saying so (torch would blame the file being loaded)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(
+                f"device {device}: no such CUDA device is available (this machine has {count} "
+                "GPU(s) visible to torch); use --device cpu or auto"
+            )
+    return device
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
@@ -256,6 +293,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    device = check_device(device)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises several kinds (EOFError, RuntimeError, pickle's)

@@ -27,7 +27,18 @@ import tifffile
 import zarr
 from zarr.storage import LocalStore
 
-from unetpipe.io import PROVENANCE, atomic_path, slice_chunks, writes_output
+from unetpipe.io import (
+    PROVENANCE,
+    STORE_EVERY_CHUNK,
+    CheckedArray,
+    atomic_path,
+    checked_array,
+    open_zarr,
+    slice_chunks,
+    tiff_series,
+    unparsable_metadata,
+    writes_output,
+)
 
 VERSION = "0.5"
 PYRAMID_PLANE = 512  # levels are added until a (y, x) plane fits in 512 x 512
@@ -72,6 +83,9 @@ class ImageArray:
     strips, tiles or pages, or rows of an uncompressed TIFF through a memory map made per read.
     Pickling carries the path, not the open file, so Dask workers get it cheaply and reopen it.
     ``format``: zarr, ome-zarr or tiff; ``group``: the OME-Zarr image it belongs to, if any.
+    Zarr data is read through :class:`unetpipe.io.CheckedArray` (a missing or undecodable chunk
+    is an error naming it); a TIFF of several series of one shape (one per page) is read as
+    their stack along a leading axis (``series``: their number).
     """
 
     def __init__(
@@ -89,6 +103,7 @@ class ImageArray:
         group: str | None = None,
         raw: tuple[int, str] | None = None,
         array: zarr.Array | None = None,
+        series: int | None = None,
     ) -> None:
         self.path, self.format, self.axes, self.group = path, format, axes, group
         self.space, self.attrs = space, dict(attrs or {})
@@ -103,31 +118,56 @@ class ImageArray:
             else slice_chunks(self.shape)  # TIFF: read in strips, tiles or pages anyway
         )
         self._raw = raw  # (offset, stored dtype) of uncompressed contiguous TIFF data
-        self._array = array
+        self._series = series  # a TIFF's series stacked along stored axis 0
+        self._array: Any = None if array is None else CheckedArray(array, path)
         self._kept = array is not None  # an array not on local disk travels as it is
+        self._tiff: tifffile.TiffFile | None = None
+        self._pages: dict[int, zarr.Array] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_array": self._array if self._kept else None}
+        state = {**self.__dict__, "_tiff": None, "_pages": {}}
+        return {**state, "_array": self._array if self._kept else None}
 
     def __repr__(self) -> str:
         return f"ImageArray({self.path!r}, {self.format}, {self.axes}, shape={self.shape})"
 
+    def _page_series(self, index: int) -> zarr.Array:
+        """Series ``index`` of the TIFF (level 0) as a Zarr array, the file opened once."""
+        if index not in self._pages:
+            if self._tiff is None:
+                self._tiff = tifffile.TiffFile(self.path)
+            store = self._tiff.series[index].aszarr(level=0)
+            self._pages[index] = zarr.open_array(store, mode="r")
+        return self._pages[index]
+
     def _stored(self) -> Any:
         if self._array is None:
-            if self.format == "tiff":
-                store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
-                self._array = zarr.open_array(store, mode="r")
-            else:
-                self._array = zarr.open_array(self.path, mode="r")
+            self._array = checked_array(self.path)
         return self._array
 
-    def zarr_array(self) -> Any:
-        """The stored Zarr array, axes as stored (None for a TIFF): its chunk keys name files."""
-        return None if self.format == "tiff" else self._stored()
+    def _read_tiff(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        if self._series is None:
+            return np.asarray(self._page_series(0)[key])
+        first, rest = key[0], key[1:]
+        if not isinstance(first, slice):
+            return np.asarray(self._page_series(range(self._series)[first])[rest])
+        pages = [np.asarray(self._page_series(i)[rest]) for i in range(self._series)[first]]
+        return (
+            np.stack(pages)
+            if pages
+            else np.zeros((0, *self._page_series(0)[rest].shape), self.dtype)
+        )
 
     def _read(self, key: tuple[int | slice, ...]) -> np.ndarray:
-        if self._raw is None:
+        if self.format != "tiff":
             return np.asarray(self._stored()[key])
+        if self._raw is None:
+            try:
+                return self._read_tiff(key)
+            except (OSError, IndexError):
+                raise
+            except Exception as err:  # a codec's error names neither the file nor the region
+                raise ValueError(f"{self.path}: cannot read {key} of this TIFF ({err})") from err
         offset, dtype = self._raw
         mapped = np.memmap(self.path, dtype, "r", offset, self._stored_shape)
         try:
@@ -171,11 +211,14 @@ def open_image(
 ) -> ImageArray:
     """An image as an :class:`ImageArray` with ``axes`` (letters of c, z, y, x), and its space.
 
-    ``source``: a TIFF file (multi-page, BigTIFF, compressed; the first series), a Zarr array
+    ``source``: a TIFF file (multi-page, BigTIFF, compressed; several series of one shape and
+    dtype, such as one series per page, stacked: :func:`unetpipe.io.tiff_series`), a Zarr array
     (its voxel size from the ``voxel_size`` attribute of the dataset group holding it), or an
     OME-Zarr 0.4/0.5 image or label image (multiscale ``level``, 0 = full resolution). Axes of
     length 1 that are not asked for are dropped, axes asked for but absent get length 1; a stack
-    axis (time, pages) stands for z when there is no z.
+    axis (time, pages) stands for z when there is no z. Zarr reads refuse missing chunks and name
+    undecodable ones (:class:`unetpipe.io.CheckedArray`); damaged metadata, multiscales that list
+    no level or a level that is absent are one line each.
     """
     if isinstance(source, ImageArray) and source.axes == axes and level == 0:
         return source
@@ -192,10 +235,21 @@ def open_image(
         raise FileNotFoundError(
             f"{path}: no such image (a TIFF, a Zarr array or an OME-Zarr image)"
         )
-    node = zarr.open(str(path), mode="r")
+    node = open_zarr(path)
     if isinstance(node, zarr.Array):
         return _plain(str(path.resolve()), node, axes, _group_space(path.parent))
     return _open_ome_zarr(path, node, axes, level)
+
+
+def require_grid(image: ImageArray, shape: Sequence[int], of: str) -> None:
+    """Refuse an image whose (z, y, x) extent is not ``shape``, the extent of ``of`` (e.g. the
+    dataset array it was predicted from): one line, before anything is read."""
+    grid, shape = tuple(image.shape[-3:]), tuple(int(n) for n in shape)
+    if grid != shape:
+        raise ValueError(
+            f"{image.path}: (z, y, x) = {grid} does not match {of} {shape}; it was made from "
+            "another image: predict (and segment) that array again"
+        )
 
 
 def _plain(path: str, array: zarr.Array, axes: str, space: Space, **kw: Any) -> ImageArray:
@@ -224,6 +278,9 @@ def _group_space(folder: Path) -> Space:
     metadata = folder / "zarr.json"
     if not metadata.is_file():
         return Space()
+    damaged = unparsable_metadata(folder)
+    if damaged is not None:
+        raise damaged
     voxel = json.loads(metadata.read_text()).get("attributes", {}).get("voxel_size")
     return Space(scale=tuple(float(v) for v in voxel)) if voxel else Space()
 
@@ -268,18 +325,33 @@ def _space(
 
 
 def _open_tiff(path: Path, axes: str) -> ImageArray:
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        names = series.axes.lower()
-        shape = series.shape
+    """A TIFF's first series, or the stack of all its series when it has several of one shape
+    and dtype (:func:`unetpipe.io.tiff_series`; axis ``i``, standing for z)."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as err:  # tifffile raises many kinds for broken files
+        raise ValueError(f"{path}: cannot read this TIFF ({err})") from err
+    with tif:
+        every = tiff_series(tif, path)
+        series, count = every[0], len(every) if len(every) > 1 else None
+        names = ("i" if count else "") + series.axes.lower()
+        shape = (*((count,) if count else ()), *series.shape)
         source_axes = _source_axes(names, shape, axes, path)
         scale, units = _tiff_scale(tif, names)
         space = _space(names, source_axes, axes, scale, [0.0] * len(names), units)
         raw = None
-        if series.dataoffset is not None and not series.is_pyramidal:
+        if count is None and series.dataoffset is not None and not series.is_pyramidal:
             raw = (int(series.dataoffset), tif.byteorder + series.dtype.char)
         return ImageArray(
-            str(path.resolve()), "tiff", axes, shape, series.dtype, source_axes, space, raw=raw
+            str(path.resolve()),
+            "tiff",
+            axes,
+            shape,
+            series.dtype,
+            source_axes,
+            space,
+            raw=raw,
+            series=count,
         )
 
 
@@ -326,14 +398,28 @@ def _open_ome_zarr(path: Path, group: zarr.Group, axes: str, level: int) -> Imag
             f"{path}: a Zarr group without OME-Zarr multiscales; give one of its members: "
             f"{sorted(group.keys())}"
         )
-    multiscale = ome["multiscales"][0]
+    multiscale = (ome["multiscales"] or [{}])[0]
     version = ome.get("version", multiscale.get("version"))
     if version not in ("0.4", "0.5"):
         raise ValueError(f"{path}: OME-Zarr version {version}; unetpipe reads 0.4 and 0.5")
-    datasets = multiscale["datasets"]
+    datasets = multiscale.get("datasets")
+    if not datasets:
+        raise ValueError(
+            f"{path}: its OME-Zarr multiscales list no image (empty); the image is incomplete: "
+            "rewrite it, or give one of its arrays"
+        )
     if not 0 <= level < len(datasets):
         raise ValueError(f"{path}: no multiscale level {level} (it has {len(datasets)})")
-    array = group[datasets[level]["path"]]
+    member = path / str(datasets[level].get("path", ""))
+    if not datasets[level].get("path") or not member.is_dir():
+        raise ValueError(
+            f"{path}: its OME-Zarr multiscales point level {level} at "
+            f"{datasets[level].get('path')!r}, but there is no such array in the image; "
+            "the image is incomplete: rewrite it"
+        )
+    array = open_zarr(member)
+    if not isinstance(array, zarr.Array):
+        raise ValueError(f"{member}: level {level} of {path} is a group, not an array")
     names = [str(a["name"]).lower() for a in multiscale["axes"]]
     # The dataset's transforms, then the multiscale's (applied to all levels).
     scale, shift = _transform(datasets[level].get("coordinateTransformations", []), len(names))
@@ -403,6 +489,7 @@ def _next_level(source: zarr.Array, path: Path, reduce: Callable, names: list[st
         dtype=source.dtype,
         fill_value=source.fill_value,
         dimension_names=names,
+        config=STORE_EVERY_CHUNK,
     )
     lead = (slice(None),) * (len(shape) - 3)
     step_y, step_x = chunks[-2:]

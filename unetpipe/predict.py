@@ -34,7 +34,14 @@ import zarr
 from tqdm import tqdm
 
 from unetpipe.intensity import normalize
-from unetpipe.io import STORE_EVERY_CHUNK, check_disjoint, location, sha256sum, writes_output
+from unetpipe.io import (
+    STORE_EVERY_CHUNK,
+    check_disjoint,
+    location,
+    sha256sum,
+    stored_digest,
+    writes_output,
+)
 from unetpipe.model import UNet, load_model
 from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.tiling import (
@@ -336,7 +343,7 @@ def _worker_id() -> str:
 
 class _CheckedSource:
     """The input as a block reads it: every box read is hashed (the block's input digest) and
-    checked for NaN and inf, and a chunk that cannot be decoded is named."""
+    checked for NaN and inf (missing and undecodable chunks: :class:`unetpipe.io.CheckedArray`)."""
 
     def __init__(self, array: Any) -> None:
         self.array = array
@@ -344,15 +351,7 @@ class _CheckedSource:
         self._hash = hashlib.blake2b(digest_size=8)
 
     def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
-        try:
-            data = np.asarray(self.array[box])
-        except OSError:  # the file system, not the data: as it is (a rerun may succeed)
-            raise
-        except Exception as err:
-            named = _undecodable_chunk(self.array, box, err)
-            if named is None:
-                raise
-            raise named from err
+        data = np.asarray(self.array[box])  # a missing or damaged chunk: named by ImageArray
         if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
             first = np.argwhere(~np.isfinite(data))[0]
             value = data[tuple(first)]
@@ -374,26 +373,6 @@ class _CheckedSource:
 def _name(array: Any) -> str:
     where = location(array)
     return f"input {where}" if where else f"input {getattr(array, 'store', 'array')}"
-
-
-def _undecodable_chunk(array: Any, box: tuple[slice, ...], err: Exception) -> ValueError | None:
-    """The first chunk (shard) of ``box`` that fails to read on its own, as a clear error."""
-    chunks = getattr(array, "shards", None) or getattr(array, "chunks", None)
-    if chunks is None:
-        return None
-    ranges = [range(s.start // c, (s.stop - 1) // c + 1) for s, c in zip(box, chunks, strict=True)]
-    for coords in itertools.product(*ranges):
-        try:
-            array[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks, strict=True))]
-        except Exception as chunk_err:
-            stored = array.zarr_array() if isinstance(array, ImageArray) else array
-            same = stored is not None and tuple(stored.shape) == tuple(array.shape)
-            where = f" (file {stored.metadata.encode_chunk_key(coords)})" if same else ""
-            return ValueError(
-                f"{_name(array)}: chunk {coords}{where} cannot be read ({chunk_err}); "
-                "the input is damaged: restore or rewrite it"
-            )
-    return None
 
 
 def _block_box(job: _Job, index: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -556,6 +535,8 @@ def predict_zarr(
     whose input is unchanged (checked by digest). ``dtype`` float16 stores probabilities, uint8
     stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster), address
     (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
+    The output records ``input_sha256``, the digest of the input as stored
+    (:func:`unetpipe.io.stored_digest`), which evaluate matches against the dataset it scores.
     Returns counts (blocks, computed, reused, stale, per worker) and timings. An existing output
     is replaced only if unetpipe wrote it and ``overwrite`` (:func:`unetpipe.io.writes_output`).
     """
@@ -620,6 +601,9 @@ def predict_zarr(
         device,
     )
     resumed = _open_partial(partial, attrs, model.config["n_classes"], source.shape, job)
+    # What was read, for evaluate to match against a dataset; outside the fingerprint, so that
+    # a resumed run still keeps each block whose own input is unchanged.
+    zarr.open_array(str(partial), mode="r+").attrs["input_sha256"] = _input_digest(source)
     n_blocks = math.prod(grid)
     log.info(
         "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, scheduler %s%s",
@@ -659,6 +643,13 @@ def predict_zarr(
         totals["workers"],
     )
     return {**totals, "seconds": seconds, "block": block, "batch": job.batch}
+
+
+def _input_digest(source: ImageArray) -> str | None:
+    """sha256 of the input as stored (:func:`unetpipe.io.stored_digest`: a TIFF's bytes, a Zarr
+    array's metadata and chunks); None for an array that is not on the local file system."""
+    path = Path(source.path)
+    return stored_digest(path) if path.exists() else None
 
 
 def _check_run_settings(

@@ -34,7 +34,7 @@ from unetpipe import agglomerate as agg
 from unetpipe import metrics
 from unetpipe.config import defaults, section_params
 from unetpipe.io import STORE_EVERY_CHUNK, writes_output
-from unetpipe.ngff import ImageArray, label_image, open_image
+from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +411,7 @@ def segment_zarr(
             raise ValueError("segment.tune.enabled needs the labels and the training slices")
         start = time.perf_counter()
         tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
+        require_grid(tuning_source, truth.shape, "the labels")
         chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune, known)
         params = params | chosen
         best = max(row[tune["measure"]] for row in table)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unetpipe.io import DataGroup, read_splits
+from unetpipe.io import DataGroup, make_splits, read_splits
 
 Split = dict[str, list[int]]
 
@@ -45,6 +45,23 @@ def tuning(attrs: Mapping[str, Any], train: Sequence[int], silver_truth: bool = 
     """The training slices ``train`` that fix the post-processing (``segment.tune``): the gold ones,
     or with ``silver_truth`` every one (silver truth where a frame has no gold)."""
     return [int(z) for z in train] if silver_truth else gold(attrs, train)
+
+
+def run_split(group: DataGroup, config: Mapping[str, Any], fold: str | None = None) -> Split | None:
+    """The split a command run with a config file uses: ``fold`` of its ``crossval`` section, or
+    its ``dataset.val_slices`` (validation slices, every other labelled slice trains), or None
+    (the group's own ``splits``). Both at once is a ValueError."""
+    val_slices = list(config["dataset"]["val_slices"])
+    if fold and val_slices:
+        raise ValueError(
+            f"--fold {fold} and dataset.val_slices {val_slices} both choose the validation "
+            "slices: drop one"
+        )
+    if fold:
+        return resolve(group, config["crossval"], fold)
+    if val_slices:
+        return make_splits(group["labels"].shape[0], val_slices)
+    return None
 
 
 def resolve(

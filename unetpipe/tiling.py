@@ -202,11 +202,26 @@ def activation_bytes(config: dict[str, Any], tile: Sequence[int], batch_size: in
 def max_tile_for_budget(
     config: dict[str, Any], geometry: Geometry, memory_bytes: float, batch_size: int = 1
 ) -> int:
-    """Largest valid cubic tile whose forward pass fits ``memory_bytes`` (at least the smallest)."""
+    """Largest valid cubic tile whose forward pass fits ``memory_bytes``. A budget that fits no
+    tile of :data:`MIN_BUDGET_OUTPUT` output px per axis is a ValueError naming the least
+    sensible budget: smaller tiles spend nearly all their work on the overlap (Fig. 2)."""
     tiles = geometry.tiles_up_to(1 << 16)
     fitting = [
         t
         for t in tiles
         if activation_bytes(config, (t,) * geometry.dims, batch_size) <= memory_bytes
     ]
-    return fitting[-1] if fitting else tiles[0]
+    floor = geometry.smallest_tile(MIN_BUDGET_OUTPUT[geometry.dims])
+    if not fitting or fitting[-1] < floor:
+        need = activation_bytes(config, (floor,) * geometry.dims, batch_size)
+        raise ValueError(
+            f"a memory budget of {memory_bytes / 2**30:.3g} GiB fits no tile with "
+            f"{MIN_BUDGET_OUTPUT[geometry.dims]} output px per axis; give at least "
+            f"{math.ceil(need / 2**30 * 1000) / 1000:g} GiB (memory_gb, --memory-gb) or a tile"
+        )
+    return fitting[-1]
+
+
+MIN_BUDGET_OUTPUT = {2: 64, 3: 1}
+"""Least output extent per axis of a tile chosen from a memory budget, for 2D and 3D nets (a 3D
+net of the paper's width fits few tiles in a few GiB: any that fits is taken)."""

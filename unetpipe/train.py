@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetpipe.augment import resolve_params
-from unetpipe.config import result_settings
+from unetpipe.config import defaults, result_settings
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
-from unetpipe.model import UNet, save_model
+from unetpipe.model import UNet, save_file, save_model
 from unetpipe.predict import predict_image
 from unetpipe.report import curves_figure, read_log
 from unetpipe.splits import Split, resolve
@@ -184,13 +184,6 @@ def _set_rng_state(states: list[dict[str, Any]], rank: int) -> None:
     torch.set_rng_state(states[rank]["torch"].cpu())
     if "cuda" in states[rank] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([state.cpu() for state in states[rank]["cuda"]])
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file, then an atomic rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -438,6 +431,8 @@ def _train(
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # leaves the global RNG (dropout) alone
         )
+        if rank == 0 and device.type == "cpu":
+            _warn_gpu_recipe(trainer.model, model_cfg, cfg)
         log.info(
             "training %s (%d parameters) on %d slices, %d tile(s) of %d -> %d px per step, "
             "%d process(es) on %s, iterations %d..%d",
@@ -463,6 +458,27 @@ def _train(
         if world > 1:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _warn_gpu_recipe(
+    model: torch.nn.Module, model_cfg: dict[str, Any], cfg: dict[str, Any]
+) -> None:
+    """One line when a CPU is to train the paper's GPU-sized network (model.depth and
+    base_channels at their defaults, 31 M parameters) for the default 10,000 steps."""
+    model_defaults, train_defaults = defaults("model"), defaults("train")
+    sized = all(model_cfg[k] == model_defaults[k] for k in ("depth", "base_channels"))
+    if sized and cfg["iterations"] >= train_defaults["iterations"]:
+        log.warning(
+            "training on a CPU with the paper's GPU defaults: a %d-parameter U-Net for %d steps "
+            "(model.depth %d, model.base_channels %d, train.iterations %d); on a CPU this takes "
+            "days: set smaller model and train sections (config/demo.yaml, "
+            "config/isbi2012-cpu.yaml) or train on a GPU",
+            sum(p.numel() for p in model.parameters()),
+            cfg["iterations"],
+            model_cfg["depth"],
+            model_cfg["base_channels"],
+            cfg["iterations"],
+        )
 
 
 def _fit(
@@ -592,7 +608,7 @@ def _checkpoint(
         )
     state = {**trainer.state(), "iteration": iteration, "best": best, "scores": scores, **meta}
     if rank == 0:
-        _save(state, path)
+        save_file(state, path)
 
 
 def _export(run: Path, checkpoint: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from unetpipe.cli import add_overwrite
 from unetpipe.config import defaults
@@ -27,12 +28,29 @@ def _convert(args: argparse.Namespace) -> int:
         val_slices=args.val_slices,
         voxel_size=args.voxel_size,
         provenance=provenance(args.source, args.url, args.sha256),
+        labels=args.labels,
         sequences=args.sequences,
         silver_truth=args.silver_truth,
         unlabelled=args.unlabelled,
         overwrite=args.overwrite,
     )
     return 0
+
+
+def label_convention(text: str) -> str | dict[str, Any]:
+    """``--labels``: ``instances``, ``foreground=V`` or ``threshold=T`` -> dataset.labels."""
+    key, equals, value = text.partition("=")
+    if text == "instances":
+        return text
+    if equals and key in ("foreground", "threshold"):
+        try:
+            return {"kind": "binary", key: float(value)}
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: give instances, foreground=V (binary, cells = V) or threshold=T (binary, "
+        "cells >= T)"
+    )
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -88,6 +106,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="dataset name recorded in the group (default: source)")
     p.add_argument("--url", help="the URL the archive came from (recorded)")
     p.add_argument("--sha256", help="the expected sha256 (recorded)")
+    p.add_argument(
+        "--labels",
+        type=label_convention,
+        default=dataset["labels"],
+        metavar="instances|foreground=V|threshold=T",
+        help="what label values mean (dataset.labels): instance ids, a binary mask with cells = "
+        "V, or cells >= T (default: 0 and one value = binary, one region per value = instances, "
+        "anything else refused)",
+    )
     p.add_argument(
         "--sequences",
         nargs="*",

@@ -14,7 +14,7 @@ from unetpipe.evaluate import evaluate_run, summary
 from unetpipe.io import open_data, read_splits
 from unetpipe.report import write_report
 from unetpipe.segment import MEASURES, METHODS, RELIEFS, segment_zarr
-from unetpipe.splits import resolve
+from unetpipe.splits import run_split
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -63,10 +63,10 @@ def _slices(text: str) -> list[int]:
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, dict | None]:
-    """The config (``--config``, else the defaults) and the split of ``--fold`` (else None)."""
+    """The config (``--config``, else the defaults) and the split of ``--fold`` or of the
+    config's ``dataset.val_slices``, as train takes it (else None: the group's)."""
     config = load_config(args.config)
-    split = resolve(open_data(args.data), config["crossval"], args.fold) if args.fold else None
-    return config, split
+    return config, run_split(open_data(args.data), config, args.fold)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

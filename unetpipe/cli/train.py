@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from unetpipe.config import load_config
+
+log = logging.getLogger(__name__)
 
 
 def _run(args: argparse.Namespace) -> int:
     from unetpipe.io import open_data
-    from unetpipe.splits import resolve
+    from unetpipe.splits import run_split
     from unetpipe.train import train
 
     config = load_config(args.config)
-    split = resolve(open_data(args.data), config["crossval"], args.fold) if args.fold else None
+    split = run_split(open_data(args.data), config, args.fold)
+    if split is not None and not args.fold:
+        log.info("dataset.val_slices of %s applied: %s", args.config, split)
+    _unused_dataset_keys(args.config)
     train(
         args.data,
         args.run_dir,
@@ -26,6 +35,22 @@ def _run(args: argparse.Namespace) -> int:
         split=split,
     )
     return 0
+
+
+def _unused_dataset_keys(path: str | None) -> None:
+    """Say which ``dataset`` keys of the config file train cannot apply: they describe how the
+    group was made (synth, convert), which train does not redo."""
+    if path is None:
+        return
+    given = (yaml.safe_load(Path(path).read_text()) or {}).get("dataset") or {}
+    unused = sorted(set(given) - {"val_slices"})
+    if unused:
+        log.info(
+            "%s: dataset keys %s describe how the group was made (synth, convert): train takes "
+            "the group as it is (of the dataset section only val_slices applies)",
+            path,
+            unused,
+        )
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +66,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--config",
         help="workflow config file (config/*.yaml): its train, model, augment and crossval "
-        "sections (default: every default of the schema)",
+        "sections and dataset.val_slices (default: every default of the schema)",
     )
     parser.add_argument(
         "--fold",

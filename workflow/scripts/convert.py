@@ -15,6 +15,7 @@ with logged(snakemake.log[0], "rule convert"):
         val_slices=cfg["val_slices"],
         voxel_size=cfg["voxel_size"],
         provenance=provenance(cfg["source"], cfg["url"], cfg["sha256"]),
+        labels=cfg["labels"],
         sequences=cfg["sequences"],
         silver_truth=cfg["silver_truth"],
         unlabelled=cfg["unlabelled"],
