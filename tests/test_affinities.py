@@ -24,7 +24,7 @@ def brute_force(labels, offsets, mask=None):
             if not all(0 <= v < n for v, n in zip(y, labels.shape, strict=True)):
                 continue
             valid[(k, *x)] = known[x] and known[y]
-            targets[(k, *x)] = float(labels[x] == labels[y] and labels[x] != 0)
+            targets[(k, *x)] = float(labels[x] == labels[y] != 0 and known[x] and known[y])
     return targets, valid
 
 

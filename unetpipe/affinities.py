@@ -81,6 +81,11 @@ def is_attractive(offset: Sequence[int]) -> bool:
     return sum(abs(int(v)) for v in offset) == 1
 
 
+def channel_names(offsets: Sequence[Sequence[int]]) -> list[str]:
+    """Names of the affinity channels, ``aff_<offset>``: ``[-1, 0]`` -> ``aff_-1_0``."""
+    return ["aff_" + "_".join(str(int(v)) for v in o) for o in offsets]
+
+
 def _pair_slices(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple, tuple]:
     """Slices ``(a, b)`` with ``b`` the pixels ``a + offset``: both inside the image."""
     first, second = [], []
@@ -96,8 +101,9 @@ def affinity_targets(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(targets, valid)`` of an instance label image (any dims, 0 = background), both shaped
     ``(len(offsets), *labels.shape)``: ``targets`` float32, 1 where ``x`` and ``x + o`` hold the
-    same nonzero label; ``valid`` bool, False where ``x + o`` leaves the image or ``mask`` (True =
-    the truth is known; None: known everywhere) is False at ``x`` or ``x + o``."""
+    same nonzero label (0 where not valid); ``valid`` bool, False where ``x + o`` leaves the image
+    or ``mask`` (True = the truth is known; None: known everywhere) is False at ``x`` or
+    ``x + o``."""
     labels = np.asarray(labels)
     offsets = check_offsets(offsets, labels.ndim)
     known = np.ones(labels.shape, bool) if mask is None else np.asarray(mask, bool)
@@ -107,6 +113,6 @@ def affinity_targets(
     valid = np.zeros((len(offsets), *labels.shape), bool)
     for k, offset in enumerate(offsets):
         a, b = _pair_slices(labels.shape, offset)
-        targets[k][a] = (labels[a] == labels[b]) & (labels[a] != 0)
         valid[k][a] = known[a] & known[b]
+        targets[k][a] = (labels[a] == labels[b]) & (labels[a] != 0) & valid[k][a]
     return targets, valid

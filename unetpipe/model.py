@@ -9,6 +9,10 @@ with standard deviation sqrt(2 / N), N the number of incoming nodes of one neuro
 
 ``dims=3`` gives the 3D U-Net of Cicek et al. (2016) with the same layout; ``padding="same"`` pads
 the 3x3 convolutions so that the output has the input's size (not the paper's choice).
+
+With ``offsets`` (``model.target: affinities``, :mod:`unetpipe.affinities`) the network has one
+output channel per offset, the affinity of each pixel to the pixel at that offset, and its
+probabilities are sigmoids (:func:`probabilities`); without, the paper's soft-max over classes.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from unetpipe.affinities import check_offsets, default_offsets, is_attractive
 
 Size = int | tuple[int, ...]
 
@@ -141,10 +148,15 @@ class UNet(nn.Module):
         dims: int = 2,
         padding: str = "valid",
         dropout: float = 0.5,
+        offsets: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
+        if offsets is not None:
+            offsets = check_offsets(offsets, dims)
+            if n_classes != len(offsets):
+                raise ValueError(f"n_classes {n_classes} != {len(offsets)} affinity offsets")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         _check_padding(padding)
@@ -157,6 +169,8 @@ class UNet(nn.Module):
             padding=padding,
             dropout=dropout,
         )
+        if offsets is not None:  # only then: a boundary net's config stays the paper's
+            self.config["offsets"] = offsets
         pad = 1 if padding == "same" else 0
         channels = [base_channels * 2**level for level in range(depth)]
         self.down = nn.ModuleList()
@@ -216,9 +230,9 @@ class UNetProbabilities(UNet):
     :mod:`unetpipe.predict` extrapolates past a border, Fig. 2) by the ``context`` that valid
     convolutions consume per side, plus ``extra`` px after the end that make it a valid input and
     are cropped from the output; the soft-max turns the logits into the class probabilities p_k(x)
-    of Eq. 1. Padding in front by the context alone keeps unetpipe's pooling grid: for a valid
-    net, a pass over a whole image equals :func:`unetpipe.predict.predict_image`. Same parameters
-    and state-dict keys as :class:`UNet`.
+    of Eq. 1 (an affinity net: sigmoids). Padding in front by the context alone keeps unetpipe's
+    pooling grid: for a valid net, a pass over a whole image equals
+    :func:`unetpipe.predict.predict_image`. Same parameters and state-dict keys as :class:`UNet`.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -236,7 +250,40 @@ class UNetProbabilities(UNet):
         x = super().forward(x)
         if self.extra:
             x = x[(slice(None), slice(None)) + (slice(0, -self.extra),) * dims]
-        return torch.softmax(x, dim=1)
+        return probabilities(x, self.config)
+
+
+def probabilities(logits: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+    """The network's probabilities from its logits (N, C, ...): soft-max over the classes (Eq. 1),
+    or for an affinity network (``offsets`` in ``config``) a sigmoid per offset channel."""
+    return torch.sigmoid(logits) if "offsets" in config else torch.softmax(logits, dim=1)
+
+
+def cell_map(probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """The cell probability map of a network's output (C, *spatial): channel 1 (cell) of a
+    boundary net; of an affinity net the mean of its nearest-neighbour channels (the probability
+    that a pixel is in the same instance as its neighbours: low on membranes and background, about
+    1/2 on a cell's outermost pixels), the map its pixel measures and validation score."""
+    if "offsets" not in config:
+        return probs[1]
+    nearest = [k for k, o in enumerate(config["offsets"]) if is_attractive(o)]
+    return np.mean(probs[nearest], axis=0)
+
+
+def network_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """:class:`UNet` arguments of a ``model`` config section: ``target: boundary`` (the paper, two
+    classes) or ``affinities`` (one channel per ``offsets`` entry; null: the default offsets of
+    ``dims``, :func:`unetpipe.affinities.default_offsets`)."""
+    config = {k: v for k, v in model_cfg.items() if k not in ("target", "offsets")}
+    target = model_cfg.get("target", "boundary")
+    if target == "affinities":
+        dims = int(config.get("dims", 2))
+        offsets = model_cfg.get("offsets") or default_offsets(dims)
+        config["offsets"] = check_offsets(offsets, dims)
+        config["n_classes"] = len(config["offsets"])
+    elif target != "boundary":
+        raise ValueError(f"model.target must be boundary or affinities, got {target!r}")
+    return config
 
 
 def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:
