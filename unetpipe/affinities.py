@@ -86,7 +86,7 @@ def channel_names(offsets: Sequence[Sequence[int]]) -> list[str]:
     return ["aff_" + "_".join(str(int(v)) for v in o) for o in offsets]
 
 
-def _pair_slices(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple, tuple]:
+def pair_slices(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple, tuple]:
     """Slices ``(a, b)`` with ``b`` the pixels ``a + offset``: both inside the image."""
     first, second = [], []
     for n, o in zip(shape, offset, strict=True):
@@ -112,7 +112,7 @@ def affinity_targets(
     targets = np.zeros((len(offsets), *labels.shape), np.float32)
     valid = np.zeros((len(offsets), *labels.shape), bool)
     for k, offset in enumerate(offsets):
-        a, b = _pair_slices(labels.shape, offset)
+        a, b = pair_slices(labels.shape, offset)
         valid[k][a] = known[a] & known[b]
         targets[k][a] = (labels[a] == labels[b]) & (labels[a] != 0) & valid[k][a]
     return targets, valid
