@@ -413,7 +413,7 @@ def _scaled(prob: Any) -> np.ndarray:
 
 def affinity_offsets(predictions: Any) -> list[list[int]] | None:
     """The offsets of an affinity map (its ``offsets`` attribute), None for class probabilities."""
-    offsets = predictions.attrs.get("offsets")
+    offsets = getattr(predictions, "attrs", {}).get("offsets")  # plain arrays: probabilities
     return None if offsets is None else [list(map(int, o)) for o in offsets]
 
 
