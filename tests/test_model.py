@@ -7,7 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from unetpipe.model import UNet, load_model, output_size, save_model, valid_input_size
+from unetpipe.affinities import OFFSETS_2D
+from unetpipe.model import (
+    UNet,
+    cell_map,
+    load_model,
+    network_config,
+    output_size,
+    probabilities,
+    save_model,
+    valid_input_size,
+)
 
 
 def _convs(model: nn.Module) -> list[nn.Module]:
@@ -137,3 +147,23 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_missing_model_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_model(tmp_path / "nope.pt")
+
+
+def test_network_config_of_the_model_section():
+    section = {"depth": 3, "base_channels": 4, "target": "boundary", "offsets": None}
+    boundary = UNet(**network_config(section))
+    assert boundary.config == UNet(depth=3, base_channels=4).config  # no new key: the paper's
+    affinity = UNet(**network_config(section | {"target": "affinities"}))
+    assert affinity.config["offsets"] == OFFSETS_2D and affinity.config["n_classes"] == 10
+    logits = torch.randn(1, 10, 4, 4)
+    torch.testing.assert_close(probabilities(logits, affinity.config), torch.sigmoid(logits))
+    torch.testing.assert_close(probabilities(logits, boundary.config), logits.softmax(1))
+    probs = np.random.default_rng(0).random((10, 4, 4))
+    np.testing.assert_allclose(cell_map(probs, affinity.config), probs[:2].mean(axis=0))
+    np.testing.assert_array_equal(cell_map(probs, boundary.config), probs[1])
+    with pytest.raises(ValueError, match="target is boundary"):
+        network_config(section | {"offsets": [[-1, 0]]})
+    with pytest.raises(ValueError, match="3 axes"):
+        network_config(section | {"target": "affinities", "dims": 3, "offsets": [[-1, 0]]})
+    with pytest.raises(ValueError, match="n_classes 2 != 1"):
+        UNet(offsets=[[-1, 0]])

@@ -283,6 +283,8 @@ def network_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
         config["n_classes"] = len(config["offsets"])
     elif target != "boundary":
         raise ValueError(f"model.target must be boundary or affinities, got {target!r}")
+    elif model_cfg.get("offsets") is not None:
+        raise ValueError("model.offsets are set but model.target is boundary: set it to affinities")
     return config
 
 
