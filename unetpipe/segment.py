@@ -230,7 +230,7 @@ def _stack_labels(
     if params["method"] == "components":
         return metrics.components(volume > params["threshold"])
     if params["method"] == "mutex_watershed" and params["mode"] == "3d":
-        return _mutex(volume, offsets, params)
+        return relabel_sequential(_mutex(volume, offsets, params))[0]
     mutex = params["method"] == "mutex_watershed"
     out = np.zeros(volume.shape[1:] if mutex else volume.shape, np.int64)
     offset = 0
