@@ -7,10 +7,13 @@ from unetpipe.affinities import (
     OFFSETS_2D,
     OFFSETS_3D,
     affinity_targets,
+    cell_map,
     check_offsets,
     default_offsets,
     is_attractive,
+    network_config,
 )
+from unetpipe.model import UNet
 
 
 def brute_force(labels, offsets, mask=None):
@@ -72,3 +75,18 @@ def test_offsets_checked():
         check_offsets(OFFSETS_2D, 3)
     with pytest.raises(ValueError, match="mask"):
         affinity_targets(np.zeros((3, 3)), [[-1, 0]], np.ones((3, 4)))
+
+
+def test_network_config_of_the_model_section():
+    section = {"depth": 3, "base_channels": 4, "target": "boundary", "offsets": None}
+    boundary = UNet(**network_config(section))
+    assert boundary.config == UNet(depth=3, base_channels=4).config  # no new key: the paper's
+    affinity = UNet(**network_config(section | {"target": "affinities"}))
+    assert affinity.config["offsets"] == OFFSETS_2D and affinity.config["n_classes"] == 10
+    probs = np.random.default_rng(0).random((10, 4, 4))
+    np.testing.assert_allclose(cell_map(probs, affinity.config), probs[:2].mean(axis=0))
+    np.testing.assert_array_equal(cell_map(probs, boundary.config), probs[1])
+    with pytest.raises(ValueError, match="target is boundary"):
+        network_config(section | {"offsets": [[-1, 0]]})
+    with pytest.raises(ValueError, match="3 axes"):
+        network_config(section | {"target": "affinities", "dims": 3, "offsets": [[-1, 0]]})

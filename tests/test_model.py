@@ -7,12 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from unetpipe.affinities import OFFSETS_2D
 from unetpipe.model import (
     UNet,
-    cell_map,
     load_model,
-    network_config,
     output_size,
     probabilities,
     save_model,
@@ -149,21 +146,14 @@ def test_load_missing_model_is_clear(tmp_path):
         load_model(tmp_path / "nope.pt")
 
 
-def test_network_config_of_the_model_section():
-    section = {"depth": 3, "base_channels": 4, "target": "boundary", "offsets": None}
-    boundary = UNet(**network_config(section))
-    assert boundary.config == UNet(depth=3, base_channels=4).config  # no new key: the paper's
-    affinity = UNet(**network_config(section | {"target": "affinities"}))
-    assert affinity.config["offsets"] == OFFSETS_2D and affinity.config["n_classes"] == 10
-    logits = torch.randn(1, 10, 4, 4)
+def test_affinity_net_has_sigmoid_probabilities():
+    offsets = [[-1, 0], [0, -1], [0, -5]]
+    affinity = UNet(depth=2, base_channels=4, n_classes=3, offsets=offsets)
+    assert affinity.config["offsets"] == offsets and "offsets" not in UNet().config
+    logits = torch.randn(1, 3, 4, 4)
     torch.testing.assert_close(probabilities(logits, affinity.config), torch.sigmoid(logits))
-    torch.testing.assert_close(probabilities(logits, boundary.config), logits.softmax(1))
-    probs = np.random.default_rng(0).random((10, 4, 4))
-    np.testing.assert_allclose(cell_map(probs, affinity.config), probs[:2].mean(axis=0))
-    np.testing.assert_array_equal(cell_map(probs, boundary.config), probs[1])
-    with pytest.raises(ValueError, match="target is boundary"):
-        network_config(section | {"offsets": [[-1, 0]]})
-    with pytest.raises(ValueError, match="3 axes"):
-        network_config(section | {"target": "affinities", "dims": 3, "offsets": [[-1, 0]]})
-    with pytest.raises(ValueError, match="n_classes 2 != 1"):
+    torch.testing.assert_close(probabilities(logits, UNet().config), logits.softmax(1))
+    with pytest.raises(ValueError, match="number of 2D offsets"):
         UNet(offsets=[[-1, 0]])
+    with pytest.raises(ValueError, match="number of 2D offsets"):
+        UNet(n_classes=1, offsets=[[-1, 0, 0]])

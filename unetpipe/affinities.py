@@ -10,12 +10,14 @@ pixel at 0, background). An affinity is unknown (``valid`` False, no loss) where
 the image (or the training tile) or where the truth of ``x`` or ``x + o`` is unknown (``mask``).
 
 Offsets follow ``mwatershed``'s convention: channel ``k`` at ``x`` relates ``x`` and
-``x + offsets[k]``.
+``x + offsets[k]``. :func:`network_config` turns the ``model`` config section into the network's
+arguments; :func:`cell_map` is the cell probability of either kind of network output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -116,3 +118,32 @@ def affinity_targets(
         valid[k][a] = known[a] & known[b]
         targets[k][a] = (labels[a] == labels[b]) & (labels[a] != 0) & valid[k][a]
     return targets, valid
+
+
+def cell_map(probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    """The cell probability map of a network's output (C, *spatial): channel 1 (cell) of a
+    boundary net; of an affinity net the mean of its nearest-neighbour channels (the probability
+    that a pixel is in the same instance as its neighbours: low on membranes and background, about
+    1/2 on a cell's outermost pixels), the map its pixel measures and validation score."""
+    if "offsets" not in config:
+        return probs[1]
+    nearest = [k for k, o in enumerate(config["offsets"]) if is_attractive(o)]
+    return np.mean(probs[nearest], axis=0)
+
+
+def network_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """:class:`unetpipe.model.UNet` arguments of a ``model`` config section: ``target: boundary``
+    (the paper, two classes) or ``affinities`` (one channel per ``offsets`` entry; null: the
+    default offsets of ``dims``, :func:`default_offsets`)."""
+    config = {k: v for k, v in model_cfg.items() if k not in ("target", "offsets")}
+    target = model_cfg.get("target", "boundary")
+    if target == "affinities":
+        dims = int(config.get("dims", 2))
+        offsets = model_cfg.get("offsets") or default_offsets(dims)
+        config["offsets"] = check_offsets(offsets, dims)
+        config["n_classes"] = len(config["offsets"])
+    elif target != "boundary":
+        raise ValueError(f"model.target must be boundary or affinities, got {target!r}")
+    elif model_cfg.get("offsets") is not None:
+        raise ValueError("model.offsets are set but model.target is boundary: set it to affinities")
+    return config

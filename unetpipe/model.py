@@ -13,6 +13,7 @@ the 3x3 convolutions so that the output has the input's size (not the paper's ch
 With ``offsets`` (``model.target: affinities``, :mod:`unetpipe.affinities`) the network has one
 output channel per offset, the affinity of each pixel to the pixel at that offset, and its
 probabilities are sigmoids (:func:`probabilities`); without, the paper's soft-max over classes.
+This module imports torch alone: it is the architecture source of the bioimage.io package.
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-
-from unetpipe.affinities import check_offsets, default_offsets, is_attractive
 
 Size = int | tuple[int, ...]
 
@@ -153,10 +151,12 @@ class UNet(nn.Module):
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
-        if offsets is not None:
-            offsets = check_offsets(offsets, dims)
-            if n_classes != len(offsets):
-                raise ValueError(f"n_classes {n_classes} != {len(offsets)} affinity offsets")
+        if offsets is not None:  # checked by unetpipe.affinities.check_offsets upstream
+            offsets = [[int(v) for v in o] for o in offsets]
+            if n_classes != len(offsets) or any(len(o) != dims for o in offsets):
+                raise ValueError(
+                    f"n_classes {n_classes} must be the number of {dims}D offsets, got {offsets}"
+                )
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         _check_padding(padding)
@@ -257,35 +257,6 @@ def probabilities(logits: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
     """The network's probabilities from its logits (N, C, ...): soft-max over the classes (Eq. 1),
     or for an affinity network (``offsets`` in ``config``) a sigmoid per offset channel."""
     return torch.sigmoid(logits) if "offsets" in config else torch.softmax(logits, dim=1)
-
-
-def cell_map(probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
-    """The cell probability map of a network's output (C, *spatial): channel 1 (cell) of a
-    boundary net; of an affinity net the mean of its nearest-neighbour channels (the probability
-    that a pixel is in the same instance as its neighbours: low on membranes and background, about
-    1/2 on a cell's outermost pixels), the map its pixel measures and validation score."""
-    if "offsets" not in config:
-        return probs[1]
-    nearest = [k for k, o in enumerate(config["offsets"]) if is_attractive(o)]
-    return np.mean(probs[nearest], axis=0)
-
-
-def network_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    """:class:`UNet` arguments of a ``model`` config section: ``target: boundary`` (the paper, two
-    classes) or ``affinities`` (one channel per ``offsets`` entry; null: the default offsets of
-    ``dims``, :func:`unetpipe.affinities.default_offsets`)."""
-    config = {k: v for k, v in model_cfg.items() if k not in ("target", "offsets")}
-    target = model_cfg.get("target", "boundary")
-    if target == "affinities":
-        dims = int(config.get("dims", 2))
-        offsets = model_cfg.get("offsets") or default_offsets(dims)
-        config["offsets"] = check_offsets(offsets, dims)
-        config["n_classes"] = len(config["offsets"])
-    elif target != "boundary":
-        raise ValueError(f"model.target must be boundary or affinities, got {target!r}")
-    elif model_cfg.get("offsets") is not None:
-        raise ValueError("model.offsets are set but model.target is boundary: set it to affinities")
-    return config
 
 
 def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:

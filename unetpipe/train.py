@@ -36,13 +36,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from unetpipe.affinities import cell_map, network_config
 from unetpipe.augment import resolve_params
 from unetpipe.config import result_settings
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, check_disjoint, open_data
 from unetpipe.losses import AFFINITY_LOSSES, weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
-from unetpipe.model import UNet, cell_map, network_config, save_model
+from unetpipe.model import UNet, save_model
 from unetpipe.predict import predict_image
 from unetpipe.report import curves_figure, read_log
 from unetpipe.splits import Split, resolve
@@ -83,7 +84,7 @@ def validate(
     """Pixel error and mean V_rand of whole normalised slices segmented by overlap-tile (Fig. 2).
 
     Cells are the 4-connected components of ``cell probability > 0.5``
-    (:func:`unetpipe.model.cell_map`: of an affinity net, its nearest-neighbour mean).
+    (:func:`unetpipe.affinities.cell_map`: of an affinity net, its nearest-neighbour mean).
     """
     was_training = model.training
     model.eval()
