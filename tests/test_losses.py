@@ -1,10 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from unetpipe.losses import weighted_cross_entropy
+from unetpipe.losses import AFFINITY_LOSSES, balanced_bce, dice_loss, weighted_cross_entropy
 
 
 def test_hand_computed_value():
@@ -70,3 +71,51 @@ def test_mismatched_shapes_raise(shapes):
         weighted_cross_entropy(
             torch.zeros(logits_shape), torch.zeros(target_shape).long(), torch.ones(weight_shape)
         )
+
+
+def _reference_affinity_losses(logits, target, valid):
+    """Dice and balanced BCE channel by channel with numpy over the valid pixels only."""
+    logits, target, valid = (np.asarray(a, np.float64) for a in (logits, target, valid))
+    dice, bce = [], []
+    for c in range(logits.shape[1]):
+        keep = valid[:, c] > 0
+        if not keep.any():
+            continue
+        z, t = logits[:, c][keep], target[:, c][keep]
+        p = 1 / (1 + np.exp(-z))
+        dice.append(1 - 2 * np.sum(p * t) / (np.sum(p * p) + np.sum(t * t)))
+        losses = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+        means = [losses[t == v].mean() for v in (1, 0) if (t == v).any()]
+        bce.append(np.mean(means))
+    return np.mean(dice), np.mean(bce)
+
+
+def test_affinity_losses_match_a_reference():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 6, 5, generator=generator)
+    target = (torch.rand(2, 4, 6, 5, generator=generator) > 0.3).float()
+    valid = torch.rand(2, 4, 6, 5, generator=generator) > 0.25
+    valid[:, 2] = False  # a channel without valid pixels does not count
+    target[:, 3] = 1.0  # a channel without negatives: the mean of its positives
+    dice, bce = _reference_affinity_losses(logits, target, valid)
+    assert dice_loss(logits, target, valid).item() == pytest.approx(dice, rel=1e-5)
+    assert balanced_bce(logits, target, valid).item() == pytest.approx(bce, rel=1e-5)
+    # Invalid pixels carry no gradient, whatever their values.
+    logits.requires_grad_(True)
+    for loss in AFFINITY_LOSSES.values():
+        logits.grad = None
+        loss(logits, target, valid).backward()
+        assert (logits.grad[~valid] == 0).all() and (logits.grad[valid] != 0).any()
+
+
+def test_affinity_losses_of_perfect_predictions_and_balance():
+    target = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])
+    valid = torch.ones_like(target, dtype=torch.bool)
+    assert dice_loss(target * 40 - 20, target, valid).item() == pytest.approx(0.0, abs=1e-6)
+    # Balanced: the one negative (p = 3/4, loss ln 4) weighs as much as the three positives
+    # (p = 1/2, loss ln 2 each): (ln 2 + ln 4) / 2, not the pixel mean (3 ln 2 + ln 4) / 4.
+    logits = torch.tensor([[[[0.0, 0.0, 0.0, math.log(3.0)]]]])
+    expected = 1.5 * math.log(2)
+    assert balanced_bce(logits, target, valid).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="offsets"):
+        dice_loss(logits, target[..., :2], valid)

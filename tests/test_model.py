@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from unetpipe.model import UNet, load_model, output_size, save_model, valid_input_size
+from unetpipe.model import (
+    UNet,
+    load_model,
+    output_size,
+    probabilities,
+    save_model,
+    valid_input_size,
+)
 
 
 def _convs(model: nn.Module) -> list[nn.Module]:
@@ -164,3 +171,16 @@ def test_a_failed_save_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"model.pt: writing failed, no space left on the device"):
         save_model(tmp_path / "model.pt", UNet(depth=2, base_channels=2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.pt"]
+
+
+def test_affinity_net_has_sigmoid_probabilities():
+    offsets = [[-1, 0], [0, -1], [0, -5]]
+    affinity = UNet(depth=2, base_channels=4, n_classes=3, offsets=offsets)
+    assert affinity.config["offsets"] == offsets and "offsets" not in UNet().config
+    logits = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(probabilities(logits, affinity.config), torch.sigmoid(logits))
+    torch.testing.assert_close(probabilities(logits, UNet().config), logits.softmax(1))
+    with pytest.raises(ValueError, match="number of 2D offsets"):
+        UNet(offsets=[[-1, 0]])
+    with pytest.raises(ValueError, match="number of 2D offsets"):
+        UNet(n_classes=1, offsets=[[-1, 0, 0]])

@@ -544,3 +544,53 @@ def test_a_missing_gpu_and_a_tiny_memory_budget_are_one_line(
     err = capsys.readouterr().err
     assert "a memory budget of 1e-06 GiB fits no tile with 64 output px per axis" in err
     assert tree(tmp_path) == before
+
+
+# --- affinity networks ---------------------------------------------------------------------------
+
+AFFINITY_OFFSETS = [[-1, 0], [0, -1], [-9, 0], [4, -7]]
+
+
+def affinity_net(padding: str = "valid") -> UNet:
+    torch.manual_seed(1)
+    return UNet(base_channels=4, depth=3, padding=padding, n_classes=4, offsets=AFFINITY_OFFSETS)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_affinity_net_tiled_equals_one_sigmoid_pass(padding: str) -> None:
+    model = affinity_net(padding).eval()
+    image = np.random.default_rng(5).normal(size=(70, 93)).astype(np.float32)
+    geometry = Geometry.of(model)
+    halo = geometry.halo
+    size = [geometry.smallest_tile(n) for n in image.shape]
+    pads = [(halo, p - n - halo) for p, n in zip(size, image.shape, strict=True)]
+    padded = np.pad(image, pads, mode="reflect")
+    with torch.no_grad():
+        whole = torch.sigmoid(model(torch.from_numpy(padded)[None, None]))[0].numpy()
+    first = halo if padding == "same" else 0
+    whole = whole[:, first : first + 70, first : first + 93]
+    for tile in (geometry.smallest_tile(geometry.align) + 2 * geometry.align, None):
+        tiled = predict_image(model, image, tile=tile)
+        assert tiled.shape == (4, 70, 93)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="tta off"):
+        predict_image(model, image, tta=True)
+
+
+def test_predict_zarr_names_affinity_channels_and_records_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "aff.pt"
+    model = affinity_net().eval()
+    save_model(path, model, normalization=STATS)
+    raw = make_volume(tmp_path / "raw.zarr", (2, 50, 61))
+    output = tmp_path / "pred.zarr"
+    predict_zarr(path, raw, output, tile=60, progress=False)
+    probs = open_image(output, "czyx")
+    expected = np.stack([predict_image(model, normalize(s, STATS)) for s in raw[:]], axis=1)
+    np.testing.assert_allclose(probs[:].astype(np.float32), expected, atol=1e-3, rtol=0)
+    assert probs.attrs["offsets"] == AFFINITY_OFFSETS
+    assert probs.attrs["channels"] == ["aff_-1_0", "aff_0_-1", "aff_-9_0", "aff_4_-7"]
+    omero = zarr.open_group(output, mode="r").attrs["ome"]["omero"]
+    assert [c["label"] for c in omero["channels"]] == probs.attrs["channels"]
+    with pytest.raises(ValueError, match="tta off"):
+        predict_zarr(path, raw, tmp_path / "tta.zarr", tta=True, progress=False)
+    assert not (tmp_path / "tta.zarr").exists()

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import zarr
 
+from unetpipe import segment
+from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
 from unetpipe.evaluate import score_instances
 from unetpipe.ngff import open_image
 from unetpipe.segment import (
@@ -331,3 +333,87 @@ def test_predictions_with_a_lost_chunk_or_of_another_shape_are_one_line(tmp_path
                 tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, truth=labels, tune_slices=[0]
             )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.zarr"]
+
+
+# --- mutex watershed on affinity maps ------------------------------------------------------------
+
+
+def touching_affinities():
+    """:func:`ridge_slices`' truth with the cells touching (no membrane) and affinities softened
+    to 0.8 (same cell) and 0.2 (across the contact): bias 0 keeps the cells apart (repulsion
+    0.8 before attraction 0.2 across), bias -0.7 merges them (repulsion 0.1)."""
+    _, truth = ridge_slices()
+    truth[:, :, 15] = 1
+    targets = np.stack([affinity_targets(t, OFFSETS_2D)[0] for t in truth], axis=1)
+    return (0.2 + 0.6 * targets).astype(np.float32), truth
+
+
+def write_affinities(path, affinities, offsets=OFFSETS_2D):
+    pred = zarr.create_array(
+        str(path), shape=affinities.shape, chunks=(len(offsets), 1, 20, 15), dtype=np.float16
+    )
+    pred[:] = affinities
+    pred.attrs["offsets"] = offsets
+    return pred
+
+
+def test_mutex_watershed_volume_is_its_slices_made_distinct():
+    affinities, truth = touching_affinities()
+    labels = segment_volume(affinities, OFFSETS_2D, method="mutex_watershed", min_size=0)
+    assert labels.dtype == np.uint32 and labels.max() == 4
+    assert score(labels, truth, "v_rand") == 1.0
+    one = segment_volume(affinities[:, 1], OFFSETS_2D, method="mutex_watershed", min_size=0)
+    np.testing.assert_array_equal(one, labels[1] - 2)
+    merged = segment_volume(affinities, OFFSETS_2D, method="mutex_watershed", bias=-0.7)
+    assert merged.max() == 2
+    with pytest.raises(ValueError, match="mode 3d needs 3D offsets"):
+        segment_volume(affinities, OFFSETS_2D, method="mutex_watershed", mode="3d")
+    with pytest.raises(ValueError, match="its offsets"):
+        segment_volume(affinities, method="mutex_watershed")
+
+
+def test_segment_zarr_mutex_watershed_tunes_the_bias(tmp_path):
+    affinities, truth = touching_affinities()
+    write_affinities(tmp_path / "pred.zarr", affinities)
+    labels = Recording(truth)
+    cfg = {
+        "method": "mutex_watershed",
+        "bias": -0.7,
+        "tune": {"enabled": True, "grid": {"bias": [-0.7, 0.0], "min_size": [0, 16]}},
+    }
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg, 2, labels, [1])
+    assert labels.read == {1}
+    seg = open_image(tmp_path / "seg.zarr")
+    assert seg.attrs["tuning"]["chosen"] == {"bias": 0.0, "min_size": 0}
+    np.testing.assert_array_equal(
+        seg[:], segment_volume(affinities, OFFSETS_2D, method="mutex_watershed", min_size=0)
+    )
+    # The other methods read the nearest-neighbour mean of an affinity map.
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "c.zarr", {"min_size": 0})
+    nearest = affinities[:2].astype(np.float16).astype(np.float32).mean(axis=0)
+    expected = segment_volume(nearest, min_size=0)
+    np.testing.assert_array_equal(open_image(tmp_path / "c.zarr")[:], expected)
+    for cfg, message in (
+        ({"method": "mutex_watershed", "mode": "3d"}, "mode 3d needs 3D offsets"),
+        ({"method": "mutex_watershed", "stride": 0}, "stride"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            segment_zarr(tmp_path / "pred.zarr", tmp_path / "x.zarr", cfg)
+    write_predictions(tmp_path / "classes.zarr", truth.astype(np.float32), (1, 20, 30))
+    with pytest.raises(ValueError, match="not affinities"):
+        segment_zarr(tmp_path / "classes.zarr", tmp_path / "x.zarr", {"method": "mutex_watershed"})
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_segment_zarr_mutex_watershed_3d_and_its_memory_bound(tmp_path, monkeypatch):
+    truth = np.zeros((4, 12, 14), np.uint32)
+    truth[:2, :, :6], truth[:2, :, 7:], truth[2:] = 1, 2, 3
+    affinities = affinity_targets(truth, OFFSETS_3D)[0]
+    write_affinities(tmp_path / "pred.zarr", affinities, OFFSETS_3D)
+    cfg = {"method": "mutex_watershed", "mode": "3d", "min_size": 0}
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "seg.zarr", cfg)
+    labels = open_image(tmp_path / "seg.zarr")[:]
+    assert score(labels, truth, "v_rand", mode="3d") == 1.0 and labels.max() == 3
+    monkeypatch.setattr(segment, "MAX_3D_VOXELS", truth.size - 1)
+    with pytest.raises(ValueError, match="no block-wise 3D scheme"):
+        segment_zarr(tmp_path / "pred.zarr", tmp_path / "big.zarr", cfg)

@@ -13,7 +13,8 @@ import pytest
 import torch
 import zarr
 
-from unetpipe.augment import open_bank, write_bank
+from unetpipe.affinities import affinity_targets
+from unetpipe.augment import augment_sample, open_bank, sample_rng, write_bank
 from unetpipe.config import load_config
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import claim_folder, write_array
@@ -470,3 +471,71 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_path(data, tmp_path, mo
         train(data, tmp_path / "run", *sections(iterations=1, checkpoint_every=1))
     assert not list((tmp_path / "run").rglob(".*tmp*"))
     assert not list(folder.glob("*.pt"))  # no checkpoint, nor half of one
+
+
+OFFSETS = [[-1, 0], [0, -1], [-4, 0], [3, -5]]
+
+
+@pytest.fixture(scope="module")
+def masked_data(data, tmp_path_factory) -> Path:
+    """``data`` with a mask: the truth of rows 20..29 of every slice is unknown."""
+    path = tmp_path_factory.mktemp("masked") / "data.zarr"
+    shutil.copytree(data, path)
+    group = zarr.open_group(path, mode="a")
+    mask = np.ones(group["labels"].shape, np.uint8)
+    mask[:, 20:30] = 0
+    write_array(group, "mask", mask)
+    return path
+
+
+def test_affinity_tiles_are_the_affinities_of_the_label_tile(masked_data):
+    group = zarr.open_group(masked_data, mode="r")
+    stats = dataset_statistics(group["raw"], [0])
+    augment = load_config(None)["augment"]
+    dataset = TileDataset(masked_data, [0], stats, TILE, 28, augment, 0, "none", offsets=OFFSETS)
+    image = np.pad(normalize(group["raw"][0], stats), 8, mode="reflect")
+    labels, mask = group["labels"][0], group["mask"][0] > 0
+    for index in range(3):
+        tile, targets, valid = (t.numpy() for t in dataset[index])
+        assert targets.shape == valid.shape == (4, 28, 28) and valid.dtype == np.float32
+        y, x = next(
+            (y, x)
+            for y in range(image.shape[0] - TILE + 1)
+            for x in range(image.shape[1] - TILE + 1)
+            if np.allclose(image[y : y + TILE, x : x + TILE], tile[0], atol=1e-5)
+        )
+        crop = (slice(y, y + 28), slice(x, x + 28))
+        expected = affinity_targets(labels[crop], OFFSETS, mask[crop])
+        np.testing.assert_array_equal(targets, expected[0])
+        np.testing.assert_array_equal(valid, expected[1])
+    # Augmented: the same affinities as the warped label tile (unknown truth warped along).
+    dataset = TileDataset(masked_data, [0], stats, TILE, 28, augment, 0, offsets=OFFSETS)
+    rng = sample_rng(0, 7)
+    rng.integers(1)  # the slice drawn
+    known = np.where(mask, labels, np.iinfo(np.uint32).max)
+    _, label_tile, _ = augment_sample(
+        normalize(group["raw"][0], stats), known, group["weights"][0],
+        input_size=TILE, output_size=28, params=augment, rng=rng,
+    )  # fmt: skip
+    expected = affinity_targets(label_tile, OFFSETS, label_tile != np.iinfo(np.uint32).max)
+    _, targets, valid = dataset[7]
+    np.testing.assert_array_equal(targets.numpy(), expected[0])
+    np.testing.assert_array_equal(valid.numpy(), expected[1])
+    assert 0 < valid.numpy().mean() < 1
+    with pytest.raises(ValueError, match="on_the_fly"):
+        TileDataset(masked_data, [0], stats, TILE, 28, augment, 0, "bank", ["x"], OFFSETS)
+
+
+@pytest.mark.parametrize("loss", ["dice", "bce"])
+def test_an_affinity_network_trains_and_exports_its_offsets(data, tmp_path, loss):
+    train_cfg, model_cfg, augment_cfg = sections(
+        iterations=30, val_every=30, checkpoint_every=30, affinity_loss=loss, lr=3e-3
+    )
+    model_cfg.update(target="affinities", offsets=OFFSETS)
+    train(data, tmp_path, train_cfg, model_cfg, augment_cfg)
+    model, _ = load_model(tmp_path / "model.pt")
+    assert model.config["offsets"] == OFFSETS and model.config["n_classes"] == 4
+    rows = read_log(tmp_path)
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert 0 <= float(rows[-1]["val_vrand"]) <= 1

@@ -147,6 +147,11 @@ def export_bioimageio(
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: only grey-value (1 input channel) networks are exported")
+    if "offsets" in model.config:
+        raise ValueError(
+            f"{model_path} predicts affinities: its bioimage.io package is not built yet; set "
+            "export.bioimageio false"
+        )
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 

@@ -8,6 +8,12 @@ everywhere (array ``mask`` of the group, 0 = unknown, e.g. cells the gold truth 
 those pixels are not scored. For the Cell Tracking Challenge (group attribute ``frames``) the
 validation frames are also scored per sequence, as in Table 2: foreground IoU and the CTC SEG
 measure; measures and choices use gold-truth frames only.
+
+An affinity network (``model.target: affinities``) has no cell-probability channel: its map
+measures (pixel error, V_rand and warping error of the thresholded map) score the mean of its
+nearest-neighbour affinities (:func:`unetpipe.segment.cell_region`), a cell map that is low on
+membranes; its instance scores are those of its segmentation (e.g. the Mutex Watershed), the
+measures to compare with a boundary network's.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ with standard deviation sqrt(2 / N), N the number of incoming nodes of one neuro
 
 ``dims=3`` gives the 3D U-Net of Cicek et al. (2016) with the same layout; ``padding="same"`` pads
 the 3x3 convolutions so that the output has the input's size (not the paper's choice).
+
+With ``offsets`` (``model.target: affinities``, :mod:`unetpipe.affinities`) the network has one
+output channel per offset, the affinity of each pixel to the pixel at that offset, and its
+probabilities are sigmoids (:func:`probabilities`); without, the paper's soft-max over classes.
+This module imports torch alone: it is the architecture source of the bioimage.io package.
 """
 
 from __future__ import annotations
@@ -144,10 +149,17 @@ class UNet(nn.Module):
         dims: int = 2,
         padding: str = "valid",
         dropout: float = 0.5,
+        offsets: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
+        if offsets is not None:  # checked by unetpipe.affinities.check_offsets upstream
+            offsets = [[int(v) for v in o] for o in offsets]
+            if n_classes != len(offsets) or any(len(o) != dims for o in offsets):
+                raise ValueError(
+                    f"n_classes {n_classes} must be the number of {dims}D offsets, got {offsets}"
+                )
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         _check_padding(padding)
@@ -160,6 +172,8 @@ class UNet(nn.Module):
             padding=padding,
             dropout=dropout,
         )
+        if offsets is not None:  # only then: a boundary net's config stays the paper's
+            self.config["offsets"] = offsets
         pad = 1 if padding == "same" else 0
         channels = [base_channels * 2**level for level in range(depth)]
         self.down = nn.ModuleList()
@@ -219,9 +233,9 @@ class UNetProbabilities(UNet):
     :mod:`unetpipe.predict` extrapolates past a border, Fig. 2) by the ``context`` that valid
     convolutions consume per side, plus ``extra`` px after the end that make it a valid input and
     are cropped from the output; the soft-max turns the logits into the class probabilities p_k(x)
-    of Eq. 1. Padding in front by the context alone keeps unetpipe's pooling grid: for a valid
-    net, a pass over a whole image equals :func:`unetpipe.predict.predict_image`. Same parameters
-    and state-dict keys as :class:`UNet`.
+    of Eq. 1 (an affinity net: sigmoids). Padding in front by the context alone keeps unetpipe's
+    pooling grid: for a valid net, a pass over a whole image equals
+    :func:`unetpipe.predict.predict_image`. Same parameters and state-dict keys as :class:`UNet`.
     """
 
     def __init__(self, **config: Any) -> None:
@@ -239,7 +253,13 @@ class UNetProbabilities(UNet):
         x = super().forward(x)
         if self.extra:
             x = x[(slice(None), slice(None)) + (slice(0, -self.extra),) * dims]
-        return torch.softmax(x, dim=1)
+        return probabilities(x, self.config)
+
+
+def probabilities(logits: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+    """The network's probabilities from its logits (N, C, ...): soft-max over the classes (Eq. 1),
+    or for an affinity network (``offsets`` in ``config``) a sigmoid per offset channel."""
+    return torch.sigmoid(logits) if "offsets" in config else torch.softmax(logits, dim=1)
 
 
 def save_model(path: str | Path, model: UNet, **metadata: Any) -> None:

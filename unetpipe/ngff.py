@@ -582,14 +582,16 @@ def write_image(output: str | Path, level0: str | Path, space: Space) -> Path:
     ``level0``, which becomes its full-resolution level ``0`` unchanged (moved, last).
 
     Adds the 2x2-mean pyramid, ``multiscales`` (axes c, z, y, x; ``space``), ``omero`` channel
-    names and the array's attributes (provenance) on the group; nothing partial at ``output``.
+    names (the array's ``channels`` attribute, else :func:`class_names`) and the array's
+    attributes (provenance) on the group; nothing partial at ``output``.
     """
     output, level0 = Path(output), Path(level0)
     array = zarr.open_array(str(level0), mode="r")
     with atomic_path(output) as tmp:
         tmp.mkdir()
         multiscale = _multiscale(tmp, level0, space, True, "mean", _stem(output))
-        omero = _omero(class_names(array.shape[0]), array.dtype)
+        names = array.attrs.get("channels") or class_names(array.shape[0])  # affinities: named
+        omero = _omero(names, array.dtype)
         _write_group(tmp, {"multiscales": [multiscale], "omero": omero}, array.attrs.asdict())
         level0.rename(tmp / "0")
     return output

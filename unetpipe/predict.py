@@ -33,6 +33,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from unetpipe.affinities import channel_names
 from unetpipe.intensity import normalize
 from unetpipe.io import (
     STORE_EVERY_CHUNK,
@@ -42,7 +43,7 @@ from unetpipe.io import (
     stored_digest,
     writes_output,
 )
-from unetpipe.model import UNet, load_model
+from unetpipe.model import UNet, load_model, probabilities
 from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.tiling import (
     MIRROR_MODES,
@@ -71,7 +72,8 @@ def predict_image(
     tta: bool = False,
     memory_gb: float = DEFAULT_MEMORY_GB,
 ) -> np.ndarray:
-    """Class probabilities (softmax), shaped ``(classes, *image.shape)``, float32.
+    """Class probabilities (softmax; an affinity net: a sigmoid per offset), shaped
+    ``(classes, *image.shape)``, float32.
 
     ``image`` is a normalised 2D image (3D volume for a 3D net). ``tile`` is the largest input
     tile per axis (a valid extent); ``None`` takes the largest that fits ``memory_gb``. Tiles are
@@ -80,6 +82,7 @@ def predict_image(
     """
     if model.training:
         raise ValueError("predict_image needs the model in eval mode (call model.eval())")
+    _check_tta(model, tta)
     geometry = Geometry.of(model)
     image = np.asarray(image, dtype=np.float32)
     _check_image(image, geometry.dims, "image")
@@ -88,6 +91,14 @@ def predict_image(
     data = read_mirrored(image, region.start, region.stop, mirror)
     with _channels_last(model):
         return _predict_region(model, data, region, batch_size)
+
+
+def _check_tta(model: UNet, tta: bool) -> None:
+    if tta and "offsets" in model.config:
+        raise ValueError(
+            "tta averages channels over flips and rotations, which move an affinity's offset to "
+            "another channel: predict an affinity network with tta off"
+        )
 
 
 def _check_image(image: np.ndarray, dims: int, name: str) -> None:
@@ -237,8 +248,9 @@ def _run_tiles(
 
 
 def _forward(model: UNet, tiles: np.ndarray) -> np.ndarray:
-    """Softmax of the network over a batch of tiles ``(batch, *tile)``; same-padded networks are
-    cropped by the halo so that they keep only pixels with full context."""
+    """Softmax (an affinity net: sigmoids) of the network over a batch of tiles ``(batch,
+    *tile)``; same-padded networks are cropped by the halo so that they keep only pixels with full
+    context."""
     geometry = Geometry.of(model)
     device = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).unsqueeze(1).to(device)
@@ -249,7 +261,7 @@ def _forward(model: UNet, tiles: np.ndarray) -> np.ndarray:
         if geometry.padding == "same":
             crop = slice(geometry.halo, -geometry.halo)
             logits = logits[(slice(None), slice(None), *[crop] * geometry.dims)]
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return probabilities(logits.float(), model.config).cpu().numpy()
 
 
 # --- Zarr volumes with Dask ----------------------------------------------------------------------
@@ -554,6 +566,7 @@ def predict_zarr(
     model, metadata = _worker_model(model_path, device if scheduler == "threads" else "cpu")
     if "normalization" not in metadata:
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
+    _check_tta(model, tta)
     dims = model.config["dims"]
     if source.ndim != 3:
         raise ValueError(f"input must be a (z, y, x) array, got shape {source.shape}")
@@ -585,6 +598,9 @@ def predict_zarr(
         "scale": 1 / 255 if dtype == "uint8" else 1.0,
         "axes": ["c", "z", "y", "x"],
     }
+    if "offsets" in model.config:  # an affinity network: channel k relates x and x + offsets[k]
+        attrs["offsets"] = model.config["offsets"]
+        attrs["channels"] = channel_names(model.config["offsets"])
     job = _Job(
         model_path,
         source,

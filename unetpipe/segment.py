@@ -3,6 +3,10 @@ touching cells is left to the weighted loss (Eq. 2), so instances are the connec
 the thresholded cell probability (``components``), optionally split by a seeded watershed
 (``watershed``). Beyond the paper, ``agglomerate`` is the field's standard for a boundary map: a
 watershed into supervoxels merged by mean boundary probability (:mod:`unetpipe.agglomerate`).
+``mutex_watershed`` partitions an affinity map (``model.target: affinities``) by the Mutex
+Watershed (:mod:`unetpipe.mutex`, Wolf et al. 2018): slice by slice (2D offsets) or a whole volume
+(3D offsets, in memory). The other methods read an affinity map's cell map, the mean of its
+nearest-neighbour channels (:func:`cell_region`).
 
 Post-processing parameters can be fixed on training slices (:func:`tune_segmentation`: the best
 instance V_rand, CTC SEG, DET or OP_CSB over a grid), never on the slices that are scored.
@@ -32,13 +36,15 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
+from unetpipe.affinities import is_attractive
 from unetpipe.config import defaults, section_params
 from unetpipe.io import STORE_EVERY_CHUNK, writes_output
+from unetpipe.mutex import MAX_3D_VOXELS, mutex_watershed
 from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
 
 log = logging.getLogger(__name__)
 
-METHODS = ("components", "watershed", "agglomerate")
+METHODS = ("components", "watershed", "agglomerate", "mutex_watershed")
 RELIEFS = agg.RELIEFS
 MEASURES = {  # the tuner's scores, from a contingency table of (truth, labels)
     "v_rand": metrics.v_rand_of_table,
@@ -55,6 +61,10 @@ GRIDS = {  # the tuner's default grids, per method (every value a list)
         "sigma": [1.0, 2.0],
         "merge_threshold": np.round(np.arange(0.3, 0.81, 0.05), 2).tolist(),
         "min_size": [0, 64],
+    },
+    "mutex_watershed": {
+        "bias": np.round(np.arange(-0.3, 0.31, 0.1), 2).tolist(),
+        "min_size": [0, 16, 64],
     },
 }
 _AFTER = ("merge_threshold", "min_size", "small_objects")  # applied after the (costly) labelling
@@ -79,8 +89,10 @@ def _check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"relief must be one of {RELIEFS}, got {params['relief']!r}")
     if params["mode"] not in agg.MODES:
         raise ValueError(f"mode must be one of {agg.MODES}, got {params['mode']!r}")
-    if params["mode"] == "3d" and params["method"] != "agglomerate":
+    if params["mode"] == "3d" and params["method"] not in ("agglomerate", "mutex_watershed"):
         raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
+    if int(params["stride"]) < 1:
+        raise ValueError(f"segment.stride must be at least 1, got {params['stride']}")
     if params["small_objects"] not in agg.SMALL:
         raise ValueError(
             f"small_objects must be one of {agg.SMALL}, got {params['small_objects']!r}"
@@ -138,9 +150,15 @@ def _table(hierarchy: agg.Hierarchy, params: Mapping[str, Any], stop: float) -> 
     return hierarchy.table(stop, int(params["min_size"]), params["small_objects"])
 
 
-def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
+def segment_volume(
+    probability: np.ndarray, offsets: Sequence[Sequence[int]] | None = None, **params: Any
+) -> np.ndarray:
     """Instances (uint32, 1..n, 0 = background) of a (z, y, x) cell-probability stack (or one
     (y, x) slice), labels distinct over the stack; ``params`` = :data:`DEFAULTS` keys.
+    ``mutex_watershed``: ``probability`` is an affinity map (K, z, y, x) (or (K, y, x)) of
+    ``offsets``, partitioned by :func:`unetpipe.mutex.mutex_watershed` with ``bias`` and
+    ``stride`` per slice (``mode`` 2d) or as one volume (3d, 3D offsets); with ``mask``, pixels
+    whose nearest-neighbour mean is at most ``threshold`` are background.
 
     ``components``: 4-connected components of ``probability > threshold`` in each slice.
     ``watershed``: each component split by a watershed from the maxima (at least ``min_distance``
@@ -154,6 +172,12 @@ def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
     params = section_params("segment", params)
     _check(params)
     prob = np.asarray(probability, dtype=np.float32)
+    if params["method"] == "mutex_watershed":
+        volume = _affinity_volume(prob, offsets, params["mode"])
+        labels = _stack_labels(volume, params, offsets)
+        labels = relabel_sequential(_drop_small(labels, int(params["min_size"])))[0]
+        labels = labels.astype(np.uint32)
+        return labels[0] if prob.ndim == 3 else labels
     if prob.ndim not in (2, 3):
         raise ValueError(f"expected a (y, x) slice or (z, y, x) stack, got shape {prob.shape}")
     volume = prob[None] if prob.ndim == 2 else prob
@@ -168,14 +192,53 @@ def segment_volume(probability: np.ndarray, **params: Any) -> np.ndarray:
     return labels[0] if prob.ndim == 2 else labels
 
 
-def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-    """:func:`_slice_labels` of every slice, labels made distinct over the stack."""
+def _affinity_volume(
+    affinities: np.ndarray, offsets: Sequence[Sequence[int]] | None, mode: str
+) -> np.ndarray:
+    """A (K, y, x) or (K, z, y, x) affinity map as (K, z, y, x), checked against its offsets."""
+    if offsets is None:
+        raise ValueError(
+            "method mutex_watershed needs an affinity map and its offsets: predictions of a "
+            "network trained with model.target affinities"
+        )
+    dims = len(offsets[0])
+    if mode == "3d" and dims != 3:
+        raise ValueError(f"mode 3d needs 3D offsets (a 3D affinity network), got {offsets}")
+    if mode == "2d" and dims != 2:
+        raise ValueError(f"mode 2d needs 2D (y, x) offsets, got {offsets}; use mode 3d")
+    if affinities.ndim not in (3, 4) or affinities.shape[0] != len(offsets):
+        raise ValueError(
+            f"expected a ({len(offsets)} offsets, [z,] y, x) affinity map, got {affinities.shape}"
+        )
+    return affinities[:, None] if affinities.ndim == 3 else affinities
+
+
+def _mutex(affinities: np.ndarray, offsets: Sequence[Sequence[int]], params: Mapping) -> np.ndarray:
+    """:func:`unetpipe.mutex.mutex_watershed` of one problem (a slice, or a 3D volume)."""
+    mask = None
+    if params["mask"]:
+        nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
+        mask = affinities[nearest].mean(axis=0) > params["threshold"]
+    return mutex_watershed(affinities, offsets, float(params["bias"]), int(params["stride"]), mask)
+
+
+def _stack_labels(
+    volume: np.ndarray, params: Mapping[str, Any], offsets: Sequence[Sequence[int]] | None = None
+) -> np.ndarray:
+    """:func:`_slice_labels` (``mutex_watershed``: of (K, z, y, x) affinities, the Mutex Watershed
+    of each slice, or in 3d mode of the volume) of every slice, labels distinct over the stack."""
     if params["method"] == "components":
         return metrics.components(volume > params["threshold"])
-    out = np.zeros(volume.shape, np.int64)
+    if params["method"] == "mutex_watershed" and params["mode"] == "3d":
+        return relabel_sequential(_mutex(volume, offsets, params))[0]
+    mutex = params["method"] == "mutex_watershed"
+    out = np.zeros(volume.shape[1:] if mutex else volume.shape, np.int64)
     offset = 0
-    for z, plane in enumerate(volume):
-        labels = _slice_labels(plane, params)
+    for z in range(out.shape[0]):
+        if mutex:
+            labels = relabel_sequential(_mutex(volume[:, z], offsets, params))[0]
+        else:
+            labels = _slice_labels(volume[z], params)
         out[z] = np.where(labels > 0, labels + offset, 0)
         offset += int(labels.max())
     return out
@@ -261,10 +324,12 @@ def tune_segmentation(
     grid: Mapping[str, Sequence[Any]] | None = None,
     measure: str = "v_rand",
     known: np.ndarray | None = None,
+    offsets: Sequence[Sequence[int]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Post-processing fixed on training slices: every combination of ``grid`` (parameter ->
     values; empty or None: the method's :data:`GRIDS`) over the ``cfg`` segment
-    parameters, scored by :func:`score` on ``probability`` (z, y, x) against ``truth`` where the
+    parameters, scored by :func:`score` on ``probability`` (z, y, x; ``mutex_watershed``: the
+    (K, z, y, x) affinities of ``offsets``, its ``bias`` tuned) against ``truth`` where the
     truth is ``known`` (None: everywhere); the first best wins. Returns the chosen parameters and
     the table of scores (one row per combination). Only the given arrays are read: pass the
     training slices, never the scored ones.
@@ -285,7 +350,10 @@ def tune_segmentation(
         raise ValueError("every parameter of the tuning grid needs at least one value")
     prob = np.asarray(probability, dtype=np.float32)
     truth = np.asarray(truth)
-    if prob.ndim != 3 or prob.shape != truth.shape:
+    if method == "mutex_watershed":
+        prob = _affinity_volume(prob, offsets, base["mode"])
+    spatial = prob.shape[1:] if method == "mutex_watershed" else prob.shape
+    if len(spatial) != 3 or spatial != truth.shape:
         raise ValueError(f"probability {prob.shape} and truth {truth.shape}: need equal (z, y, x)")
     before = [k for k in grid if k not in _AFTER]
     after = [k for k in _AFTER if k in grid]
@@ -298,7 +366,7 @@ def tune_segmentation(
             stop = float(max(grid.get("merge_threshold", [params["merge_threshold"]])))
             hierarchy, labels = _hierarchy(prob, params, stop)
         else:
-            labels = _stack_labels(prob, params)
+            labels = _stack_labels(prob, params, offsets)
             sizes = np.bincount(labels.ravel())
         scores = scorer.entries(labels)
         for late in itertools.product(*(grid[k] for k in after)):
@@ -323,17 +391,42 @@ def cell_probability(predictions: zarr.Array | ImageArray, z: int) -> np.ndarray
 
 def cell_region(predictions: zarr.Array, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     """Channel 1 (cell) of a (classes, z, y, x) prediction over the (z, y, x) box [lo, hi), as
-    float32 in [0, 1] (integer predictions are scaled by their dtype's maximum)."""
-    prob = np.asarray(predictions[(1, *map(slice, lo, hi))])
+    float32 in [0, 1] (integer predictions are scaled by their dtype's maximum). Of an affinity
+    map (``offsets`` in its attributes) the mean of its nearest-neighbour channels: the
+    probability that a pixel is in one instance with its neighbours, low on membranes and
+    background, the map that pixel measures, the other methods and the report read."""
+    offsets = affinity_offsets(predictions)
+    if offsets is None:
+        return _scaled(predictions[(1, *map(slice, lo, hi))])
+    nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
+    box = tuple(map(slice, lo, hi))
+    return np.mean([_scaled(predictions[(k, *box)]) for k in nearest], axis=0, dtype=np.float32)
+
+
+def _scaled(prob: Any) -> np.ndarray:
+    """Stored probabilities as float32 in [0, 1] (integers scaled by their dtype's maximum)."""
+    prob = np.asarray(prob)
     if np.issubdtype(prob.dtype, np.integer):
         return prob.astype(np.float32) / np.iinfo(prob.dtype).max
     return prob.astype(np.float32)
 
 
+def affinity_offsets(predictions: Any) -> list[list[int]] | None:
+    """The offsets of an affinity map (its ``offsets`` attribute), None for class probabilities."""
+    offsets = getattr(predictions, "attrs", {}).get("offsets")  # plain arrays: probabilities
+    return None if offsets is None else [list(map(int, o)) for o in offsets]
+
+
+def affinity_slice(predictions: Any, z: int) -> np.ndarray:
+    """Slice ``z`` of every channel of a (K, z, y, x) affinity map, float32 in [0, 1]."""
+    return _scaled(predictions[:, z])
+
+
 def _open_predictions(path: str | Path) -> ImageArray:
     source = open_image(path, "czyx")
-    if source.ndim != 4 or source.shape[0] < 2 or source.shape[1] == 0:
-        raise ValueError(f"{path}: not (classes >= 2, z, y, x): {source.shape}")
+    least = 1 if affinity_offsets(source) is not None else 2
+    if source.ndim != 4 or source.shape[0] < least or source.shape[1] == 0:
+        raise ValueError(f"{path}: not (classes >= {least}, z, y, x): {source.shape}")
     return source
 
 
@@ -356,16 +449,23 @@ def tune_on_slices(
         raise ValueError(
             f"mode 3d tunes on one sub-volume: the slices {slices} are not consecutive"
         )
-    prob, labels, mask = stack_slices(predictions, truth, slices, known)
-    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask)
+    offsets = None
+    if params["method"] == "mutex_watershed":
+        offsets = affinity_offsets(predictions)
+    prob, labels, mask = stack_slices(predictions, truth, slices, known, offsets is not None)
+    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask, offsets)
 
 
 def stack_slices(
-    predictions: Any, truth: Any, slices: Sequence[int], known: Any = None
+    predictions: Any, truth: Any, slices: Sequence[int], known: Any = None, affinities: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Slices ``slices`` of a (classes, z, y, x) prediction (:func:`cell_probability`), of a
-    (z, y, x) labels array and of ``known`` (True where nonzero; None stays None), stacked."""
-    prob = np.stack([cell_probability(predictions, z) for z in slices])
+    """Slices ``slices`` of a (classes, z, y, x) prediction (:func:`cell_probability`; with
+    ``affinities`` all channels, (K, z, y, x)), of a (z, y, x) labels array and of ``known`` (True
+    where nonzero; None stays None), stacked."""
+    if affinities:
+        prob = np.stack([affinity_slice(predictions, z) for z in slices], axis=1)
+    else:
+        prob = np.stack([cell_probability(predictions, z) for z in slices])
     labels = np.stack([np.asarray(truth[z]) for z in slices])
     mask = None if known is None else np.stack([np.asarray(known[z]) > 0 for z in slices])
     return prob, labels, mask
@@ -405,6 +505,8 @@ def segment_zarr(
     tune = params["tune"]
     _check(params)
     source = _open_predictions(predictions)
+    if params["method"] == "mutex_watershed":
+        _check_mutex_source(source, params["mode"], predictions)
     attributes: dict[str, Any] = {"predictions": str(predictions)}
     if tune["enabled"]:
         if truth is None or tune_slices is None:
@@ -454,9 +556,31 @@ def segment_zarr(
         )
         if params["method"] == "agglomerate":
             count = _agglomerate_zarr(source, target, params, threads)
+        elif params["method"] == "mutex_watershed" and params["mode"] == "3d":
+            labels = segment_volume(_scaled(source[:]), affinity_offsets(source), **params)
+            target[:] = labels
+            count = int(labels.max())
         else:
             count = _slices_zarr(source, target, params, threads)
     log.info("%s: %d instances in %d slices", output, count, source.shape[1])
+
+
+def _check_mutex_source(source: ImageArray, mode: str, path: str | Path) -> None:
+    """An affinity map whose offsets fit ``mode``; in 3d mode one that fits in memory."""
+    offsets = affinity_offsets(source)
+    if offsets is None:
+        raise ValueError(
+            f"{path} holds class probabilities, not affinities: segment.method mutex_watershed "
+            "needs a network trained with model.target affinities"
+        )
+    _affinity_volume(np.zeros((len(offsets), 1, 1, 1), np.float32), offsets, mode)
+    voxels = int(np.prod(source.shape[1:]))
+    if mode == "3d" and voxels > MAX_3D_VOXELS:
+        raise ValueError(
+            f"{path}: {voxels} voxels, but the 3D Mutex Watershed runs on the whole volume in "
+            f"memory (at most {MAX_3D_VOXELS}; no block-wise 3D scheme yet): segment slice by "
+            "slice (2D offsets, segment.mode 2d) or crop the volume"
+        )
 
 
 def _agglomerate_zarr(
@@ -479,8 +603,13 @@ def _agglomerate_zarr(
 def _slices_zarr(
     source: ImageArray, target: zarr.Array, params: Mapping[str, Any], threads: int
 ) -> int:
+    offsets = affinity_offsets(source)
+
     def label(z: int) -> int:
-        labels = segment_volume(cell_probability(source, z), **params)
+        if params["method"] == "mutex_watershed":
+            labels = segment_volume(affinity_slice(source, z), offsets, **params)
+        else:
+            labels = segment_volume(cell_probability(source, z), **params)
         target[z] = labels
         return int(labels.max())
 

@@ -1,5 +1,11 @@
 """Training tiles (Section 3): the stream of (image, target, weight map) samples a run sees.
 
+For an affinity network (``offsets``) the target is the affinity map of the augmented label tile
+(:func:`unetpipe.affinities.affinity_targets`) and the weights its ``valid`` mask: the labels are
+warped with nearest-neighbour interpolation, so the targets follow the image exactly; affinities
+whose offset leaves the output tile, or whose truth is unknown (the group's ``mask``, carried
+through the warp as a reserved label value), are left out of the loss. No weight map (Eq. 2).
+
 Sample ``i`` is a pure function of ``(seed, i)``: a random tile of a random training slice,
 augmented as in Section 3.1 (or unaugmented), or a tile of the precomputed bank. The stream
 therefore does not depend on the number of DataLoader workers or processes, and a restarted run
@@ -16,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from unetpipe.affinities import affinity_targets, check_offsets
 from unetpipe.augment import DEFAULT_PARAMS, augment_sample, open_bank, resolve_params, sample_rng
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
@@ -28,7 +35,8 @@ class TileDataset(Dataset):
     ``data="on_the_fly"`` augments a random tile of a random training slice (Section 3.1),
     ``data="none"`` cuts it unaugmented; ``data="bank"`` draws a tile of the precomputed bank.
     Sample ``index`` depends on ``(seed, index)`` only. Targets are class 1 = cell (labels > 0,
-    after the weight maps' separation gap).
+    after the weight maps' separation gap); with ``offsets``, ``(image, affinities (K, out, out),
+    valid (K, out, out))`` instead, float32.
     """
 
     def __init__(
@@ -42,9 +50,16 @@ class TileDataset(Dataset):
         seed: int,
         mode: str = "on_the_fly",
         bank: Sequence[str | Path] = (),
+        offsets: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if mode not in ("on_the_fly", "none", "bank"):
             raise ValueError(f"train.data must be on_the_fly, bank or none, got {mode!r}")
+        self.offsets = None if offsets is None else check_offsets(offsets, 2)
+        if self.offsets is not None and mode == "bank" and "mask" in open_data(data):
+            raise ValueError(
+                f"{data} has a mask (unknown truth), which the bank's labels do not carry: train "
+                "model.target affinities with train.data on_the_fly"
+            )
         if mode == "bank":
             _check_bank(bank, stats, input_size, output_size)
         if mode == "none":  # every augmentation of augment's defaults switched off
@@ -71,18 +86,35 @@ class TileDataset(Dataset):
             z = self.slices[int(rng.integers(len(self.slices)))]
             image, labels, weights = augment_sample(
                 normalize(self._source["raw"][z], self.stats),
-                training_labels(self._source, z),
+                self._labels(z),
                 self._source["weights"][z],
                 input_size=self.input_size,
                 output_size=self.output_size,
                 params=self.augment,
                 rng=rng,
             )
+        if self.offsets is not None:
+            known = labels != _UNKNOWN if "mask" in self._source else None
+            targets, valid = affinity_targets(labels, self.offsets, known)
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None])
+            return image, torch.from_numpy(targets), torch.from_numpy(valid.astype(np.float32))
         return (
             torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
             torch.from_numpy(np.asarray(labels) > 0).long(),
             torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
         )
+
+    def _labels(self, z: int) -> np.ndarray:
+        """The training labels of slice ``z``; for affinities, unknown truth (the group's mask)
+        as :data:`_UNKNOWN`, which the nearest-neighbour warp carries exactly."""
+        labels = training_labels(self._source, z)
+        if self.offsets is None or "mask" not in self._source:
+            return labels
+        return np.where(np.asarray(self._source["mask"][z]) > 0, labels, _UNKNOWN)
+
+
+_UNKNOWN = np.iinfo(np.uint32).max
+"""Label value of unknown truth in an affinity network's label tiles (never an instance id)."""
 
 
 def _check_bank(

@@ -36,11 +36,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from unetpipe.affinities import cell_map, network_config
 from unetpipe.augment import resolve_params
 from unetpipe.config import defaults, result_settings
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
-from unetpipe.losses import weighted_cross_entropy
+from unetpipe.losses import AFFINITY_LOSSES, weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
 from unetpipe.model import UNet, save_file, save_model
 from unetpipe.predict import predict_image
@@ -82,11 +83,12 @@ def validate(
 ) -> dict[str, float]:
     """Pixel error and mean V_rand of whole normalised slices segmented by overlap-tile (Fig. 2).
 
-    Cells are the 4-connected components of ``cell probability > 0.5``.
+    Cells are the 4-connected components of ``cell probability > 0.5``
+    (:func:`unetpipe.affinities.cell_map`: of an affinity net, its nearest-neighbour mean).
     """
     was_training = model.training
     model.eval()
-    cells = [predict_image(model, image)[1] for image in images]
+    cells = [cell_map(predict_image(model, image), model.config) for image in images]
     model.train(was_training)
     vrand = [
         v_rand(components(p > CELL_THRESHOLD)[0], truth)
@@ -234,7 +236,9 @@ class _Trainer:
         if cuda and cfg["amp"]:
             self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         torch.manual_seed(cfg["seed"])  # the same initial weights in every process
-        self.model = UNet(**model_cfg).to(device, memory_format=self.memory_format)
+        self.model = UNet(**network_config(model_cfg)).to(device, memory_format=self.memory_format)
+        self.offsets = self.model.config.get("offsets")
+        self.affinity_loss = AFFINITY_LOSSES[cfg.get("affinity_loss", "dice")]
         torch.manual_seed(cfg["seed"] + rank)  # each process its own dropout masks
         params = self.model.parameters()
         if cfg["optimizer"] == "sgd":
@@ -260,11 +264,7 @@ class _Trainer:
         weights = weights.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.net(image)
-        normalizer = weights.sum()
-        if self.world > 1:  # DDP averages gradients: divide by the batch's mean weight sum
-            dist.all_reduce(normalizer)
-            normalizer = normalizer / self.world
-        loss = weighted_cross_entropy(logits, target, weights, normalizer)
+        loss = self._loss(logits, target, weights)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -276,6 +276,19 @@ class _Trainer:
             dist.all_reduce(loss)
             loss = loss / self.world
         return loss.item(), lr
+
+    def _loss(
+        self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Eq. 1 of the whole batch (over all processes); for an affinity net ``weights`` is the
+        valid mask and the loss ``train.affinity_loss`` of this process's share (DDP averages)."""
+        if self.offsets is not None:
+            return self.affinity_loss(logits, target, weights)
+        normalizer = weights.sum()
+        if self.world > 1:  # DDP averages gradients: divide by the batch's mean weight sum
+            dist.all_reduce(normalizer)
+            normalizer = normalizer / self.world
+        return weighted_cross_entropy(logits, target, weights, normalizer)
 
     def state(self) -> dict[str, Any]:
         """Model, optimiser, scheduler, scaler and every process's RNG states (collective)."""
@@ -422,6 +435,7 @@ def _train(
             cfg["seed"],
             cfg["data"],
             bank,
+            trainer.offsets,
         )
         loader = DataLoader(
             dataset,

@@ -49,6 +49,7 @@ CONDA_NAME = {
     "yaml": "pyyaml",
     "jsonschema": "jsonschema",
     "bioimageio": "bioimageio.core",
+    "mwatershed": "mwatershed",  # from PyPI (pip section of the env; a dependency in pyproject)
 }
 SPEC = re.compile(r"^(?P<name>[a-z0-9_.-]+)(?: (?P<version>[^ ]+))?(?: (?P<build>[^ ]+))?$")
 
@@ -81,6 +82,13 @@ def read_env(path: Path) -> dict[str, str]:
         assert match, f"{path.name}: {dep!r} is not a conda match spec 'name [version [build]]'"
         specs[match["name"]] = dep
     return specs
+
+
+def pip_packages(path: Path) -> set[str]:
+    """The names of an environment file's pip requirements."""
+    env = yaml.safe_load(path.read_text())
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    return {re.split(r"[<>=! ]", req)[0] for req in sum(pip, [])}
 
 
 def imported_modules(script: Path) -> set[str]:
@@ -127,7 +135,7 @@ def test_env_holds_what_the_rule_imports(rule):
     modules = imported_modules(directives["script"])
     unknown = modules - set(CONDA_NAME)
     assert not unknown, f"{rule} imports {unknown}: add their conda packages to CONDA_NAME + envs"
-    missing = {CONDA_NAME[m] for m in modules} - set(env)
+    missing = {CONDA_NAME[m] for m in modules} - set(env) - pip_packages(directives["conda"])
     assert not missing, f"{directives['conda'].name} lacks {missing}, imported by rule {rule}"
     assert "python" in env
 
@@ -139,7 +147,10 @@ def test_rule_envs_agree_with_environment_yml():
     dependencies = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
     pip = next(d["pip"] for d in dependencies if isinstance(d, dict))
     assert pip == ["--editable ."]
+    project = (REPO / "pyproject.toml").read_text()  # environment.yml installs it with its deps
     for path in sorted(ENVS.glob("*.yaml")):
+        for name in pip_packages(path):
+            assert f'"{name}>=' in project, f"{path.name}: {name} is not in pyproject.toml"
         for name, spec in read_env(path).items():
             assert name in full, f"{path.name}: {name} is not in environment.yml"
             assert SPEC.match(spec)["version"] == SPEC.match(full[name])["version"], spec

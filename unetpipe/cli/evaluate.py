@@ -19,7 +19,7 @@ from unetpipe.splits import run_split
 
 def _segment(args: argparse.Namespace) -> int:
     keys = ["threshold", "method", "relief", "min_distance", "min_size", "mode", "sigma"]
-    keys += ["max_distance", "mask", "merge_threshold", "block"]
+    keys += ["max_distance", "mask", "merge_threshold", "block", "bias", "stride"]
     cfg = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     truth = slices = known = None
     if args.tune:
@@ -120,7 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="OME-Zarr label image to write: beside the predictions (seg.ome.zarr) or inside "
         "them (PRED.ome.zarr/labels/cells)",
     )
-    p.add_argument("--method", choices=METHODS, help="components, watershed or agglomerate")
+    p.add_argument(
+        "--method", choices=METHODS, help="components, watershed, agglomerate or mutex_watershed"
+    )
     p.add_argument("--threshold", type=float, help="cell probability threshold (foreground)")
     p.add_argument("--min-size", type=int, help="smallest instance in pixels")
     p.add_argument("--relief", choices=RELIEFS, help="watershed relief: distance or probability")
@@ -135,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--merge-threshold", type=float, help="agglomerate: stop merging at this mean")
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="agglomerate block")
+    p.add_argument("--bias", type=float, help="mutex_watershed: added to the long-range repulsion")
+    p.add_argument("--stride", type=int, help="mutex_watershed: long-range edges every N px")
     p.add_argument("--tune", action="store_true", help="fix parameters on training slices first")
     p.add_argument("--data", help="--tune: the dataset's data.zarr (labels, splits, mask)")
     p.add_argument("--tune-slices", help="--tune: slices such as 0-24 (default: the train split)")
