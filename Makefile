@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 # real requirement (torch>=2.2, CUDA-capable) for users.
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format docs clean
 
 $(BIN)/unetpipe: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_CPU)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $@
 
 install: $(BIN)/unetpipe
@@ -37,5 +37,8 @@ format: install
 	$(BIN)/ruff format unetpipe tests benchmarks workflow/scripts
 	$(BIN)/ruff check --fix unetpipe tests benchmarks workflow/scripts
 
+docs: install
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake site

@@ -3,11 +3,11 @@ parameters fixed on the training slices (unetpipe.segment.tune_segmentation), sc
 
 With a prediction Zarr (classes, z, y, x) and the dataset's Zarr group, the slices are the group's
 splits unless given. Without a prediction, a stand-in cell-probability map is made from the real
-ISBI 2012 labels (../shared/data/isbi2012, or the group's labels): the membranes with gaps
-(which join cells), dark specks and organelle-like rings inside the cells (which split them),
+ISBI 2012 labels (a local copy of the data when present, or the group's labels): the membranes with
+gaps (which join cells), dark specks and organelle-like rings inside the cells (which split them),
 Gaussian blur and noise, quantised to uint8 like a prediction (:func:`stand_in`). Prints instance
-V_rand, the same after the ISBI 2012 border thinning of both labellings (the measure of the
-paper's Table 1), CTC SEG and DET on the scored slices (where the group's ``mask`` says the truth is
+V_rand, the same after the ISBI 2012 border thinning of both labellings (the measure of the paper's
+Table 1), CTC SEG and DET on the scored slices (where the group's ``mask`` says the truth is
 known), the chosen parameters, the timings, the time of the agglomeration on one 512 x 512 slice,
 and checks that the block-wise (Dask, Zarr) agglomeration equals the in-memory one on the scored
 slices. ``--grid KEY=V1,V2`` replaces that parameter's values in every method's grid that has it.

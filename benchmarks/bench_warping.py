@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, default=ISBI_LABELS, help="folder of <z>.png labels")
     args = parser.parse_args()
     if not args.labels.is_dir():
-        raise FileNotFoundError(f"{args.labels} is absent: put the ISBI 2012 data in ../shared")
+        raise FileNotFoundError(f"{args.labels} is absent: pass --labels, the ISBI 2012 PNG labels")
     rng = np.random.default_rng(args.seed)
     truth = np.stack([read_image(args.labels / f"{z}.png") for z in args.slices])
     prob = np.stack([imperfect_probability(labels, rng) for labels in truth])

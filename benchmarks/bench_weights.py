@@ -3,7 +3,7 @@
 The naive reference computes one full-image distance transform per cell and sorts them per pixel
 (what the authors' plugin and most reimplementations do). Inputs: 512 x 512 random Voronoi cells
 with one-pixel membranes (~200 cells), and the real ISBI 2012 training labels (connected components
-of label == 255) when ../shared is present.
+of label == 255) when a local copy of the data is present.
 
     python benchmarks/bench_weights.py [--repeats 5] [--cells 200]
 """

@@ -388,7 +388,7 @@ def test_convert_unknown_layout_leaves_nothing(tmp_path):
 
 
 def test_real_isbi_tiff_and_png_layouts_agree(isbi_dir, tmp_path):
-    """Both layouts of ../shared/data/isbi2012 give the same group; SOURCE.md: 30 x 512 x 512,
+    """Both layouts of the local ISBI 2012 copy give the same group; its notes: 30 x 512 x 512,
     21.96% membrane pixels (16.75% to 26.99% per slice)."""
     tif = open_data(convert(isbi_dir / "reconstructed", tmp_path / "tif.zarr", "isbi2012"))
     png = open_data(convert(isbi_dir / "zhixuhao_unet", tmp_path / "png.zarr", "isbi2012"))

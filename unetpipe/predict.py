@@ -137,7 +137,7 @@ def _max_tile(
 
 @contextlib.contextmanager
 def _channels_last(model: UNet) -> Iterator[None]:
-    """On CPU, run the network channels_last (1.3-1.8x faster inference, DESIGN.md section 5)."""
+    """On CPU, run the network channels_last (measured 1.3-1.8x faster inference than NCHW)."""
     dims = model.config["dims"]
     fmt = _CHANNELS_LAST[dims]
     params = [p for p in model.parameters() if p.dim() == dims + 2]
