@@ -81,7 +81,7 @@ def predict_image(
     ``tta`` averages over the 8 flips/rotations of the (y, x) plane. ``precision`` (float32,
     bfloat16, float16 on CUDA, or auto: :func:`unetpipe.precision.resolve_precision`) is that
     of the network's autocast; the soft-max is float32. ``memory_format``: contiguous,
-    channels_last, or auto = the faster one measured for the largest tile
+    channels_last, or auto = the faster one measured for the image's largest tile
     (:func:`pass_memory_format`).
     """
     if model.training:
@@ -93,8 +93,9 @@ def predict_image(
     precision = resolve_precision(precision, next(model.parameters()).device)
     region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, tta)
     data = read_mirrored(image, region.start, region.stop, mirror)
+    largest = tuple(p.tile for p in region.plans)
     fmt, _ = choose_memory_format(
-        memory_format, None, lambda: pass_memory_format(model, max_tile, batch_size, precision)
+        memory_format, None, lambda: pass_memory_format(model, largest, batch_size, precision)
     )
     run = _Pass(batch_size, precision, fmt)
     with model_in_format(model, run.memory_format):
@@ -662,11 +663,16 @@ def predict_zarr(
     }
     fingerprint = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
     batch = _batch_shape(grid)
+    # The tile of a full block: the one the format is measured for.
+    largest = tuple(
+        plan_axis(min(b, n), t, geometry).tile
+        for b, n, t in zip(block[3 - dims :], source.shape[3 - dims :], max_tile, strict=True)
+    )
     resumed = _same_run(partial, fingerprint, grid, batch)
     fmt, how = choose_memory_format(
         memory_format,
         _recorded_format(partial) if resumed else None,
-        lambda: pass_memory_format(model, max_tile, batch_size, precision),
+        lambda: pass_memory_format(model, largest, batch_size, precision),
     )
     job = _Job(
         model_path,
