@@ -26,7 +26,6 @@ import torch
 from unetpipe import metrics
 from unetpipe.config import load_config
 from unetpipe.datasets import convert
-from unetpipe.evaluate import score_probability
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
 from unetpipe.model import load_model
@@ -39,15 +38,15 @@ THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]
 
 
 def scores(prob: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """V_rand (ISBI protocol, thinned), mean slice V_rand, SEG of p > 0.5 components."""
-    scored = score_probability(prob, truth > 0, THRESHOLDS, thinning=True)
+    """V_rand (ISBI protocol, thinned), mean slice V_rand (each at its best threshold), SEG of
+    the p > 0.5 components."""
     seg = [
         metrics.seg_score(metrics.components(p > CELL_THRESHOLD)[0], t)
         for p, t in zip(prob, truth, strict=True)
     ]
     return {
-        "v_rand": scored["v_rand"],
-        "slice_v_rand": scored["slice_v_rand"],
+        "v_rand": metrics.isbi_scores(prob, truth, THRESHOLDS, True)["v_rand"],
+        "slice_v_rand": metrics.slice_v_rand(prob, truth, THRESHOLDS)[0],
         "seg": float(np.mean(seg)),
     }
 
@@ -57,6 +56,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "isbi2012"))
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--model", help="a float32-trained model.pt to use (else trained here, kept in --keep)"
+    )
+    parser.add_argument("--keep", help="folder to keep the trained model in")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(ROOT / "config" / "isbi2012-cpu.yaml")
@@ -68,13 +71,17 @@ def main() -> None:
         cfg = {**config["train"], "iterations": args.iterations, "val_every": args.iterations}
         cfg |= {"precision": "float32", "workers": 1, "checkpoint_every": args.iterations}
         started = time.perf_counter()
-        model_path = train(data, Path(tmp) / "run", cfg, config["model"], config["augment"])
-        print(
-            f"trained float32, {args.iterations} steps, depth {config['model']['depth']} base "
-            f"{config['model']['base_channels']}, tile {config['augment']['tile']}: "
-            f"{time.perf_counter() - started:.0f} s"
-        )
+        if args.model:
+            model_path = Path(args.model)
+        else:
+            run = Path(args.keep) if args.keep else Path(tmp) / "run"
+            model_path = train(data, run, cfg, config["model"], config["augment"])
         model, metadata = load_model(model_path)
+        print(
+            f"{model_path}: trained in {metadata.get('precision', 'float32')}, "
+            f"{metadata['iteration']} steps, {model.config}, tile {metadata['tile']} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
         group = open_data(data)
         images = [normalize(group["raw"][z], metadata["normalization"]) for z in val]
         truth = np.stack([np.asarray(group["labels"][z]) for z in val])

@@ -145,11 +145,19 @@ class _Pass:
     memory_format: str
 
 
+# Largest output per axis of the tile the memory format is measured on (2D: the paper's 388 px,
+# 3D: Cicek et al.'s 44 voxels): a larger tile would cost more than the choice saves.
+MEASURE_OUTPUT = {2: 388, 3: 44}
+
+
 def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precision: str) -> str:
     """The memory format (``contiguous`` or ``channels_last``) in which a forward pass of
-    ``batch_size`` tiles of ``tile`` in ``precision`` is faster on the model's device, measured
-    once per process (:func:`unetpipe.precision.fastest_memory_format`)."""
+    ``batch_size`` tiles of ``tile`` (at most the valid tile of :data:`MEASURE_OUTPUT`) in
+    ``precision`` is faster on the model's device, measured once per process
+    (:func:`unetpipe.precision.fastest_memory_format`)."""
     device = next(model.parameters()).device
+    cap = model.valid_input_size(MEASURE_OUTPUT[model.config["dims"]])
+    tile = tuple(min(t, cap) for t in tile)
     x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
 
     def run(name: str) -> None:
