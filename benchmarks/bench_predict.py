@@ -1,9 +1,12 @@
 """Overlap-tile inference: speed and memory, measured side by side in one run.
 
-1. Throughput: end-to-end ``predict_zarr`` (read, tile, forward, write) over the bare forward
-   passes of the very same tiles, on a SIZE^2 image with the CPU demo net (base 16, depth 4).
-2. FLOP efficiency: achieved GFLOP/s of the network over the measured peak of a 3x3 convolution
-   (64 channels, channels_last), for the demo net in 1 and the paper's width in 3.
+1. Throughput per precision (the column): end-to-end ``predict_zarr`` (read, tile, forward,
+   write) against the bare forward passes of the very same tiles, on a SIZE^2 image with the
+   CPU demo net (base 16, depth 4; ``--depth 5``: the CPU recipe net): today's float32
+   channels_last, float32 and bfloat16 in the memory format ``predict_zarr`` measures.
+2. FLOP efficiency: achieved GFLOP/s over the measured peak of two 3x3 convolutions
+   (64 -> 64 channels on 256^2, channels_last) in the row's precision (benchmarks/peak.py),
+   for the net in 1 and the paper's width in 3.
 3. Against MONAI's ``sliding_window_inference`` (roi 512, overlap 0.25) with a same-padded U-Net of
    the paper's width (base 64) on a MONAI_SIZE^2 image (skipped when MONAI is absent:
    ``pip install --no-deps monai``).
@@ -30,9 +33,18 @@ import numpy as np
 import tifffile
 import torch
 import zarr
+from peak import conv_peak, exact_flops
 
 from unetpipe.model import UNet, save_model
-from unetpipe.predict import DEFAULT_MEMORY_GB, _block_shape, _max_tile, predict_zarr
+from unetpipe.ngff import open_image
+from unetpipe.precision import MEMORY_FORMATS, autocast, model_in_format, torch_memory_format
+from unetpipe.predict import (
+    DEFAULT_MEMORY_GB,
+    _block_shape,
+    _max_tile,
+    pass_memory_format,
+    predict_zarr,
+)
 from unetpipe.tiling import Geometry, plan_axis
 
 STATS = {"mean": 128.0, "std": 50.0}
@@ -84,107 +96,120 @@ def tiles_of_run(
     return tiles
 
 
-def warm_up(model: UNet, tiles: list[tuple[int, int]]) -> None:
+def warm_up(model: UNet, tiles: list[tuple[int, int]], precision: str, fmt: str) -> None:
     """One untimed forward per tile shape: oneDNN builds its kernels on first use of a shape."""
-    model = model.to(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with model_in_format(model, fmt), torch.inference_mode(), autocast("cpu", precision):
         for tile in set(tiles):
-            model(torch.zeros(1, 1, *tile).contiguous(memory_format=torch.channels_last))
+            model(torch.zeros(1, 1, *tile).contiguous(memory_format=torch_memory_format(fmt)))
 
 
-def bare_forward(model: UNet, tiles: list[tuple[int, int]]) -> tuple[float, int]:
-    """Seconds and FLOPs of the forward passes alone (channels_last, inference mode)."""
-    model = model.to(memory_format=torch.channels_last)
+def bare_forward(
+    model: UNet, tiles: list[tuple[int, int]], precision: str, fmt: str
+) -> tuple[float, int]:
+    """Seconds and FLOPs of the forward passes alone (+ float32 soft-max, inference mode)."""
     flops, seconds = 0, 0.0
-    with torch.inference_mode():
+    with model_in_format(model, fmt), torch.inference_mode():
         for tile in tiles:
-            x = torch.randn(1, 1, *tile).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(1, 1, *tile).contiguous(memory_format=torch_memory_format(fmt))
             start = time.perf_counter()
-            torch.softmax(model(x), 1)
+            with autocast("cpu", precision):
+                logits = model(x)
+            torch.softmax(logits.float(), 1)
             seconds += time.perf_counter() - start
     for tile in set(tiles):
-        flops += tiles.count(tile) * exact_flops(model, tile)
+        flops += tiles.count(tile) * exact_flops(model.config, tile)
     return seconds, flops
 
 
-def exact_flops(model: UNet, tile: tuple[int, int]) -> int:
-    """2 x multiply-adds of the (transposed) convolutions for one tile, counted on meta tensors."""
-    flops = 0
-
-    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal flops
-        kernel = int(np.prod(module.kernel_size))
-        pixels = inputs[0].shape[2:].numel() if module.transposed else output.shape[2:].numel()
-        flops += 2 * module.in_channels * module.out_channels * kernel * pixels
-
-    with torch.device("meta"):
-        meta = UNet(**model.config).eval()
-        for module in meta.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
-                module.register_forward_hook(count)
-        meta(torch.zeros(1, 1, *tile))
-    return flops
-
-
-def conv_peak(channels: int = 64, size: int = 512, repeats: int = 5) -> float:
-    """GFLOP/s of one 3x3 convolution, channels_last, best of ``repeats``."""
-    conv = torch.nn.Conv2d(channels, channels, 3).to(memory_format=torch.channels_last)
-    x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
-    flops = 2 * channels * channels * 9 * (size - 2) ** 2
-    best = float("inf")
-    with torch.inference_mode():
-        conv(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            conv(x)
-            best = min(best, time.perf_counter() - start)
-    return flops / best / 1e9
-
-
 def predicted(
-    folder: Path, base: int, depth: int, size: int, memory_gb: float
+    folder: Path,
+    base: int,
+    depth: int,
+    size: int,
+    memory_gb: float,
+    precision: str = "float32",
+    memory_format: str = "channels_last",
 ) -> tuple[UNet, zarr.Array, list[tuple[int, int]], dict]:
     """A seeded U-Net saved in ``folder``, and ``predict_zarr`` of a size^2 image with it after a
-    warm-up on the tiles of that run: (model, image, tiles, predict_zarr's result)."""
+    warm-up on the tiles of that run: (model, image, tiles, predict_zarr's result; its
+    ``memory_format`` is the one the run used, read back from the output; ``measure_seconds`` the
+    one-time measurement of the format before it, not in ``seconds``)."""
     folder.mkdir()
     torch.manual_seed(0)
     model = UNet(base_channels=base, depth=depth).eval()
     save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
     tiles = tiles_of_run(model, (1, size, size), memory_gb)
-    warm_up(model, tiles)
+    for fmt in MEMORY_FORMATS if memory_format == "auto" else [memory_format]:
+        warm_up(model, tiles, precision, fmt)
+    started = time.perf_counter()
+    if memory_format == "auto":  # the one-time measurement (per process), timed on its own
+        pass_memory_format(model, max(tiles), 1, precision)
+    measure = time.perf_counter() - started
     result = predict_zarr(
-        folder / "model.pt", array, folder / "out.zarr", memory_gb=memory_gb, progress=False
+        folder / "model.pt",
+        array,
+        folder / "out.zarr",
+        memory_gb=memory_gb,
+        precision=precision,
+        memory_format=memory_format,
+        progress=False,
     )
+    result["memory_format"] = open_image(folder / "out.zarr", "czyx").attrs["memory_format"]
+    result["measure_seconds"] = measure
     return model, array, tiles, result
 
 
+# (precision, memory format) rows of [1]: today's float32 channels_last first (the baseline).
+ROWS = [("float32", "channels_last"), ("float32", "auto"), ("bfloat16", "auto")]
+
+
 def throughput(
-    folder: Path, size: int, base: int, depth: int, memory_gb: float, peak: float
+    folder: Path, size: int, base: int, depth: int, memory_gb: float, peaks: dict[str, float]
 ) -> None:
-    model, _, tiles, result = predicted(folder / "demo", base, depth, size, memory_gb)
-    bare, flops = bare_forward(model, tiles)
     pixels = size * size / 1e6
-    print(f"[1] throughput, {size}^2, base {base} depth {depth}, blocks {result['block']}:")
-    seconds = result["seconds"]
-    print(f"    end-to-end predict_zarr {seconds:.1f} s ({pixels / seconds:.2f} MPix/s)")
-    print(f"    bare forward, same tiles {bare:.1f} s ({pixels / bare:.2f} MPix/s)")
-    print(f"    ratio bare / end-to-end = {bare / result['seconds']:.2f}  (target >= 0.90)")
-    print(f"[2] FLOP efficiency: 3x3 conv peak (64 ch, channels_last) {peak:.0f} GFLOP/s")
-    achieved = flops / bare / 1e9
-    print(f"    demo net forward {achieved:.0f} GFLOP/s = {achieved / peak:.0%} of peak")
+    print(f"[1] throughput, {size}^2, base {base} depth {depth}; ratio to the first row:")
+    print(
+        f"    {'precision':9s} {'format':22s} {'e2e MPix/s':>10s} {'bare MPix/s':>11s} "
+        f"{'bare/e2e':>8s} {'ratio':>6s} {'GFLOP/s':>7s} {'% peak':>6s} {'measure s':>9s}"
+    )
+    baseline = None
+    for precision, memory_format in ROWS:
+        name = f"{precision}-{memory_format}"
+        model, _, tiles, result = predicted(
+            folder / name, base, depth, size, memory_gb, precision, memory_format
+        )
+        fmt = result["memory_format"]
+        bare, flops = bare_forward(model, tiles, precision, fmt)
+        seconds = result["seconds"]
+        baseline = baseline or seconds
+        achieved = flops / seconds / 1e9
+        chosen = f"{fmt} ({'measured' if memory_format == 'auto' else 'fixed'})"
+        print(
+            f"    {precision:9s} {chosen:22s} {pixels / seconds:10.2f} {pixels / bare:11.2f} "
+            f"{bare / seconds:8.2f} {baseline / seconds:5.2f}x {achieved:7.0f} "
+            f"{achieved / peaks[precision]:6.1%} {result['measure_seconds']:9.1f}",
+            flush=True,
+        )
+    print(f"    blocks {result['block']}; target: bare/e2e >= 0.90, bfloat16 ratio >= 3.0x")
+    print(
+        "[2] 3x3 conv peak (two 64->64 convs on 256^2, channels_last): "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
+        + "; % peak above = end-to-end GFLOP/s over the peak of the row's precision"
+    )
 
 
 def against_monai(folder: Path, size: int, depth: int, memory_gb: float, peak: float) -> None:
+    """float32 both (MONAI's inferer runs what it is given)."""
     try:
         from monai.inferers import sliding_window_inference
     except ImportError:
         print("[3] MONAI comparison skipped: pip install --no-deps monai")
         return
     model, array, tiles, ours = predicted(folder / "paper", 64, depth, size, memory_gb)
-    flops = sum(exact_flops(model, t) for t in tiles)
+    flops = sum(exact_flops(model.config, t) for t in tiles)
     same = UNet(base_channels=64, depth=depth, padding="same").eval()
-    warm_up(same, [(512, 512)])
+    warm_up(same, [(512, 512)], "float32", "channels_last")
     image = torch.from_numpy((array[0].astype(np.float32) - STATS["mean"]) / STATS["std"])
     start = time.perf_counter()
     with torch.inference_mode():
@@ -261,11 +286,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (shared machine: noisy)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        peak = conv_peak()
+        peaks = {p: conv_peak(p) for p in ("float32", "bfloat16")}
         if "1" not in args.skip:
-            throughput(folder, args.size, args.base, args.depth, args.memory_gb, peak)
+            throughput(folder, args.size, args.base, args.depth, args.memory_gb, peaks)
         if "3" not in args.skip:
-            against_monai(folder, args.monai_size, 5, args.memory_gb, peak)
+            against_monai(folder, args.monai_size, 5, args.memory_gb, peaks["float32"])
         if "4" not in args.skip:
             memory(folder, args.mem_size, args.mem_slices, args.base, args.depth, args.memory_gb)
 

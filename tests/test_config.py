@@ -73,12 +73,15 @@ def test_run_and_result_settings_split_every_section():
         "device",
         "gpus",
         "workers",
+        "memory_format",
     }
+    assert "precision" in config.result_settings("train", full["train"])
     assert set(config.result_settings("predict", full["predict"])) == {
         "arrays",
         "mirror",
         "tta",
         "dtype",
+        "precision",
     }
 
 
@@ -101,6 +104,7 @@ def _parameters(function) -> dict:
             "predict",
             ["tile", "block", "batch_size", "memory_gb", "mirror", "tta", "dtype", "device"],
         ),
+        (predict.predict_zarr, "predict", ["precision", "memory_format"]),
         (predict.predict_zarr, "predict", ["scheduler", "n_workers", "threads_per_worker"]),
         (predict.predict_zarr, "predict", ["address", "progress"]),
     ],

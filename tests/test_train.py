@@ -20,6 +20,7 @@ from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import claim_folder, write_array
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.model import UNet, load_model
+from unetpipe.precision import MEMORY_FORMATS
 from unetpipe.synthetic import write_synthetic
 from unetpipe.tiles import IterationSampler, TileDataset
 from unetpipe.train import lr_factor, train
@@ -117,6 +118,40 @@ def test_run_writes_log_curves_checkpoints_and_model(data, trained):
     assert 0 <= metadata["baseline_vrand"] <= 1
 
 
+def test_bfloat16_training_keeps_a_float32_model_and_precision_enters_the_fingerprint(
+    data, trained, tmp_path
+):
+    """The float32 run's checkpoint asked to go on in bfloat16: moved aside (another
+    fingerprint), trained anew under autocast; the model file stays float32 and records it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["precision"] == "float32" and last["memory_format"] in MEMORY_FORMATS
+    train(data, run, *sections(iterations=8, val_every=4, checkpoint_every=4, precision="bfloat16"))
+    old = torch.load(run / "checkpoints" / "superseded" / "last.pt", weights_only=True)
+    new = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert old["fingerprint"] != new["fingerprint"] and new["precision"] == "bfloat16"
+    model, metadata = load_model(run / "model.pt")
+    assert metadata["precision"] == "bfloat16"
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values())
+    assert not torch.equal(model.head.weight, load_model(trained / "model.pt")[0].head.weight)
+
+
+def test_a_resumed_run_keeps_the_recorded_memory_format(data, tmp_path, caplog):
+    settings = sections(iterations=4, val_every=4, checkpoint_every=2)
+    run = tmp_path / "run"
+    train(data, run, *settings)
+    path = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    other = {"contiguous": "channels_last", "channels_last": "contiguous"}[ckpt["memory_format"]]
+    ckpt["memory_format"], ckpt["iteration"] = other, 2  # as if measured elsewhere, killed at 2
+    torch.save(ckpt, path)
+    with caplog.at_level("INFO", logger="unetpipe.train"):
+        train(data, run, *settings)
+    assert f"memory format {other} (recorded)" in caplog.text
+    assert torch.load(path, weights_only=True)["memory_format"] == other
+
+
 def test_missing_weights_is_a_clear_error(tmp_path):
     path = tmp_path / "data.zarr"
     write_synthetic(path, 2, (64, 64), 0, (64, 64), cell_size=16.0, membrane_width=2.0)
@@ -185,6 +220,7 @@ def run_child(data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 1
         workers=1,
         optimizer="sgd",
         lr=0.01,
+        memory_format="contiguous",  # the same in both processes (auto measures in each)
     )
     config[1]["dropout"] = 0.5  # resumed dropout masks must match too
     args = {"data": str(data), "run": str(run), "sections": config, "kill_at": kill_at}
@@ -215,7 +251,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
 
 
 def test_ddp_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
-    config = dict(iterations=4, batch_size=2, val_every=100, optimizer="sgd", lr=0.01)
+    config = dict(
+        iterations=4,
+        batch_size=2,
+        val_every=100,
+        optimizer="sgd",
+        lr=0.01,
+        memory_format="contiguous",
+    )
     train(data, tmp_path / "one", *sections(**config))
     train(data, tmp_path / "two", *sections(**config, gpus=2), threads=2)
     a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)

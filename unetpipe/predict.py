@@ -45,6 +45,14 @@ from unetpipe.io import (
 )
 from unetpipe.model import UNet, load_model, probabilities
 from unetpipe.ngff import ImageArray, open_image, write_image
+from unetpipe.precision import (
+    autocast,
+    choose_memory_format,
+    fastest_memory_format,
+    model_in_format,
+    resolve_precision,
+    torch_memory_format,
+)
 from unetpipe.tiling import (
     MIRROR_MODES,
     AxisPlan,
@@ -59,7 +67,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MEMORY_GB = 4.0
 OUTPUT_DTYPES = ("float16", "uint8")
 SCHEDULERS = ("threads", "local", "address", "slurm")
-_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 
 
 def predict_image(
@@ -71,6 +78,8 @@ def predict_image(
     mirror: str = "reflect",
     tta: bool = False,
     memory_gb: float = DEFAULT_MEMORY_GB,
+    precision: str = "float32",
+    memory_format: str = "auto",
 ) -> np.ndarray:
     """Class probabilities (softmax; an affinity net: a sigmoid per offset), shaped
     ``(classes, *image.shape)``, float32.
@@ -78,7 +87,11 @@ def predict_image(
     ``image`` is a normalised 2D image (3D volume for a 3D net). ``tile`` is the largest input
     tile per axis (a valid extent); ``None`` takes the largest that fits ``memory_gb``. Tiles are
     then fitted to the image. ``mirror`` is numpy's pad mode for context past the border;
-    ``tta`` averages over the 8 flips/rotations of the (y, x) plane.
+    ``tta`` averages over the 8 flips/rotations of the (y, x) plane. ``precision`` (float32,
+    bfloat16, float16 on CUDA, or auto: :func:`unetpipe.precision.resolve_precision`) is that
+    of the network's autocast; the soft-max is float32. ``memory_format``: contiguous,
+    channels_last, or auto = the faster one measured for the image's largest tile
+    (:func:`pass_memory_format`).
     """
     if model.training:
         raise ValueError("predict_image needs the model in eval mode (call model.eval())")
@@ -87,10 +100,16 @@ def predict_image(
     image = np.asarray(image, dtype=np.float32)
     _check_image(image, geometry.dims, "image")
     max_tile = _max_tile(model, tile, batch_size, memory_gb)
+    precision = resolve_precision(precision, next(model.parameters()).device)
     region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, tta)
     data = read_mirrored(image, region.start, region.stop, mirror)
-    with _channels_last(model):
-        return _predict_region(model, data, region, batch_size)
+    largest = tuple(p.tile for p in region.plans)
+    fmt, _ = choose_memory_format(
+        memory_format, None, lambda: pass_memory_format(model, largest, batch_size, precision)
+    )
+    run = _Pass(batch_size, precision, fmt)
+    with model_in_format(model, run.memory_format):
+        return _predict_region(model, data, region, run)
 
 
 def _check_tta(model: UNet, tta: bool) -> None:
@@ -135,22 +154,38 @@ def _max_tile(
     return tiles
 
 
-@contextlib.contextmanager
-def _channels_last(model: UNet) -> Iterator[None]:
-    """On CPU, run the network channels_last (measured 1.3-1.8x faster inference than NCHW)."""
-    dims = model.config["dims"]
-    fmt = _CHANNELS_LAST[dims]
-    params = [p for p in model.parameters() if p.dim() == dims + 2]
-    convert = params[0].device.type == "cpu" and not all(
-        p.is_contiguous(memory_format=fmt) for p in params
-    )
-    if convert:
-        model.to(memory_format=fmt)
-    try:
-        yield
-    finally:
-        if convert:
-            model.to(memory_format=torch.contiguous_format)
+@dataclass(frozen=True)
+class _Pass:
+    """How the network runs: tiles per forward pass, resolved precision, memory format name."""
+
+    batch_size: int
+    precision: str
+    memory_format: str
+
+
+# Largest output per axis of the tile the memory format is measured on (2D: the paper's 388 px,
+# 3D: Cicek et al.'s 44 voxels): a larger tile would cost more than the choice saves.
+MEASURE_OUTPUT = {2: 388, 3: 44}
+
+
+def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precision: str) -> str:
+    """The memory format (``contiguous`` or ``channels_last``) in which a forward pass of
+    ``batch_size`` tiles of ``tile`` (at most the valid tile of :data:`MEASURE_OUTPUT`) in
+    ``precision`` is faster on the model's device, measured once per process
+    (:func:`unetpipe.precision.fastest_memory_format`)."""
+    device = next(model.parameters()).device
+    cap = model.valid_input_size(MEASURE_OUTPUT[model.config["dims"]])
+    tile = tuple(min(t, cap) for t in tile)
+    x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
+
+    def run(name: str) -> None:
+        with model_in_format(model, name):
+            _network(
+                model, x.contiguous(memory_format=torch_memory_format(name, x.dim())), precision
+            )
+
+    key = (str(device), precision, json.dumps(model.config, sort_keys=True), tuple(tile))
+    return fastest_memory_format((*key, batch_size, "forward"), run, device)
 
 
 # The 8 symmetries of the square: optional transpose of (y, x) after optional flips.
@@ -209,36 +244,36 @@ def _plan_region(
     return _Region(tuple(origin), tuple(size), plans, swapped, start, stop)
 
 
-def _predict_region(model: UNet, data: np.ndarray, region: _Region, batch_size: int) -> np.ndarray:
+def _predict_region(model: UNet, data: np.ndarray, region: _Region, run: _Pass) -> np.ndarray:
     """Probabilities of the output pixels of ``region`` from ``data``, its normalised, mirrored
     input box ``[region.start, region.stop)``."""
     if not region.swapped:
-        return _run_tiles(model, data, region.plans, batch_size)
+        return _run_tiles(model, data, region.plans, run)
     extra = region.origin[0] - region.start[0] - Geometry.of(model).halo
     total = np.zeros((model.config["n_classes"], *region.size), dtype=np.float32)
     for flips, swap in _DIHEDRAL:
         view = _transform(data, flips, swap)
         axis_plans = region.swapped if swap else region.plans
         view = view[tuple(slice(extra, extra + p.read_length) for p in axis_plans)]
-        total += _untransform(_run_tiles(model, view, axis_plans, batch_size), flips, swap)
+        total += _untransform(_run_tiles(model, view, axis_plans, run), flips, swap)
     return total / len(_DIHEDRAL)
 
 
 def _run_tiles(
-    model: UNet, padded: np.ndarray, plans: Sequence[AxisPlan], batch_size: int
+    model: UNet, padded: np.ndarray, plans: Sequence[AxisPlan], run: _Pass
 ) -> np.ndarray:
     """Run every tile of ``plans`` over ``padded`` in batches; assemble the output region."""
     out = np.empty((model.config["n_classes"], *(p.size for p in plans)), dtype=np.float32)
     origins = list(itertools.product(*(p.starts for p in plans)))
-    for first in range(0, len(origins), batch_size):
-        batch = origins[first : first + batch_size]
+    for first in range(0, len(origins), run.batch_size):
+        batch = origins[first : first + run.batch_size]
         tiles = np.stack(
             [
                 padded[tuple(slice(o, o + p.tile) for o, p in zip(corner, plans, strict=True))]
                 for corner in batch
             ]
         )
-        for corner, probs in zip(batch, _forward(model, tiles), strict=True):
+        for corner, probs in zip(batch, _forward(model, tiles, run), strict=True):
             keep = tuple(
                 slice(0, min(p.output, p.size - o)) for o, p in zip(corner, plans, strict=True)
             )
@@ -247,21 +282,29 @@ def _run_tiles(
     return out
 
 
-def _forward(model: UNet, tiles: np.ndarray) -> np.ndarray:
-    """Softmax (an affinity net: sigmoids) of the network over a batch of tiles ``(batch,
-    *tile)``; same-padded networks are cropped by the halo so that they keep only pixels with full
-    context."""
+def _network(model: UNet, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """The logits of the network, computed in ``precision`` (autocast), as float32."""
+    with torch.inference_mode(), autocast(x.device, precision):
+        return model(x).float()
+
+
+def _forward(model: UNet, tiles: np.ndarray, run: _Pass) -> np.ndarray:
+    """Softmax (an affinity net: sigmoids; float32) of the network over a batch of tiles
+    ``(batch, *tile)``; same-padded networks are cropped by the halo so that they keep only
+    pixels with full context."""
     geometry = Geometry.of(model)
     device = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).unsqueeze(1).to(device)
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=_CHANNELS_LAST[geometry.dims])
+    logits = _network(
+        model,
+        x.contiguous(memory_format=torch_memory_format(run.memory_format, x.dim())),
+        run.precision,
+    )
+    if geometry.padding == "same":
+        crop = slice(geometry.halo, -geometry.halo)
+        logits = logits[(slice(None), slice(None), *[crop] * geometry.dims)]
     with torch.inference_mode():
-        logits = model(x)
-        if geometry.padding == "same":
-            crop = slice(geometry.halo, -geometry.halo)
-            logits = logits[(slice(None), slice(None), *[crop] * geometry.dims)]
-        return probabilities(logits.float(), model.config).cpu().numpy()
+        return probabilities(logits, model.config).cpu().numpy()
 
 
 # --- Zarr volumes with Dask ----------------------------------------------------------------------
@@ -306,21 +349,27 @@ class _Job:
     tta: bool
     dtype: str
     device: str
+    precision: str  # resolved
+    memory_format: str
+
+    @property
+    def run(self) -> _Pass:
+        return _Pass(self.batch_size, self.precision, self.memory_format)
 
 
-_MODELS: dict[tuple[str, int, str], tuple[UNet, dict[str, Any]]] = {}
+_MODELS: dict[tuple[str, int, str, str], tuple[UNet, dict[str, Any]]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _worker_model(path: str, device: str) -> tuple[UNet, dict[str, Any]]:
-    """The model, loaded once per worker process (shared by its threads), channels_last on CPU."""
+def _worker_model(path: str, device: str, fmt: str = "contiguous") -> tuple[UNet, dict[str, Any]]:
+    """The model, loaded once per worker process (shared by its threads), in memory format
+    ``fmt``."""
     device = _resolve_device(device)
-    key = (path, Path(path).stat().st_mtime_ns, device)
+    key = (path, Path(path).stat().st_mtime_ns, device, fmt)
     with _MODELS_LOCK:
         if key not in _MODELS:
             model, metadata = load_model(path, device)
-            if torch.device(device).type == "cpu":
-                model.to(memory_format=_CHANNELS_LAST[model.config["dims"]])
+            model.to(memory_format=torch_memory_format(fmt, model.config["dims"] + 2))
             _MODELS.clear()
             _MODELS[key] = (model, metadata)
         return _MODELS[key]
@@ -412,8 +461,8 @@ def _read_block(
 def _predict_block(model: UNet, job: _Job, data: np.ndarray, region: _Region) -> np.ndarray:
     """The network over one block's input: (classes, z, y, x) probabilities, float32."""
     if job.geometry.dims == 3:
-        return _predict_region(model, data, region, job.batch_size)
-    return np.stack([_predict_region(model, plane, region, job.batch_size) for plane in data], 1)
+        return _predict_region(model, data, region, job.run)
+    return np.stack([_predict_region(model, plane, region, job.run) for plane in data], 1)
 
 
 def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
@@ -427,7 +476,7 @@ def _predict_batch(job: _Job, batch: tuple[int, int, int]) -> dict[str, Any]:
     the previous one overlap the network's work on the current one. A block finished earlier is
     kept when its input digest is unchanged; the marker of a block follows its complete write."""
     started = time.perf_counter()
-    model, metadata = _worker_model(job.model_path, job.device)
+    model, metadata = _worker_model(job.model_path, job.device, job.memory_format)
     target = zarr.open_array(job.target, mode="r+")
     markers = zarr.open_array(str(_markers(job.target)), mode="r+")
     span = tuple(
@@ -523,6 +572,8 @@ def predict_zarr(
     mirror: str = "reflect",
     tta: bool = False,
     dtype: str = "float16",
+    precision: str = "auto",
+    memory_format: str = "auto",
     device: str = "auto",
     scheduler: str = "threads",
     n_workers: int = 1,
@@ -545,8 +596,12 @@ def predict_zarr(
     OME-Zarr ``output`` when complete; a killed run restarted with the same model and
     parameters keeps the blocks already written
     whose input is unchanged (checked by digest). ``dtype`` float16 stores probabilities, uint8
-    stores ``round(255 p)``. ``scheduler``: threads, local (a distributed LocalCluster), address
-    (an existing scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
+    stores ``round(255 p)``. ``precision``: the network's (:func:`predict_image`), resolved
+    here for the tasks' device (with another scheduler and device auto: for this machine's CPU);
+    the output's attributes record it and the memory format measured here for it (a resumed run
+    keeps the recorded format) unless ``memory_format`` is contiguous or channels_last.
+    ``scheduler``: threads, local (a distributed LocalCluster), address (an existing
+    scheduler) or slurm (a dask-jobqueue SLURMCluster, ``slurm`` its options).
     The output records ``input_sha256``, the digest of the input as stored
     (:func:`unetpipe.io.stored_digest`), which evaluate matches against the dataset it scores.
     Returns counts (blocks, computed, reused, stale, per worker) and timings. An existing output
@@ -554,6 +609,9 @@ def predict_zarr(
     """
     slurm = dict(slurm or {})
     _check_run_settings(dtype, scheduler, mirror, device, n_workers, threads_per_worker, slurm)
+    # The device of the tasks as seen from here (other schedulers' workers may differ).
+    here = device if scheduler == "threads" or device != "auto" else "cpu"
+    precision = resolve_precision(precision, _resolve_device(here))
     started = time.perf_counter()
     source = open_image(input_zarr_array)
     model_path = str(Path(model_path).resolve())
@@ -595,12 +653,26 @@ def predict_zarr(
         "mirror": mirror,
         "tta": tta,
         "dtype": dtype,
+        "precision": precision,
         "scale": 1 / 255 if dtype == "uint8" else 1.0,
         "axes": ["c", "z", "y", "x"],
     }
     if "offsets" in model.config:  # an affinity network: channel k relates x and x + offsets[k]
         attrs["offsets"] = model.config["offsets"]
         attrs["channels"] = channel_names(model.config["offsets"])
+    fingerprint = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
+    batch = _batch_shape(grid)
+    # The tile of a full block: the one the format is measured for.
+    largest = tuple(
+        plan_axis(min(b, n), t, geometry).tile
+        for b, n, t in zip(block[3 - dims :], source.shape[3 - dims :], max_tile, strict=True)
+    )
+    resumed = _same_run(partial, fingerprint, grid, batch)
+    fmt, how = choose_memory_format(
+        memory_format,
+        _recorded_format(partial) if resumed else None,
+        lambda: pass_memory_format(model, largest, batch_size, precision),
+    )
     job = _Job(
         model_path,
         source,
@@ -608,26 +680,36 @@ def predict_zarr(
         geometry,
         block,  # type: ignore[arg-type]
         grid,  # type: ignore[arg-type]
-        _batch_shape(grid),
+        batch,
         max_tile,
         batch_size,
         mirror,
         tta,
         dtype,
         device,
+        precision,
+        fmt,
     )
-    resumed = _open_partial(partial, attrs, model.config["n_classes"], source.shape, job)
+    if not resumed:
+        attrs = {**attrs, "memory_format": fmt, "fingerprint": fingerprint}
+        _create_partial(partial, attrs, model.config["n_classes"], source.shape, job)
+    elif how == "configured":  # the format of this run, the last to write blocks
+        zarr.open_array(str(partial), mode="r+").attrs["memory_format"] = fmt
     # What was read, for evaluate to match against a dataset; outside the fingerprint, so that
     # a resumed run still keeps each block whose own input is unchanged.
     zarr.open_array(str(partial), mode="r+").attrs["input_sha256"] = _input_digest(source)
     n_blocks = math.prod(grid)
     log.info(
-        "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, scheduler %s%s",
+        "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, %s, memory format "
+        "%s (%s), scheduler %s%s",
         source.shape,
         n_blocks,
         block,
         job.batch,
         max_tile,
+        precision,
+        fmt,
+        how,
         scheduler,
         "; resuming: finished blocks are kept where their input is unchanged" if resumed else "",
     )
@@ -698,15 +780,12 @@ def _check_run_settings(
         raise ValueError(f"unknown slurm options {unknown}; known: {list(SLURM_KEYS)}")
 
 
-def _open_partial(
+def _create_partial(
     partial: Path, attrs: dict[str, Any], classes: int, shape: Sequence[int], job: _Job
-) -> bool:
-    """Reuse ``partial`` when it was made by the same model and parameters (True: resuming),
-    else start afresh: the output array and its marker store (one chunk per batch)."""
-    fingerprint = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
+) -> None:
+    """Start afresh (a partial output of other parameters is removed): the output array with
+    ``attrs`` and its marker store (one chunk per batch)."""
     if partial.exists():
-        if _same_run(partial, fingerprint, job):
-            return True
         shutil.rmtree(partial)
     array = zarr.create_array(
         str(partial),
@@ -716,7 +795,7 @@ def _open_partial(
         fill_value=0,
         config=STORE_EVERY_CHUNK,
     )
-    array.attrs.update({"unetpipe": "predict", **attrs, "fingerprint": fingerprint})
+    array.attrs.update({"unetpipe": "predict", **attrs})
     zarr.create_array(
         str(_markers(partial)),
         shape=job.grid,
@@ -725,17 +804,22 @@ def _open_partial(
         fill_value=0,
         compressors=None,
     )
-    return False
 
 
-def _same_run(partial: Path, fingerprint: str, job: _Job) -> bool:
+def _same_run(partial: Path, fingerprint: str, grid: Sequence[int], batch: Sequence[int]) -> bool:
+    """Whether ``partial`` was made by the same model and parameters (resumable)."""
     metadata = partial / "zarr.json"
     if not (metadata.is_file() and (_markers(partial) / "zarr.json").is_file()):
         return False
     if json.loads(metadata.read_text())["attributes"].get("fingerprint") != fingerprint:
         return False
     markers = zarr.open_array(str(_markers(partial)), mode="r")
-    return markers.shape == job.grid and markers.chunks == job.batch
+    return markers.shape == tuple(grid) and markers.chunks == tuple(batch)
+
+
+def _recorded_format(partial: Path) -> str | None:
+    """The memory format a partial output was started with (a resumed run keeps it)."""
+    return json.loads((partial / "zarr.json").read_text())["attributes"].get("memory_format")
 
 
 def _compute(

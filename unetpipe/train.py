@@ -16,6 +16,7 @@ Checkpoints hold tensors and plain values only (``torch.load(..., weights_only=T
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import json
@@ -44,6 +45,14 @@ from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
 from unetpipe.losses import AFFINITY_LOSSES, weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
 from unetpipe.model import UNet, save_file, save_model
+from unetpipe.precision import (
+    autocast,
+    choose_memory_format,
+    fastest_memory_format,
+    model_in_format,
+    resolve_precision,
+    torch_memory_format,
+)
 from unetpipe.predict import predict_image
 from unetpipe.report import curves_figure, read_log
 from unetpipe.splits import Split, resolve
@@ -79,16 +88,22 @@ def threshold_baseline(images: Sequence[np.ndarray], labels: Sequence[np.ndarray
 
 
 def validate(
-    model: torch.nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    precision: str = "float32",
 ) -> dict[str, float]:
-    """Pixel error and mean V_rand of whole normalised slices segmented by overlap-tile (Fig. 2).
+    """Pixel error and mean V_rand of whole normalised slices segmented by overlap-tile (Fig. 2),
+    the network run in ``precision``.
 
     Cells are the 4-connected components of ``cell probability > 0.5``
     (:func:`unetpipe.affinities.cell_map`: of an affinity net, its nearest-neighbour mean).
     """
     was_training = model.training
     model.eval()
-    cells = [cell_map(predict_image(model, image), model.config) for image in images]
+    cells = [
+        cell_map(predict_image(model, image, precision=precision), model.config) for image in images
+    ]
     model.train(was_training)
     vrand = [
         v_rand(components(p > CELL_THRESHOLD)[0], truth)
@@ -215,7 +230,9 @@ def _finite(model: torch.nn.Module) -> bool:
 
 
 class _Trainer:
-    """The network, optimiser, learning-rate schedule and loss scaler of one training process."""
+    """The network, optimiser, learning-rate schedule and loss scaler of one training process;
+    the network runs in ``train.precision`` (autocast, float32 weights) and in the memory format
+    given to :meth:`start` (NCHW until then)."""
 
     def __init__(
         self,
@@ -228,15 +245,10 @@ class _Trainer:
         if model_cfg.get("dims", 2) != 2:
             raise ValueError("training reads 2D slices: model.dims must be 2")
         self.device, self.world, self.batch = device, world, int(cfg["batch_size"])
-        cuda = device.type == "cuda"
-        # Memory format per device, measured: channels_last is faster on GPUs, but on a 2-core
-        # x86 CPU its backward pass is ~1.8x slower than NCHW (paper net at 572: 23 s vs 12 s).
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
-        self.amp = None
-        if cuda and cfg["amp"]:
-            self.amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.precision = resolve_precision(cfg["precision"], device)
+        self.memory_format = "contiguous"
         torch.manual_seed(cfg["seed"])  # the same initial weights in every process
-        self.model = UNet(**network_config(model_cfg)).to(device, memory_format=self.memory_format)
+        self.model = UNet(**network_config(model_cfg)).to(device)
         self.offsets = self.model.config.get("offsets")
         self.affinity_loss = AFFINITY_LOSSES[cfg.get("affinity_loss", "dice")]
         torch.manual_seed(cfg["seed"] + rank)  # each process its own dropout masks
@@ -252,17 +264,50 @@ class _Trainer:
             lr_factor, iterations=cfg["iterations"], schedule=cfg["schedule"], warmup=cfg["warmup"]
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
-        self.net = DistributedDataParallel(self.model) if world > 1 else self.model
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "float16")
+        self.net: torch.nn.Module = self.model
+
+    def fastest_format(self, tile: int) -> str:
+        """The memory format in which a training pass (forward and backward) of one batch of
+        ``tile`` tiles is faster here, measured on a copy of the network (the weights, gradients
+        and RNG state of the run are untouched); in DDP rank 0 measures for every process."""
+        choice = [None]
+        if self.world == 1 or dist.get_rank() == 0:
+            net = copy.deepcopy(self.model).train()
+            shape = (self.batch // self.world, net.config["in_channels"], tile, tile)
+            x = torch.zeros(shape, device=self.device)
+
+            gpus = [self.device] if self.device.type == "cuda" else []
+
+            def run(name: str) -> None:
+                with model_in_format(net, name), torch.random.fork_rng(gpus):
+                    with autocast(self.device, self.precision):
+                        logits = net(x.contiguous(memory_format=torch_memory_format(name)))
+                    logits.float().mean().backward()
+                net.zero_grad(set_to_none=True)
+
+            key = (str(self.device), self.precision, json.dumps(net.config, sort_keys=True))
+            choice = [fastest_memory_format((*key, shape, "train"), run, self.device)]
+        if self.world > 1:
+            dist.broadcast_object_list(choice)
+        return choice[0]
+
+    def start(self, fmt: str) -> None:
+        """Put the network in memory format ``fmt`` (a name of ``MEMORY_FORMATS``) for the run;
+        wrap it for DDP."""
+        self.memory_format = fmt
+        self.model.to(memory_format=torch_memory_format(fmt))
+        self.net = DistributedDataParallel(self.model) if self.world > 1 else self.model
 
     def step(
         self, image: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     ) -> tuple[float, float]:
         """One optimiser step on a batch; returns (loss of the whole batch, learning rate used)."""
-        image = image.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        fmt = torch_memory_format(self.memory_format)
+        image = image.to(self.device, non_blocking=True, memory_format=fmt)
         target = target.to(self.device, non_blocking=True)
         weights = weights.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+        with autocast(self.device, self.precision):
             logits = self.net(image)
         loss = self._loss(logits, target, weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -372,15 +417,18 @@ def _resume(
 class _Validation:
     """The validation slices segmented whole by overlap-tile (Fig. 2) during training."""
 
-    def __init__(self, group: Any, slices: Sequence[int], stats: dict[str, float]) -> None:
+    def __init__(
+        self, group: Any, slices: Sequence[int], stats: dict[str, float], precision: str
+    ) -> None:
         self.images = [normalize(group["raw"][z], stats) for z in slices]
         self.labels = [np.asarray(group["labels"][z]) for z in slices]
+        self.precision = precision
 
     def baseline(self) -> float:
         return threshold_baseline(self.images, self.labels)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        return validate(model, self.images, self.labels)
+        return validate(model, self.images, self.labels, self.precision)
 
 
 def _train(
@@ -410,9 +458,27 @@ def _train(
             "normalization": stats,
             "split": split,
             "val_every": cfg["val_every"],
-            "fingerprint": _fingerprint(group, split, cfg, trainer.model.config, augment_cfg),
+            "precision": trainer.precision,
+            "fingerprint": _fingerprint(
+                group,
+                split,
+                {**cfg, "precision": trainer.precision},
+                trainer.model.config,
+                augment_cfg,
+            ),
         }
         ckpt = _resume(ckpt_dir, meta, cfg["export"], device, rank)
+        # The memory format: as configured, else the one recorded in the checkpoint, else the
+        # faster one measured here.
+        meta["memory_format"], how = choose_memory_format(
+            cfg["memory_format"],
+            ckpt.get("memory_format") if ckpt is not None else None,
+            lambda: trainer.fastest_format(tile),
+        )
+        trainer.start(meta["memory_format"])
+        log.info(
+            "network in %s, memory format %s (%s)", trainer.precision, meta["memory_format"], how
+        )
         state = {"start": 0, "best": {"iteration": 0, "val_vrand": -1.0}, "scores": {}}
         if ckpt is not None:
             trainer.restore(ckpt, rank)
@@ -421,7 +487,7 @@ def _train(
                 "best": ckpt["best"],
                 "scores": ckpt["scores"],
             }
-        validation = _Validation(group, split["val"], stats)
+        validation = _Validation(group, split["val"], stats, trainer.precision)
         if rank == 0 and validation.labels:
             meta["baseline_vrand"] = validation.baseline()
             log.info("validation V_rand of an Otsu threshold: %.4f", meta["baseline_vrand"])
@@ -585,9 +651,10 @@ def _fingerprint(
     augment_cfg: dict[str, Any],
 ) -> str:
     """What a run's weights depend on: its result settings (not ``export`` and ``val_every``, which
-    only pick the state exported), the split, and the content of the arrays it reads (their stored
-    bytes: any change of a pixel, a label or a weight changes it). A checkpoint resumes only a run
-    with the same fingerprint; run settings (device, processes, workers, cadence) are not in it."""
+    only pick the state exported; ``precision`` as resolved on the device), the split, and the
+    content of the arrays it reads (their stored bytes: any change of a pixel, a label or a weight
+    changes it). A checkpoint resumes only a run with the same fingerprint; run settings (device,
+    processes, workers, cadence) and the memory format are not in it."""
     settings = result_settings("train", cfg)
     del settings["export"]
     augment = result_settings("augment", augment_cfg)
@@ -632,7 +699,15 @@ def _export(run: Path, checkpoint: Path) -> None:
     model.load_state_dict(ckpt["model"])
     if not _finite(model):
         raise RuntimeError(f"{checkpoint}: the weights are not finite; not exported")
-    keep = ("normalization", "tile", "output_size", "iteration", "baseline_vrand", "split")
+    keep = (
+        "normalization",
+        "tile",
+        "output_size",
+        "iteration",
+        "baseline_vrand",
+        "split",
+        "precision",
+    )
     metadata = {k: ckpt[k] for k in keep if k in ckpt}
     save_model(run / "model.pt", model, **metadata, **ckpt["scores"])
     log.info("exported %s from %s (iteration %d)", run / "model.pt", checkpoint, ckpt["iteration"])

@@ -76,7 +76,7 @@ def test_ctc_u373_end_to_end(server, tmp_path):
         val_every=60,
         checkpoint_every=60,
         device="cpu",
-        amp=False,
+        precision="float32",
         workers=0,
     )
     config["segment"].update(min_size=16)

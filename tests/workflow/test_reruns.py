@@ -163,3 +163,14 @@ def test_result_settings_rerun_their_stage_and_what_follows(section, tiny_run, t
         config = changed(config, (section, *path), other_value(sub, value))
     rules = scheduled_rules(tiny_run, configfile=write(tmp_path, config, section))
     assert rules == DOWNSTREAM[section]
+
+
+@pytest.mark.parametrize("section", ["predict", "train"])
+def test_precision_reruns_the_stage_and_the_memory_format_does_not(section):
+    """The precision changes the numbers (a result setting: predict, or train, and what follows
+    rerun, as the dry runs above check for every result setting); the memory format is chosen per
+    machine (recorded, not rerun)."""
+    values = defaults(section)
+    params = rule_params(section, values)
+    assert rule_params(section, {**values, "precision": "bfloat16"}) != params
+    assert rule_params(section, {**values, "memory_format": "channels_last"}) == params

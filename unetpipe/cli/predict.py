@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unetpipe.cli import add_overwrite
+from unetpipe.precision import PRECISIONS
 from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predict_zarr
 
 
@@ -16,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Overlap-tile inference with Dask into an OME-Zarr image (axes, voxel size, pyramid). "
             "The output appears only when complete; a killed "
             "run resumes when restarted, keeping the finished blocks whose input is unchanged. "
-            "Only --mirror, --tta and --dtype change the result; the other options are run "
-            "settings."
+            "Only --mirror, --tta, --dtype and --precision change the result; the other options "
+            "are run settings."
         ),
     )
     parser.add_argument("model", help="exported model (model.pt)")
@@ -66,6 +67,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stored probabilities; uint8 stores round(255 p) (default: %(default)s)",
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the network's precision: auto = bfloat16 on a GPU or a CPU with native bfloat16 "
+        "(AMX, AVX512-BF16), else float32 (float16 where a GPU lacks bfloat16); float16 only on "
+        "CUDA (default: %(default)s)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help="auto (each worker's GPU if it has one), cpu, cuda or cuda:N (default: %(default)s)",
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         tta=args.tta,
         dtype=args.dtype,
+        precision=args.precision,
         device=args.device,
         scheduler=args.scheduler,
         address=args.address,

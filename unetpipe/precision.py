@@ -1,0 +1,119 @@
+"""Numeric precision and memory format of the network per device (not part of the paper).
+
+``auto`` is deterministic: on CUDA bfloat16 where the GPU supports it, else float16 (with loss
+scaling in training); on a CPU bfloat16 where oneDNN runs it natively (AMX or AVX512-BF16, as
+torch reports them), else float32. Reduced precision means autocast: the weights stay float32,
+and callers compute losses and probabilities from float32 logits.
+
+The memory format (NCHW or channels_last) is the faster of the two measured on this process's
+device for the pass at hand, not a constant: which one wins depends on the CPU, the precision
+and on forward vs backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bfloat16 convolutions natively (AMX tiles or AVX512-BF16)."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The precision a run on ``device`` uses for ``precision`` (``auto`` resolved): float32,
+    bfloat16 or float16. ValueError for an unknown name and for float16 on a CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda = torch.device(device).type == "cuda"
+    if precision == "float16" and not cuda:
+        raise ValueError(
+            "precision float16 needs a CUDA device; on a CPU use bfloat16, float32 or auto"
+        )
+    if precision != "auto":
+        return precision
+    if cuda:
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to a resolved reduced ``precision``; a no-op for float32."""
+    device_type = torch.device(device).type
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, precision))
+
+
+def torch_memory_format(name: str, ndim: int = 4) -> torch.memory_format:
+    """The torch memory format of a name of :data:`MEMORY_FORMATS` for tensors of ``ndim`` axes."""
+    if name not in MEMORY_FORMATS:
+        raise ValueError(f"memory format must be one of {MEMORY_FORMATS}, got {name!r}")
+    return _CHANNELS_LAST[ndim] if name == "channels_last" else torch.contiguous_format
+
+
+_FASTEST: dict[tuple, str] = {}
+
+
+def fastest_memory_format(
+    key: tuple, run: Callable[[str], None], device: str | torch.device, repeats: int = 2
+) -> str:
+    """The name of the memory format in which ``run(name)`` (one pass) takes least time: each
+    format warmed up once (oneDNN and cuDNN pick kernels on first use), then timed ``repeats``
+    times, best of them. Cached per process under ``key`` (the device, precision, network, input
+    shape and pass the caller measured)."""
+    if key not in _FASTEST:
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        best = {}
+        for name in MEMORY_FORMATS:
+            run(name)
+            sync()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(name)
+                sync()
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+        _FASTEST[key] = min(best, key=best.get)
+    return _FASTEST[key]
+
+
+def choose_memory_format(
+    configured: str, recorded: str | None, measure: Callable[[], str]
+) -> tuple[str, str]:
+    """(format, how it was chosen): the ``configured`` one unless it is ``auto``, else the one
+    ``recorded`` by the run being resumed, else ``measure()``."""
+    if configured != "auto":
+        torch_memory_format(configured)  # ValueError for an unknown name
+        return configured, "configured"
+    if recorded:
+        return recorded, "recorded"
+    return measure(), "measured"
+
+
+@contextlib.contextmanager
+def model_in_format(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """``model`` converted to the memory format ``name`` for the block, put back afterwards."""
+    weights = [p for p in model.parameters() if p.dim() >= 4]
+    if not weights:
+        yield
+        return
+    fmt = torch_memory_format(name, weights[0].dim())
+    if all(p.is_contiguous(memory_format=fmt) for p in weights):
+        yield
+        return
+    before = "contiguous" if all(p.is_contiguous() for p in weights) else "channels_last"
+    model.to(memory_format=fmt)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch_memory_format(before, weights[0].dim()))
