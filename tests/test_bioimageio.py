@@ -209,6 +209,8 @@ def test_bad_run_dirs_fail_with_one_clear_error(tmp_path: Path, run: Path) -> No
         export_bioimageio(tmp_path, output)
     with pytest.raises(ValueError, match=r"\.zip"):
         export_bioimageio(run, tmp_path / "out.tar")
+    with pytest.raises(ValueError, match="names its authors: set export.authors"):
+        export_bioimageio(run, output)  # none given: bioimageio.core would only warn
     assert main(["export", str(tmp_path), "--bioimageio", str(output)]) == 1
     assert not output.exists()
 
@@ -217,5 +219,5 @@ def test_a_failed_model_test_leaves_nothing(tmp_path: Path, run: Path, monkeypat
     failed = {"status": "failed", "checks": [{"name": "reproduce", "status": "failed"}]}
     monkeypatch.setattr("unetpipe.bioimageio.model_test", lambda package: failed)
     with pytest.raises(RuntimeError, match="model test failed"):
-        export_bioimageio(run, tmp_path / "out.zip")
+        export_bioimageio(run, tmp_path / "out.zip", {"authors": [{"name": "A. Tester"}]})
     assert list(tmp_path.iterdir()) == []

@@ -446,6 +446,10 @@ def test_tiff_export_for_fiji_round_trips(
         assert tif.imagej_metadata["spacing"] == 0.5 and tif.imagej_metadata["unit"] == "micron"
         assert tif.pages[0].resolution == (1.0, 1.0)
         exported = tif.asarray()
+        n_slices = exported.shape[0]
+        assert tif.imagej_metadata["Labels"] == ["background", "cell"] * n_slices  # channel names
+    with tifffile.TiffFile(tmp_path / "s.tif") as tif:
+        assert tif.imagej_metadata["Labels"] == ["labels"] * n_slices
     probs = zarr.open_array(str(predictions / "0"))[:]
     assert exported.dtype == np.float32
     np.testing.assert_array_equal(exported, np.moveaxis(probs, 0, 1).astype(np.float32))

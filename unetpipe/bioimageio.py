@@ -147,6 +147,11 @@ def export_bioimageio(
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: only grey-value (1 input channel) networks are exported")
+    if not params["authors"]:
+        raise ValueError(
+            f"{output}: a bioimage.io package names its authors: set export.authors (e.g. "
+            "[{name: Jane Doe}]) or pass --author NAME"
+        )
     if "offsets" in model.config:
         raise ValueError(
             f"{model_path} predicts affinities: its bioimage.io package is not built yet; set "
@@ -496,8 +501,7 @@ def _readme(
         "",
         "## Authors and license",
         "",
-        "- authors: "
-        + (", ".join(a["name"] for a in params["authors"]) or "not given (config export.authors)"),
+        f"- authors: {', '.join(a['name'] for a in params['authors'])}",
         f"- license: {params['license']}",
         f"- tags: {', '.join(params['tags']) or '(automatic)'}",
         f"- made from `{model_path.name}`, sha256 `{sha256sum(model_path)}`",

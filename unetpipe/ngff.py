@@ -651,12 +651,15 @@ def write_tiff(
 
     Written page by page (memory: one (y, x) plane); ``level`` picks a multiscale level.
     Probabilities become float32 (uint8 stays), labels uint16 or float32, whichever holds them.
+    Every plane is labelled with its channel's name (Fiji shows it): the classes, the affinity
+    channels or ``labels``.
     """
     image = open_image(source, "czyx", level)
     classes, n_slices, height, width = image.shape
     dtype = _imagej_dtype(image)
     (spacing, size_y, size_x), unit = image.space.scale, image.space.unit[-1]
-    metadata: dict[str, Any] = {"axes": "ZCYX", "spacing": spacing}
+    names = image.attrs.get("channels") or (["labels"] if classes == 1 else class_names(classes))
+    metadata: dict[str, Any] = {"axes": "ZCYX", "spacing": spacing, "Labels": names * n_slices}
     if unit:
         metadata["unit"] = _IMAGEJ_UNITS.get(unit, unit)
     pages = (image[c, z].astype(dtype) for z in range(n_slices) for c in range(classes))

@@ -16,15 +16,17 @@ import yaml
 from .conftest import REPO, TINY, check, scheduled_rules, snakemake
 
 CONFIGS = REPO / "config"
+AUTHORS = [{"name": "A. Tester"}]
 RUN = Path("results/tiny/tiny")
 AFTER_TRAIN = {"predict", "segment", "evaluate", "report", "all"}
 
 
-def changed_config(workdir: Path, section: str, key: str, value) -> Path:
-    """tiny.yaml with one value changed, written into ``workdir`` (keys kept in their order:
-    Snakemake compares params by their repr, so reordering a section would rerun its rules)."""
+def changed_config(workdir: Path, section: str, key: str, value, **more) -> Path:
+    """tiny.yaml with one value (and ``more`` of the same section) changed, written into
+    ``workdir`` (keys kept in their order: Snakemake compares params by their repr, so reordering
+    a section would rerun its rules)."""
     config = yaml.safe_load(TINY.read_text())
-    config.setdefault(section, {})[key] = value
+    config.setdefault(section, {}).update({key: value, **more})
     path = workdir / f"tiny-{section}-{key}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -111,6 +113,9 @@ def test_forcerun_one_stage(tiny_run, tmp_path):
 def test_bioimageio_package_is_built_only_when_asked(tmp_path):
     assert "export_bioimageio" not in scheduled_rules(tmp_path)
     config = changed_config(tmp_path, "export", "bioimageio", True)
+    result = snakemake(tmp_path, "-n", configfile=config)
+    assert result.returncode == 1 and "authors" in result.stderr + result.stdout
+    config = changed_config(tmp_path, "export", "bioimageio", True, authors=AUTHORS)
     assert "export_bioimageio" in scheduled_rules(tmp_path, configfile=config)
 
 
@@ -119,7 +124,7 @@ def test_bioimageio_package_at_the_end_of_a_run(tiny_run, tmp_path):
     """export.bioimageio on a finished run adds the package, tested by bioimageio.core."""
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
-    config = changed_config(workdir, "export", "bioimageio", True)
+    config = changed_config(workdir, "export", "bioimageio", True, authors=AUTHORS)
     assert scheduled_rules(workdir, configfile=config) == {"export_bioimageio", "all"}
     check(snakemake(workdir, "--cores", "2", configfile=config))
     assert (workdir / RUN / "tiny.bioimageio.zip").stat().st_size > 0
