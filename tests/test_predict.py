@@ -662,3 +662,17 @@ def test_predict_zarr_names_affinity_channels_and_records_offsets(tmp_path: Path
     with pytest.raises(ValueError, match="tta off"):
         predict_zarr(path, raw, tmp_path / "tta.zarr", tta=True, progress=False)
     assert not (tmp_path / "tta.zarr").exists()
+
+
+def test_provenance_paths_are_relative_to_the_output(model_file: Path, tmp_path: Path) -> None:
+    """Results moved or shared together keep a true record: no absolute local paths."""
+    from unetpipe.segment import segment_zarr
+
+    make_volume(tmp_path / "in" / "raw.zarr", (1, 30, 40))
+    out = tmp_path / "out" / "p.zarr"
+    predict_zarr(model_file, tmp_path / "in" / "raw.zarr", out, tile=60, progress=False)
+    attrs = open_image(out, "czyx").attrs
+    assert attrs["model"] == f"../../{model_file.parent.name}/model.pt" and attrs["model_sha256"]
+    assert attrs["input"]["path"] == "../in/raw.zarr"
+    segment_zarr(out, tmp_path / "out" / "seg" / "s.zarr", {"min_size": 0})
+    assert open_image(tmp_path / "out" / "seg" / "s.zarr").attrs["predictions"] == "../p.zarr"

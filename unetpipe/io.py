@@ -638,6 +638,16 @@ def writes_output(
     return decorate
 
 
+def relative_to_output(path: str | Path, output: str | Path) -> str:
+    """``path`` as provenance of ``output``: relative to the folder holding ``output`` (so that
+    the record stays true when results are moved or shared together), as a URI otherwise."""
+    path, base = Path(path).resolve(), Path(output).resolve().parent
+    try:
+        return Path(os.path.relpath(path, base)).as_posix()
+    except ValueError:  # another drive: no relative path
+        return path.as_uri()
+
+
 def _zarr_root(path: Path) -> Path:
     """The outermost Zarr node holding ``path`` (its group), or ``path`` outside Zarr."""
     root = path

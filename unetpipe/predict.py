@@ -39,6 +39,7 @@ from unetpipe.io import (
     STORE_EVERY_CHUNK,
     check_disjoint,
     location,
+    relative_to_output,
     sha256sum,
     stored_digest,
     writes_output,
@@ -642,11 +643,15 @@ def predict_zarr(
 
     grid = tuple(math.ceil(n / b) for n, b in zip(source.shape, block, strict=True))
     attrs = {
-        "model": model_path,
+        "model": relative_to_output(model_path, output),
         "model_sha256": sha256sum(model_path),
         "model_config": model.config,
         "normalization": metadata["normalization"],
-        "input": {"path": source.path, "format": source.format, "shape": list(source.shape)},
+        "input": {
+            "path": relative_to_output(source.path, output),
+            "format": source.format,
+            "shape": list(source.shape),
+        },
         "input_attrs": source.attrs,
         "tile": list(max_tile),
         "block": list(block),

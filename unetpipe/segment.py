@@ -38,7 +38,7 @@ from unetpipe import agglomerate as agg
 from unetpipe import metrics
 from unetpipe.affinities import is_attractive
 from unetpipe.config import defaults, section_params
-from unetpipe.io import STORE_EVERY_CHUNK, writes_output
+from unetpipe.io import STORE_EVERY_CHUNK, relative_to_output, writes_output
 from unetpipe.mutex import MAX_3D_VOXELS, mutex_watershed
 from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
 
@@ -507,7 +507,7 @@ def segment_zarr(
     source = _open_predictions(predictions)
     if params["method"] == "mutex_watershed":
         _check_mutex_source(source, params["mode"], predictions)
-    attributes: dict[str, Any] = {"predictions": str(predictions)}
+    attributes: dict[str, Any] = {"predictions": relative_to_output(predictions, output)}
     if tune["enabled"]:
         if truth is None or tune_slices is None:
             raise ValueError("segment.tune.enabled needs the labels and the training slices")
@@ -520,7 +520,7 @@ def segment_zarr(
         attributes["tuning"] = {
             "measure": tune["measure"],
             "slices": [int(z) for z in tune_slices],
-            "predictions": str(tune_predictions or predictions),
+            "predictions": relative_to_output(tune_predictions or predictions, output),
             "chosen": {k: chosen[k] for k in table[0] if k != tune["measure"]},
             "score": best,
             "table": table,
