@@ -156,3 +156,13 @@ def test_a_key_of_several_forms_lists_them(tmp_path):
     with pytest.raises(ValueError, match=forms):
         config.load_config({"dataset": {"labels": "binary"}})
     assert config.load_config({"dataset": {"labels": {"kind": "binary", "threshold": 128}}})
+
+
+def test_a_bioimageio_package_needs_its_authors():
+    from unetpipe.config import load_config
+
+    with pytest.raises(ValueError, match="export: 'authors' is a required property"):
+        load_config({"export": {"bioimageio": True}})
+    with pytest.raises(ValueError, match=r"export.authors: \[\] should be non-empty"):
+        load_config({"export": {"bioimageio": True, "authors": []}})
+    assert load_config({"export": {"bioimageio": True, "authors": [{"name": "A. Tester"}]}})
