@@ -676,3 +676,17 @@ def test_provenance_paths_are_relative_to_the_output(model_file: Path, tmp_path:
     assert attrs["input"]["path"] == "../in/raw.zarr"
     segment_zarr(out, tmp_path / "out" / "seg" / "s.zarr", {"min_size": 0})
     assert open_image(tmp_path / "out" / "seg" / "s.zarr").attrs["predictions"] == "../p.zarr"
+
+
+def test_a_foreign_folder_where_the_partial_output_goes_is_kept(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """``<output>.partial`` is where predict resumes; a folder there that unetpipe did not write
+    is refused, not removed to start afresh."""
+    make_volume(tmp_path / "raw.zarr", (1, 30, 30))
+    (tmp_path / "p.zarr.partial").mkdir()
+    (tmp_path / "p.zarr.partial" / "thesis.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"p.zarr.partial exists and was not written by unetpipe"):
+        predict_zarr(model_file, tmp_path / "raw.zarr", tmp_path / "p.zarr", progress=False)
+    assert (tmp_path / "p.zarr.partial" / "thesis.txt").read_text() == "x"
+    assert not (tmp_path / "p.zarr").exists()

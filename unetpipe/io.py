@@ -430,7 +430,7 @@ PROVENANCE = "unetpipe"
 (``user.unetpipe`` of a file) or TIFF Software tag that says unetpipe wrote a path."""
 _MARKER = f".{PROVENANCE}"
 _XATTR = f"user.{PROVENANCE}"
-_held: dict[Path, tuple[int, int]] = {}  # output -> (lock file descriptor, depth) in this process
+_held: set[Path] = set()  # outputs whose lock this process holds
 
 
 def written_by_unetpipe(path: str | Path) -> bool:
@@ -439,17 +439,22 @@ def written_by_unetpipe(path: str | Path) -> bool:
     path = Path(path)
     if path.is_symlink() or not path.exists():
         return False
-    return _marked(path) or (path.is_file() and any(_marked(p) for p in path.parents))
+    return _marked(path) or (path.is_file() and any(map(_folder_mark, path.parents)))
+
+
+def _folder_mark(folder: Path) -> bool:
+    """The folder's own mark: the ``.unetpipe`` file, or ``unetpipe`` in its Zarr attributes."""
+    return (folder / _MARKER).is_file() or PROVENANCE in _zarr_attributes(folder)
 
 
 def _marked(path: Path) -> bool:
-    """A Zarr node whose ``zarr.json`` attributes name unetpipe, a folder with the ``.unetpipe``
-    mark, a file with the extended attribute or a TIFF with unetpipe's Software tag; or a plain
-    folder holding only such things (or nothing)."""
+    """A folder with its own mark (:func:`_folder_mark`), a file with the extended attribute or
+    a TIFF with unetpipe's Software tag; or a plain folder holding only such things (or
+    nothing)."""
     if path.is_symlink():
         return False
     if path.is_dir():
-        if (path / _MARKER).is_file() or PROVENANCE in _zarr_attributes(path):
+        if _folder_mark(path):
             return True
         return not (path / "zarr.json").exists() and all(_marked(c) for c in path.iterdir())
     with contextlib.suppress(OSError):
@@ -481,10 +486,12 @@ def _mark(path: Path) -> None:
         return
     for folder, subfolders, names in os.walk(path):
         subfolders[:] = [d for d in subfolders if d != "c"]  # chunks, not nodes
-        if "zarr.json" in names and PROVENANCE not in _zarr_attributes(Path(folder)):
-            metadata = Path(folder) / "zarr.json"
-            node = json.loads(metadata.read_text())
-            node.setdefault("attributes", {})[PROVENANCE] = {"version": _version()}
+        if "zarr.json" not in names:
+            continue
+        metadata = Path(folder) / "zarr.json"
+        node = json.loads(metadata.read_text())
+        if PROVENANCE not in node.setdefault("attributes", {}):
+            node["attributes"][PROVENANCE] = {"version": _version()}
             metadata.write_text(json.dumps(node, indent=2))
 
 
@@ -511,7 +518,7 @@ def claim_folder(folder: str | Path) -> Path:
     """Make ``folder`` unetpipe's to write into (a run folder): create it, or take one that
     unetpipe wrote or that holds no file; refuse any other (what is in it is not ours)."""
     folder = Path(folder)
-    _refuse_foreign(folder)
+    refuse_foreign(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _mark(folder)
     return folder
@@ -521,7 +528,8 @@ def _holds_a_file(path: Path) -> bool:
     return path.is_file() or any(p.is_file() for p in path.rglob("*"))
 
 
-def _refuse_foreign(final: Path) -> None:
+def refuse_foreign(final: Path) -> None:
+    """Refuse an existing path unetpipe did not write (:func:`written_by_unetpipe`)."""
     if (final.exists() or final.is_symlink()) and not written_by_unetpipe(final):
         raise ValueError(
             f"{final} exists and was not written by unetpipe, which never replaces or deletes "
@@ -536,15 +544,10 @@ def claim_output(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     exits or dies); remove the temporary files a killed run left beside it. Re-entrant."""
     final = Path(final).resolve()
     name = _name(final)
-    if final in _held:
-        fd, depth = _held[final]
-        _held[final] = (fd, depth + 1)
-        try:
-            yield final
-        finally:
-            _held[final] = (fd, depth)
+    if final in _held:  # this process holds it already (atomic_path inside a stage)
+        yield final
         return
-    _refuse_foreign(final)
+    refuse_foreign(final)
     if final.exists() and not overwrite and _holds_a_file(final):
         raise ValueError(f"{final} exists (written by unetpipe): pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -559,11 +562,11 @@ def claim_output(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
         ) from None
     for leftover in [*final.parent.glob(f".{name}.tmp-*"), *final.parent.glob(f".{name}.old-*")]:
         _remove(leftover)
-    _held[final] = (fd, 1)
+    _held.add(final)
     try:
         yield final
     finally:
-        del _held[final]
+        _held.discard(final)
         lock.unlink(missing_ok=True)
         os.close(fd)
 
@@ -586,7 +589,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         if not tmp.exists():
             raise RuntimeError(f"{tmp}: nothing was written for {final}")
         _mark(tmp)
-        _refuse_foreign(final)
+        refuse_foreign(final)
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if final.exists() or final.is_symlink():
             final.rename(old)

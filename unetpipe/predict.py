@@ -36,9 +36,11 @@ from tqdm import tqdm
 from unetpipe.affinities import channel_names
 from unetpipe.intensity import normalize
 from unetpipe.io import (
+    PROVENANCE,
     STORE_EVERY_CHUNK,
     check_disjoint,
     location,
+    refuse_foreign,
     relative_to_output,
     sha256sum,
     stored_digest,
@@ -788,19 +790,21 @@ def _check_run_settings(
 def _create_partial(
     partial: Path, attrs: dict[str, Any], classes: int, shape: Sequence[int], job: _Job
 ) -> None:
-    """Start afresh (a partial output of other parameters is removed): the output array with
-    ``attrs`` and its marker store (one chunk per batch)."""
+    """Start afresh (a partial output of other parameters, never a folder unetpipe did not
+    write, is removed): the output array with ``attrs`` and its marker store (one chunk per
+    batch)."""
     if partial.exists():
+        refuse_foreign(partial)
         shutil.rmtree(partial)
-    array = zarr.create_array(
+    zarr.create_array(
         str(partial),
         shape=(classes, *shape),
         chunks=(classes, *job.block),
         dtype=job.dtype,
         fill_value=0,
+        attributes={PROVENANCE: "predict", **attrs},  # marked from its first byte
         config=STORE_EVERY_CHUNK,
     )
-    array.attrs.update({"unetpipe": "predict", **attrs})
     zarr.create_array(
         str(_markers(partial)),
         shape=job.grid,
