@@ -4,7 +4,13 @@ from skimage.segmentation import relabel_sequential
 
 from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
 from unetpipe.metrics import v_rand
-from unetpipe.mutex import edge_weights, mutex_watershed
+from unetpipe.mutex import (
+    edge_weights,
+    mutex_watershed,
+    mutex_watershed_blocks,
+    overlap_matches,
+    plan_blocks,
+)
 
 
 def cells_2d() -> np.ndarray:
@@ -74,3 +80,68 @@ def test_bias_moves_the_repulsive_edges_before_or_after_the_attractive_ones():
     assert len(np.unique(merged)) == 1 and merged[0, 0] != 0
     with pytest.raises(ValueError, match="stride"):
         mutex_watershed(affinities, offsets, stride=0)
+
+
+# --- block-wise ----------------------------------------------------------------------------------
+
+
+def cells_3d() -> np.ndarray:
+    """Twelve box cells of a (6, 40, 48) volume, 1-voxel membranes (0) between them in y and x,
+    cells touching across z between z 2 and 3; several cells cross the block faces of
+    (3, 16, 16) blocks."""
+    labels = np.zeros((6, 40, 48), np.int64)
+    n = 0
+    for z0, z1 in ((0, 3), (3, 6)):
+        for y0, y1 in ((0, 19), (20, 40)):
+            for x0, x1 in ((0, 13), (14, 33), (34, 48)):
+                n += 1
+                labels[z0:z1, y0:y1, x0:x1] = n
+    return labels
+
+
+def test_plan_blocks_tiles_the_volume_and_grows_by_the_longest_offset():
+    plan = plan_blocks((6, 40, 48), (3, 16, 16), OFFSETS_3D)  # longest: z 3, y 27, x 27
+    assert len(plan.cores) == 2 * 3 * 3
+    covered = np.zeros(plan.shape, int)
+    for lo, hi in plan.cores:
+        covered[tuple(map(slice, lo, hi))] += 1
+    assert (covered == 1).all()
+    assert plan.cores[0] == ((0, 0, 0), (3, 16, 16)) and plan.grown[0] == ((0, 0, 0), (6, 40, 43))
+    assert plan.grown[4] == ((0, 0, 0), (6, 40, 48))  # the middle block: clipped on every side
+    assert plan.scratch_shape == (18, 6, 40, 48)
+    # Face neighbours only: each block with the next one along z, y and x.
+    assert (0, 9) in plan.pairs and (0, 3) in plan.pairs and (0, 1) in plan.pairs
+    assert (0, 4) not in plan.pairs and len(plan.pairs) == 9 + 2 * 6 + 2 * 6
+    with pytest.raises(ValueError, match="3 positive sizes"):
+        plan_blocks((6, 40, 48), (3, 0, 16), OFFSETS_3D)
+
+
+def test_overlap_matches_by_hand():
+    first = np.array([1, 1, 1, 1, 2, 2, 0, 3, 3, 3])
+    second = np.array([5, 5, 5, 6, 6, 6, 6, 7, 0, 0])
+    # 1~5: 3 of min(4, 3); 2~6: 2 of min(2, 4); 1~6: 1 of min(4, 4) no; 3~7: 1 of min(3, 1).
+    assert overlap_matches(first, second).tolist() == [[1, 5], [2, 6], [3, 7]]
+    assert overlap_matches(first, second, fraction=0.9).tolist() == [[1, 5], [2, 6], [3, 7]]
+    assert overlap_matches(first, np.zeros_like(second)).shape == (0, 2)
+
+
+def test_blockwise_equals_the_whole_volume_on_clear_affinities():
+    labels = cells_3d()
+    targets, _ = affinity_targets(labels, OFFSETS_3D)
+    blocks = mutex_watershed_blocks(targets, OFFSETS_3D, (3, 16, 16))
+    assert same_partition(blocks, labels) and (blocks[labels == 0] == 0).all()
+    assert sorted(np.unique(blocks)) == list(range(13))  # numbered 1..n
+    assert same_partition(blocks, mutex_watershed(targets, OFFSETS_3D))
+
+
+def test_blockwise_stays_close_to_the_whole_volume_on_noisy_affinities():
+    labels = cells_3d()
+    targets, _ = affinity_targets(labels, OFFSETS_3D)
+    noise = np.random.default_rng(1).normal(0, 0.15, targets.shape)
+    noisy = np.clip(0.2 + 0.6 * targets + noise, 0, 1).astype(np.float32)
+    whole = mutex_watershed(noisy, OFFSETS_3D)
+    blocks = mutex_watershed_blocks(noisy, OFFSETS_3D, (3, 16, 16))
+    assert v_rand(blocks, whole) > 0.99 and v_rand(blocks, labels) > 0.99
+    # The mask leaves low-affinity voxels (membranes) at 0 in both.
+    masked = mutex_watershed_blocks(noisy, OFFSETS_3D, (3, 16, 16), mask_threshold=0.45)
+    assert (masked == 0).sum() > 0.5 * (labels == 0).sum()

@@ -415,5 +415,17 @@ def test_segment_zarr_mutex_watershed_3d_and_its_memory_bound(tmp_path, monkeypa
     labels = open_image(tmp_path / "seg.zarr")[:]
     assert score(labels, truth, "v_rand", mode="3d") == 1.0 and labels.max() == 3
     monkeypatch.setattr(segment, "MAX_3D_VOXELS", truth.size - 1)
-    with pytest.raises(ValueError, match="no block-wise 3D scheme"):
+    with pytest.raises(ValueError, match="set segment.mutex_block"):
         segment_zarr(tmp_path / "pred.zarr", tmp_path / "big.zarr", cfg)
+    # By overlapping blocks: the same partition, in chunks of the blocks, no scratch left.
+    blocks = {**cfg, "mutex_block": [2, 8, 8]}
+    segment_zarr(tmp_path / "pred.zarr", tmp_path / "big.zarr", blocks, threads=2)
+    big = open_image(tmp_path / "big.zarr")
+    assert score(big[:], truth, "v_rand", mode="3d") == 1.0 and big[:].max() == 3
+    assert big.attrs["segment"]["mutex_block"] == [2, 8, 8] and big.chunks == (2, 8, 8)
+    np.testing.assert_array_equal(big[:], segment_volume(affinities, OFFSETS_3D, **blocks))
+    assert not list(tmp_path.rglob(".mutex-blocks"))
+    with pytest.raises(ValueError, match="mutex_block is for method mutex_watershed in mode 3d"):
+        segment_volume(
+            affinities[:, 0], OFFSETS_2D, method="mutex_watershed", mutex_block=[1, 8, 8]
+        )

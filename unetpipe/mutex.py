@@ -15,22 +15,40 @@ that joined nothing at 0, which unetpipe keeps as background. ``mask`` (optional
 cuts every edge that touches a background pixel, so those pixels stay 0.
 
 Larger-than-memory volumes. The Mutex Watershed is global: the order of all edges decides each
-merge, so blocks segmented on their own can disagree with the whole. unetpipe uses only schemes
-that are exact: in ``2d`` mode each (y, x) slice is one problem (2D offsets, no edge between
-slices), segmented whole and in parallel (Dask, one task per slice), its labels made distinct over
-the stack -- identical to the whole stack in one call. In ``3d`` mode (3D offsets) the volume is
-one problem, segmented in memory up to :data:`MAX_3D_VOXELS` voxels and refused above that (a
-block-wise 3D scheme -- overlapping blocks stitched by overlap, or block fragments and a global
-pass over their region graph -- is not implemented).
+merge, so blocks segmented on their own can disagree with the whole. In ``2d`` mode each (y, x)
+slice is one problem (2D offsets, no edge between slices), segmented whole and in parallel (Dask,
+one task per slice), its labels made distinct over the stack -- identical to the whole stack in
+one call. In ``3d`` mode (3D offsets) the volume is one problem, segmented in memory up to
+:data:`MAX_3D_VOXELS` voxels; larger volumes go block-wise (:func:`plan_blocks`,
+:func:`blockwise`), overlapping blocks stitched by their overlap:
+
+1. each block of a regular grid, grown by a halo of the longest offset along each axis, is
+   segmented on its own (in parallel, one task each) and its labels kept for the whole grown box;
+2. two face-adjacent blocks both labelled the overlap of their grown boxes; a label of one and a
+   label of the other are the same object when they share at least half of the smaller one's
+   voxels in that overlap (:func:`overlap_matches`), and objects joined so are one (connected
+   components of these matches over the whole volume);
+3. every block writes its own voxels (not the halo) with the joined labels.
+
+Only one grown block is in memory per task, the matches of two blocks per stitching task; the
+grown blocks' labels wait in a scratch array. The result can differ from the whole volume's
+where the order of edges beyond a halo would have decided; ``benchmarks/bench_mutex_blocks.py``
+measures the disagreement (V_rand between the two partitions) and the peak memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.segmentation import relabel_sequential
 
 from unetpipe.affinities import check_offsets, is_attractive, pair_slices
+from unetpipe.agglomerate import Runner, blocks_of, serial
 
 MAX_3D_VOXELS = 2**25
 """Largest volume segmented in ``3d`` mode (weights are float64: 8 bytes per voxel and offset)."""
@@ -88,3 +106,172 @@ def mutex_watershed(
     strides = [[1] * dims if is_attractive(o) else [stride] * dims for o in offsets]
     labels = mwatershed.agglom(weights[keep], offsets, strides=strides if stride > 1 else None)
     return labels.astype(np.int64)
+
+
+def nearest_mean_mask(affinities: np.ndarray, offsets: Sequence[Sequence[int]], threshold: float):
+    """Foreground of an affinity map: the mean of its nearest-neighbour channels above
+    ``threshold``."""
+    nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
+    return affinities[nearest].mean(axis=0) > threshold
+
+
+# --- block-wise, for volumes larger than memory ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Blocks of a (z, y, x) volume: ``cores`` tile it, ``grown`` are the cores grown by ``halo``
+    (clipped to the volume), ``scratch_shape`` holds every grown block's labels; ``pairs`` are
+    the face-adjacent blocks ``(i, j)``, ``i < j``."""
+
+    shape: tuple[int, ...]
+    cores: list[tuple[tuple[int, ...], tuple[int, ...]]]
+    grown: list[tuple[tuple[int, ...], tuple[int, ...]]]
+    pairs: list[tuple[int, int]]
+    scratch_shape: tuple[int, ...]
+
+
+def plan_blocks(
+    shape: Sequence[int], block: Sequence[int], offsets: Sequence[Sequence[int]]
+) -> BlockPlan:
+    """The :class:`BlockPlan` of a volume ``shape`` in blocks of ``block`` (z, y, x), grown by the
+    longest offset along each axis (so every edge of a block's own voxels lies in its box)."""
+    shape = tuple(int(n) for n in shape)
+    block = tuple(int(b) for b in block)
+    if len(block) != 3 or min(block) < 1:
+        raise ValueError(f"segment.mutex_block must be 3 positive sizes (z, y, x), got {block}")
+    offsets = check_offsets(offsets, 3)
+    halo = [max(abs(o[d]) for o in offsets) for d in range(3)]
+    cores = [(tuple(lo), tuple(hi)) for lo, hi in blocks_of(shape, block)]
+    grown = [
+        (
+            tuple(max(0, a - h) for a, h in zip(lo, halo, strict=True)),
+            tuple(min(n, b + h) for b, h, n in zip(hi, halo, shape, strict=True)),
+        )
+        for lo, hi in cores
+    ]
+    index = {lo: i for i, (lo, _) in enumerate(cores)}
+    pairs = []
+    for i, (lo, hi) in enumerate(cores):
+        for d in range(3):
+            after = tuple(hi[d] if e == d else lo[e] for e in range(3))
+            if after in index:
+                pairs.append((i, index[after]))
+    longest = tuple(min(n, b + 2 * h) for b, h, n in zip(block, halo, shape, strict=True))
+    return BlockPlan(shape, cores, grown, pairs, (len(cores), *longest))
+
+
+def _box(lo: Sequence[int], hi: Sequence[int], origin: Sequence[int] = (0, 0, 0)) -> tuple:
+    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin, strict=True))
+
+
+def overlap_matches(first: np.ndarray, second: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """Pairs ``(a, b)`` (an (n, 2) int64 array) of nonzero labels of two labellings of the same
+    region that share at least ``fraction`` of the smaller one's voxels in it."""
+    a, b = np.ravel(first).astype(np.int64), np.ravel(second).astype(np.int64)
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    pairs, counts = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    size_a, size_b = np.bincount(a), np.bincount(b)
+    smaller = np.minimum(size_a[pairs[0]], size_b[pairs[1]])
+    return pairs[:, counts >= fraction * smaller].T
+
+
+def blockwise(
+    read: Callable[[Sequence[int], Sequence[int]], np.ndarray],
+    plan: BlockPlan,
+    offsets: Sequence[Sequence[int]],
+    scratch: Any,
+    bias: float = 0.0,
+    stride: int = 1,
+    mask_threshold: float | None = None,
+    min_size: int = 0,
+    run: Runner = serial,
+) -> tuple[int, Callable[[Any], None]]:
+    """The Mutex Watershed of a (z, y, x) volume by overlapping blocks (see the module
+    docstring). ``read(lo, hi)`` returns the (K, z, y, x) affinities of a region; ``scratch``
+    (numpy or Zarr, ``plan.scratch_shape``, an unsigned integer type, one chunk per block) keeps
+    the grown blocks' labels. ``mask_threshold``: voxels whose nearest-neighbour mean is at most
+    it stay background. Objects under ``min_size`` voxels become background. ``run`` maps a
+    function over blocks (serially, or with Dask). Returns the number of objects and
+    ``write(target)``, which writes labels 1..n (0 = background) into a (z, y, x) array."""
+    offsets = check_offsets(offsets, 3)
+
+    def segment(i: int) -> int:
+        lo, hi = plan.grown[i]
+        affinities = np.asarray(read(lo, hi), dtype=np.float32)
+        mask = (
+            None
+            if mask_threshold is None
+            else nearest_mean_mask(affinities, offsets, mask_threshold)
+        )
+        labels = relabel_sequential(mutex_watershed(affinities, offsets, bias, stride, mask))[0]
+        if labels.max() >= np.iinfo(scratch.dtype).max:
+            raise ValueError(f"block {lo}..{hi} holds more objects than {scratch.dtype} counts")
+        scratch[(i, *_box((0, 0, 0), labels.shape))] = labels
+        return int(labels.max())
+
+    def grown_labels(i: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        return np.asarray(scratch[(i, *_box(lo, hi, plan.grown[i][0]))], np.int64)
+
+    def match(pair: tuple[int, int]) -> np.ndarray:
+        i, j = pair
+        lo = np.maximum(plan.grown[i][0], plan.grown[j][0])
+        hi = np.minimum(plan.grown[i][1], plan.grown[j][1])
+        found = overlap_matches(grown_labels(i, lo, hi), grown_labels(j, lo, hi))
+        return found + [[first[i], first[j]]]
+
+    counts = run(segment, range(len(plan.cores)))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])  # global id = first[i] + local label
+    edges = np.concatenate([np.zeros((0, 2), np.int64), *run(match, plan.pairs)])
+    n = int(np.sum(counts)) + 1  # id 0: background
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    component = connected_components(graph, directed=False)[1]
+
+    def core_components(i: int) -> np.ndarray:
+        local = grown_labels(i, *plan.cores[i])
+        return np.where(local > 0, component[local + first[i]], -1)
+
+    def sizes(i: int) -> np.ndarray:
+        found = core_components(i)
+        return np.bincount(found[found >= 0], minlength=int(component.max()) + 1)
+
+    total = np.sum(run(sizes, range(len(plan.cores))), axis=0)
+    kept = total >= max(min_size, 1)
+    final = np.where(kept, np.cumsum(kept), 0)
+
+    def write(target: Any) -> None:
+        def one(i: int) -> None:
+            found = core_components(i)
+            target[_box(*plan.cores[i])] = np.where(found >= 0, final[found.clip(0)], 0)
+
+        run(one, range(len(plan.cores)))
+
+    return int(kept.sum()), write
+
+
+def mutex_watershed_blocks(
+    affinities: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    block: Sequence[int],
+    bias: float = 0.0,
+    stride: int = 1,
+    mask_threshold: float | None = None,
+) -> np.ndarray:
+    """:func:`blockwise` of an in-memory (K, z, y, x) affinity map: labels (int64, 0 =
+    background) numbered 1..n."""
+    plan = plan_blocks(affinities.shape[1:], block, offsets)
+    scratch = np.zeros(plan.scratch_shape, np.uint32)
+    _, write = blockwise(
+        lambda lo, hi: affinities[(slice(None), *_box(lo, hi))],
+        plan,
+        offsets,
+        scratch,
+        bias,
+        stride,
+        mask_threshold,
+    )
+    labels = np.zeros(plan.shape, np.int64)
+    write(labels)
+    return labels

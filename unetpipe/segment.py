@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,14 @@ from unetpipe import metrics
 from unetpipe.affinities import is_attractive
 from unetpipe.config import defaults, section_params
 from unetpipe.io import STORE_EVERY_CHUNK, relative_to_output, writes_output
-from unetpipe.mutex import MAX_3D_VOXELS, mutex_watershed
+from unetpipe.mutex import (
+    MAX_3D_VOXELS,
+    blockwise,
+    mutex_watershed,
+    mutex_watershed_blocks,
+    nearest_mean_mask,
+    plan_blocks,
+)
 from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,8 @@ def _check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"mode must be one of {agg.MODES}, got {params['mode']!r}")
     if params["mode"] == "3d" and params["method"] not in ("agglomerate", "mutex_watershed"):
         raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
+    if params["mutex_block"] and (params["method"], params["mode"]) != ("mutex_watershed", "3d"):
+        raise ValueError("segment.mutex_block is for method mutex_watershed in mode 3d")
     if int(params["stride"]) < 1:
         raise ValueError(f"segment.stride must be at least 1, got {params['stride']}")
     if params["small_objects"] not in agg.SMALL:
@@ -213,13 +223,19 @@ def _affinity_volume(
     return affinities[:, None] if affinities.ndim == 3 else affinities
 
 
+def _mask_threshold(params: Mapping[str, Any]) -> float | None:
+    return float(params["threshold"]) if params["mask"] else None
+
+
 def _mutex(affinities: np.ndarray, offsets: Sequence[Sequence[int]], params: Mapping) -> np.ndarray:
-    """:func:`unetpipe.mutex.mutex_watershed` of one problem (a slice, or a 3D volume)."""
-    mask = None
-    if params["mask"]:
-        nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
-        mask = affinities[nearest].mean(axis=0) > params["threshold"]
-    return mutex_watershed(affinities, offsets, float(params["bias"]), int(params["stride"]), mask)
+    """:func:`unetpipe.mutex.mutex_watershed` of one problem (a slice, or a 3D volume; with
+    ``mutex_block`` a volume by blocks, :func:`unetpipe.mutex.mutex_watershed_blocks`)."""
+    bias, stride, threshold = float(params["bias"]), int(params["stride"]), _mask_threshold(params)
+    if params["mode"] == "3d" and params["mutex_block"]:
+        block = params["mutex_block"]
+        return mutex_watershed_blocks(affinities, offsets, block, bias, stride, threshold)
+    mask = None if threshold is None else nearest_mean_mask(affinities, offsets, threshold)
+    return mutex_watershed(affinities, offsets, bias, stride, mask)
 
 
 def _stack_labels(
@@ -506,7 +522,7 @@ def segment_zarr(
     _check(params)
     source = _open_predictions(predictions)
     if params["method"] == "mutex_watershed":
-        _check_mutex_source(source, params["mode"], predictions)
+        _check_mutex_source(source, params["mode"], params["mutex_block"], predictions)
     attributes: dict[str, Any] = {"predictions": relative_to_output(predictions, output)}
     if tune["enabled"]:
         if truth is None or tune_slices is None:
@@ -536,10 +552,11 @@ def segment_zarr(
             attributes["tuning"]["seconds"],
         )
     attributes["segment"] = params
-    if params["method"] == "agglomerate":
-        block = tuple(params["block"] or source.chunks[1:])
+    if params["method"] == "agglomerate" or params["mutex_block"]:
+        name = "block" if params["method"] == "agglomerate" else "mutex_block"
+        block = tuple(params[name] or source.chunks[1:])
         if len(block) != 3 or min(block) < 1:
-            raise ValueError(f"segment.block must be 3 positive sizes (z, y, x), got {block}")
+            raise ValueError(f"segment.{name} must be 3 positive sizes (z, y, x), got {block}")
         chunks = tuple(min(b, n) for b, n in zip(block, source.shape[1:], strict=True))
     else:
         chunks = (1, *source.chunks[2:])  # one slice per chunk: parallel writes never share
@@ -557,16 +574,22 @@ def segment_zarr(
         if params["method"] == "agglomerate":
             count = _agglomerate_zarr(source, target, params, threads)
         elif params["method"] == "mutex_watershed" and params["mode"] == "3d":
-            labels = segment_volume(_scaled(source[:]), affinity_offsets(source), **params)
-            target[:] = labels
-            count = int(labels.max())
+            if params["mutex_block"]:
+                count = _mutex_blocks_zarr(source, target, level0.parent, params, threads)
+            else:
+                labels = segment_volume(_scaled(source[:]), affinity_offsets(source), **params)
+                target[:] = labels
+                count = int(labels.max())
         else:
             count = _slices_zarr(source, target, params, threads)
     log.info("%s: %d instances in %d slices", output, count, source.shape[1])
 
 
-def _check_mutex_source(source: ImageArray, mode: str, path: str | Path) -> None:
-    """An affinity map whose offsets fit ``mode``; in 3d mode one that fits in memory."""
+def _check_mutex_source(
+    source: ImageArray, mode: str, block: Sequence[int] | None, path: str | Path
+) -> None:
+    """An affinity map whose offsets fit ``mode``; in 3d mode without ``block`` one that fits in
+    memory."""
     offsets = affinity_offsets(source)
     if offsets is None:
         raise ValueError(
@@ -575,12 +598,46 @@ def _check_mutex_source(source: ImageArray, mode: str, path: str | Path) -> None
         )
     _affinity_volume(np.zeros((len(offsets), 1, 1, 1), np.float32), offsets, mode)
     voxels = int(np.prod(source.shape[1:]))
-    if mode == "3d" and voxels > MAX_3D_VOXELS:
+    if mode == "3d" and not block and voxels > MAX_3D_VOXELS:
         raise ValueError(
-            f"{path}: {voxels} voxels, but the 3D Mutex Watershed runs on the whole volume in "
-            f"memory (at most {MAX_3D_VOXELS}; no block-wise 3D scheme yet): segment slice by "
-            "slice (2D offsets, segment.mode 2d) or crop the volume"
+            f"{path}: {voxels} voxels, but the 3D Mutex Watershed of the whole volume runs in "
+            f"memory (at most {MAX_3D_VOXELS}): set segment.mutex_block (e.g. [32, 512, 512]) to "
+            "segment it by overlapping blocks"
         )
+
+
+def _mutex_blocks_zarr(
+    source: ImageArray, target: zarr.Array, folder: Path, params: Mapping[str, Any], threads: int
+) -> int:
+    """:func:`unetpipe.mutex.blockwise` of a (K, z, y, x) affinity array into ``target``, the
+    grown blocks' labels in a scratch Zarr in ``folder`` (removed afterwards)."""
+    offsets = affinity_offsets(source)
+    plan = plan_blocks(source.shape[1:], params["mutex_block"], offsets)
+    scratch = zarr.create_array(
+        str(folder / ".mutex-blocks"),
+        shape=plan.scratch_shape,
+        chunks=(1, *plan.scratch_shape[1:]),
+        dtype=np.uint32,
+        fill_value=0,
+        config=STORE_EVERY_CHUNK,
+    )
+    count, write = blockwise(
+        lambda lo, hi: _scaled(source[(slice(None), *map(slice, lo, hi))]),
+        plan,
+        offsets,
+        scratch,
+        float(params["bias"]),
+        int(params["stride"]),
+        _mask_threshold(params),
+        int(params["min_size"]),
+        _dask_runner(threads),
+    )
+    write(target)
+    shutil.rmtree(folder / ".mutex-blocks")
+    log.info(
+        "mutex watershed by %d overlapping blocks of %s", len(plan.cores), params["mutex_block"]
+    )
+    return count
 
 
 def _agglomerate_zarr(
