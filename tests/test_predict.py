@@ -690,3 +690,55 @@ def test_a_foreign_folder_where_the_partial_output_goes_is_kept(
         predict_zarr(model_file, tmp_path / "raw.zarr", tmp_path / "p.zarr", progress=False)
     assert (tmp_path / "p.zarr.partial" / "thesis.txt").read_text() == "x"
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_the_tile_is_measured_cheapest_first_and_stops_once_worse(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cost = passes x seconds of one pass; a pass here costs its input area, except that the
+    tiles of outputs 776 and up run 3x slower per pixel (as bfloat16 does beyond the caches)."""
+    model = UNet(base_channels=2, depth=5).eval()
+    timed: list[int] = []
+
+    def seconds(run: Any, device: Any, repeats: int) -> float:
+        tile = run.__defaults__[0].shape[-1]  # the lambda's bound input
+        timed.append(tile)
+        return tile**2 * (3.0 if tile >= model.valid_input_size(776) else 1.0)
+
+    monkeypatch.setattr(predict, "best_seconds", seconds)
+    region, cap = (2048, 2048), (4000, 4000)
+    tile = predict.pass_tile(model, region, cap, 1, "float32", "contiguous")
+    # The ladder's tiles fitted to 2048 px: 6, 4, 3 and 2 per axis of 540, 700, 876 and 1212 px;
+    # cost 36 x 540^2 > 16 x 700^2 > 9 x 876^2, then 4 x 3 x 1212^2 is worse: not tried further.
+    assert timed == [540, 700, 876, 1212] and tile == (876, 876)
+    # Within the budget only, and a region one small tile covers is not measured at all.
+    timed.clear()
+    assert predict.pass_tile(model, region, (572, 572), 1, "float32", "contiguous") == (540, 540)
+    assert predict.pass_tile(model, (100, 100), cap, 1, "float32", "contiguous") == (284, 284)
+    assert timed == []
+
+
+def test_a_measured_tile_is_recorded_and_kept_on_resume(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_volume(tmp_path / "raw.zarr", (3, 40, 40), dtype="float32")
+    raw[2] = np.nan  # stops at slice 2, slices 0-1 finished
+    measured: list[tuple] = []
+
+    def measure(model: UNet, region: Any, cap: Any, *args: Any) -> tuple[int, ...]:
+        measured.append(tuple(region))
+        return (44, 44)
+
+    monkeypatch.setattr(predict, "pass_tile", measure)
+    output, partial = tmp_path / "p.zarr", tmp_path / "p.zarr.partial"
+    with pytest.raises(ValueError, match="NaN"):
+        predict_zarr(model_file, raw, output, precision="float32", progress=False)
+    assert measured == [(40, 40)] and zarr.open_array(partial).attrs["tile"] == [44, 44]
+    raw[2] = 7
+    assert predict_zarr(model_file, raw, output, precision="float32", progress=False)["reused"] > 0
+    assert measured == [(40, 40)]  # the recorded tile, not measured again
+    probs = open_image(output, "czyx")[:]
+    expected = np.stack(
+        [predict_image(NETS[3, "valid"], normalize(s, STATS), 44) for s in raw], axis=1
+    )
+    np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3, rtol=0)

@@ -63,26 +63,29 @@ def torch_memory_format(name: str, ndim: int = 4) -> torch.memory_format:
 _FASTEST: dict[tuple, str] = {}
 
 
+def best_seconds(run: Callable[[], None], device: str | torch.device, repeats: int = 2) -> float:
+    """The least time of ``repeats`` calls of ``run`` (one pass) after one untimed call (oneDNN
+    and cuDNN pick their kernels on first use)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def fastest_memory_format(
     key: tuple, run: Callable[[str], None], device: str | torch.device, repeats: int = 2
 ) -> str:
-    """The name of the memory format in which ``run(name)`` (one pass) takes least time: each
-    format warmed up once (oneDNN and cuDNN pick kernels on first use), then timed ``repeats``
-    times, best of them. Cached per process under ``key`` (the device, precision, network, input
-    shape and pass the caller measured)."""
+    """The name of the memory format in which ``run(name)`` (one pass) takes least time
+    (:func:`best_seconds` of each). Cached per process under ``key`` (the device, precision,
+    network, input shape and pass the caller measured)."""
     if key not in _FASTEST:
-        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-        best = {}
-        for name in MEMORY_FORMATS:
-            run(name)
-            sync()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(name)
-                sync()
-                times.append(time.perf_counter() - start)
-            best[name] = min(times)
+        best = {n: best_seconds(lambda n=n: run(n), device, repeats) for n in MEMORY_FORMATS}
         _FASTEST[key] = min(best, key=best.get)
     return _FASTEST[key]
 

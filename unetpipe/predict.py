@@ -50,6 +50,7 @@ from unetpipe.model import UNet, load_model, probabilities
 from unetpipe.ngff import ImageArray, open_image, write_image
 from unetpipe.precision import (
     autocast,
+    best_seconds,
     choose_memory_format,
     fastest_memory_format,
     model_in_format,
@@ -189,6 +190,56 @@ def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precis
 
     key = (str(device), precision, json.dumps(model.config, sort_keys=True), tuple(tile))
     return fastest_memory_format((*key, batch_size, "forward"), run, device)
+
+
+# Output extents of the tiles measured when the tile is chosen by measurement (predict_zarr, tile
+# None): from the paper's 388 px (Cicek et al.'s 44 voxels in 3D) up, about 1.4x apart.
+TILE_LADDER = {2: (388, 548, 776, 1096, 1552, 2192, 3104, 4384), 3: (44, 64, 88, 124, 176, 248)}
+WORSE = 1.15  # stop measuring larger tiles once one costs this much more than the best
+
+
+def pass_tile(
+    model: UNet,
+    size: Sequence[int],
+    cap: Sequence[int],
+    batch_size: int,
+    precision: str,
+    memory_format: str,
+) -> tuple[int, ...]:
+    """The tile (per axis) that predicts a region of ``size`` output pixels per axis fastest on
+    the model's device: for each tile of :data:`TILE_LADDER` (valid, at most ``cap``, as fitted to
+    the region by :func:`unetpipe.tiling.plan_axis`), smallest first, one forward pass of
+    ``batch_size`` tiles is timed (:func:`unetpipe.precision.best_seconds`, one repeat) and the
+    region costs passes x seconds; the cheapest wins. Larger tiles are not tried once one costs
+    :data:`WORSE` x the best. Throughput per pixel is not monotonic in the tile (caches; on a CPU
+    with AMX bfloat16 runs ~2x faster per pixel at 1108 than at 2236 px), hence measured."""
+    geometry = Geometry.of(model)
+    device = next(model.parameters()).device
+    covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(size, cap, strict=True))
+    candidates = []
+    for output in TILE_LADDER[geometry.dims]:
+        tile = model.valid_input_size(output)
+        plans = [plan_axis(n, min(tile, c), geometry) for n, c in zip(size, cap, strict=True)]
+        if candidates and tuple(p.tile for p in plans) == candidates[-1][0]:
+            continue
+        tiles = math.prod(len(p.starts) for p in plans)
+        candidates.append((tuple(p.tile for p in plans), math.ceil(tiles / batch_size)))
+        if tuple(p.tile for p in plans) == covering:
+            break
+    if len(candidates) == 1:
+        return candidates[0][0]
+    best, best_cost = candidates[0][0], math.inf
+    for tile, passes in candidates:
+        x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
+        x = x.contiguous(memory_format=torch_memory_format(memory_format, x.dim()))
+        with model_in_format(model, memory_format):
+            seconds = best_seconds(lambda x=x: _network(model, x, precision), device, repeats=1)
+        cost = passes * seconds
+        if cost < best_cost:
+            best, best_cost = tile, cost
+        elif cost > WORSE * best_cost:
+            break
+    return best
 
 
 # The 8 symmetries of the square: optional transpose of (y, x) after optional flips.
@@ -634,52 +685,69 @@ def predict_zarr(
     if 0 in source.shape:
         raise ValueError(f"input array is empty (shape {source.shape})")
     geometry = Geometry.of(model)
-    max_tile = _max_tile(model, tile, batch_size, memory_gb)
-    if block is None:
-        block = _block_shape(source.shape, dims, max_tile, geometry)
-    block = tuple(int(b) for b in block)
-    if len(block) != 3 or (dims == 2 and block[0] != 1) or min(block) < 1:
-        raise ValueError(f"block must be (z, y, x) with z = 1 for a 2D net, got {block}")
-    if any(b % geometry.align for b in block[3 - dims :]):
-        raise ValueError(f"block extents must be multiples of {geometry.align} (pooling grid)")
-
-    grid = tuple(math.ceil(n / b) for n, b in zip(source.shape, block, strict=True))
-    attrs = {
-        "model": relative_to_output(model_path, output),
-        "model_sha256": sha256sum(model_path),
-        "model_config": model.config,
-        "normalization": metadata["normalization"],
-        "input": {
-            "path": relative_to_output(source.path, output),
-            "format": source.format,
-            "shape": list(source.shape),
-        },
-        "input_attrs": source.attrs,
-        "tile": list(max_tile),
-        "block": list(block),
-        "mirror": mirror,
-        "tta": tta,
-        "dtype": dtype,
-        "precision": precision,
-        "scale": 1 / 255 if dtype == "uint8" else 1.0,
-        "axes": ["c", "z", "y", "x"],
-    }
-    if "offsets" in model.config:  # an affinity network: channel k relates x and x + offsets[k]
-        attrs["offsets"] = model.config["offsets"]
-        attrs["channels"] = channel_names(model.config["offsets"])
-    fingerprint = hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
-    batch = _batch_shape(grid)
-    # The tile of a full block: the one the format is measured for.
-    largest = tuple(
-        plan_axis(min(b, n), t, geometry).tile
-        for b, n, t in zip(block[3 - dims :], source.shape[3 - dims :], max_tile, strict=True)
+    cap = _max_tile(model, tile, batch_size, memory_gb)
+    given = None if block is None else tuple(int(b) for b in block)
+    if given is not None:
+        if len(given) != 3 or (dims == 2 and given[0] != 1) or min(given) < 1:
+            raise ValueError(f"block must be (z, y, x) with z = 1 for a 2D net, got {given}")
+        if any(b % geometry.align for b in given[3 - dims :]):
+            raise ValueError(f"block extents must be multiples of {geometry.align} (pooling grid)")
+    # The output region of one block at most, and the tile covering it within the budget.
+    region = tuple(
+        min(b, n)
+        for b, n in zip((given or source.shape)[3 - dims :], source.shape[3 - dims :], strict=True)
     )
-    resumed = _same_run(partial, fingerprint, grid, batch)
+    covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(region, cap, strict=True))
+
+    def settings(max_tile: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, Any], str]:
+        """The blocks, the output's attributes and their fingerprint for a largest tile."""
+        blocks = given or _block_shape(source.shape, dims, max_tile, geometry)
+        attrs = {
+            "model": relative_to_output(model_path, output),
+            "model_sha256": sha256sum(model_path),
+            "model_config": model.config,
+            "normalization": metadata["normalization"],
+            "input": {
+                "path": relative_to_output(source.path, output),
+                "format": source.format,
+                "shape": list(source.shape),
+            },
+            "input_attrs": source.attrs,
+            "tile": list(max_tile),
+            "block": list(blocks),
+            "mirror": mirror,
+            "tta": tta,
+            "dtype": dtype,
+            "precision": precision,
+            "scale": 1 / 255 if dtype == "uint8" else 1.0,
+            "axes": ["c", "z", "y", "x"],
+        }
+        if "offsets" in model.config:  # an affinity network: channel k relates x, x + offsets[k]
+            attrs["offsets"] = model.config["offsets"]
+            attrs["channels"] = channel_names(model.config["offsets"])
+        return blocks, attrs, hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
+
+    # A resumed run keeps the tile and the memory format its partial output recorded; otherwise
+    # the format is measured, then (tile None) the tile in that format.
+    recorded = _recorded(partial)
+    max_tile = cap if tile is not None else tuple(recorded.get("tile", ())) or None
+    if max_tile is not None and any(t > c for t, c in zip(max_tile, cap, strict=False)):
+        max_tile = None  # recorded under a larger memory budget
+    how_tile = "configured" if tile is not None else "recorded"
+    resumed = False
+    if max_tile is not None:
+        block, attrs, fingerprint = settings(max_tile)
+        resumed = _same_run(partial, fingerprint, *_grid_and_batch(source.shape, block))
     fmt, how = choose_memory_format(
         memory_format,
-        _recorded_format(partial) if resumed else None,
-        lambda: pass_memory_format(model, largest, batch_size, precision),
+        recorded.get("memory_format") if resumed else None,
+        lambda: pass_memory_format(model, covering, batch_size, precision),
     )
+    if max_tile is None or (tile is None and not resumed):
+        max_tile = pass_tile(model, region, cap, batch_size, precision, fmt)
+        block, attrs, fingerprint = settings(max_tile)
+        how_tile = "measured"
+    grid, batch = _grid_and_batch(source.shape, block)
     job = _Job(
         model_path,
         source,
@@ -707,13 +775,14 @@ def predict_zarr(
     zarr.open_array(str(partial), mode="r+").attrs["input_sha256"] = _input_digest(source)
     n_blocks = math.prod(grid)
     log.info(
-        "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s, %s, memory format "
-        "%s (%s), scheduler %s%s",
+        "predicting %s: %d blocks of %s in tasks of %s blocks, tiles up to %s (%s), %s, memory "
+        "format %s (%s), scheduler %s%s",
         source.shape,
         n_blocks,
         block,
         job.batch,
         max_tile,
+        how_tile,
         precision,
         fmt,
         how,
@@ -826,9 +895,19 @@ def _same_run(partial: Path, fingerprint: str, grid: Sequence[int], batch: Seque
     return markers.shape == tuple(grid) and markers.chunks == tuple(batch)
 
 
-def _recorded_format(partial: Path) -> str | None:
-    """The memory format a partial output was started with (a resumed run keeps it)."""
-    return json.loads((partial / "zarr.json").read_text())["attributes"].get("memory_format")
+def _recorded(partial: Path) -> dict[str, Any]:
+    """The attributes a partial output was started with ({} when there is none): a resumed run
+    keeps its tile and memory format."""
+    metadata = partial / "zarr.json"
+    return json.loads(metadata.read_text())["attributes"] if metadata.is_file() else {}
+
+
+def _grid_and_batch(
+    shape: Sequence[int], block: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, int, int]]:
+    """The grid of blocks over a volume and the blocks of one task."""
+    grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
+    return grid, _batch_shape(grid)
 
 
 def _compute(
