@@ -6,6 +6,7 @@ from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
 from unetpipe.metrics import v_rand
 from unetpipe.mutex import (
     edge_weights,
+    fill_unlabelled,
     mutex_watershed,
     mutex_watershed_blocks,
     overlap_matches,
@@ -128,10 +129,15 @@ def test_overlap_matches_by_hand():
 def test_blockwise_equals_the_whole_volume_on_clear_affinities():
     labels = cells_3d()
     targets, _ = affinity_targets(labels, OFFSETS_3D)
+    cells = labels > 0
     blocks = mutex_watershed_blocks(targets, OFFSETS_3D, (3, 16, 16))
-    assert same_partition(blocks, labels) and (blocks[labels == 0] == 0).all()
-    assert sorted(np.unique(blocks)) == list(range(13))  # numbered 1..n
-    assert same_partition(blocks, mutex_watershed(targets, OFFSETS_3D))
+    assert same_partition(blocks[cells], labels[cells]) and blocks.all()  # membranes filled
+    assert sorted(np.unique(blocks)) == list(range(1, 13))  # numbered 1..n
+    whole = mutex_watershed(targets, OFFSETS_3D)
+    assert same_partition(blocks[cells], whole[cells]) and (whole[~cells] == 0).all()
+    masked = mutex_watershed_blocks(targets, OFFSETS_3D, (3, 16, 16), mask_threshold=0.5)
+    inside = masked > 0  # the membranes (and voxels with half their neighbours off) stay 0
+    assert (masked[~cells] == 0).all() and same_partition(masked[inside], labels[inside])
 
 
 def test_blockwise_stays_close_to_the_whole_volume_on_noisy_affinities():
@@ -142,6 +148,23 @@ def test_blockwise_stays_close_to_the_whole_volume_on_noisy_affinities():
     whole = mutex_watershed(noisy, OFFSETS_3D)
     blocks = mutex_watershed_blocks(noisy, OFFSETS_3D, (3, 16, 16))
     assert v_rand(blocks, whole) > 0.99 and v_rand(blocks, labels) > 0.99
-    # The mask leaves low-affinity voxels (membranes) at 0 in both.
+    # The mask leaves low-affinity voxels (membranes) at 0; min_size drops small objects.
     masked = mutex_watershed_blocks(noisy, OFFSETS_3D, (3, 16, 16), mask_threshold=0.45)
     assert (masked == 0).sum() > 0.5 * (labels == 0).sum()
+    large = mutex_watershed_blocks(
+        noisy, OFFSETS_3D, (3, 16, 16), mask_threshold=0.45, min_size=1000
+    )
+    kept = np.bincount(masked.ravel())[1:] >= 1000
+    assert 0 < large.max() == kept.sum() and same_partition(
+        large, np.where(kept[masked - 1], masked, 0)
+    )
+
+
+def test_fill_unlabelled_floods_along_low_affinities():
+    labels = cells_2d()
+    targets, _ = affinity_targets(labels, OFFSETS_2D)
+    seeds = np.where(np.isin(labels, [1, 2]), labels, 0)  # cells 3 and 4 dropped
+    filled = fill_unlabelled(seeds, targets, OFFSETS_2D)
+    assert filled.all() and set(np.unique(filled)) == {1, 2}
+    assert (filled[labels == 1] == 1).all() and (filled[labels == 2] == 2).all()
+    assert fill_unlabelled(np.zeros_like(seeds), targets, OFFSETS_2D).max() == 0

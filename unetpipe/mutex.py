@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from skimage.segmentation import relabel_sequential
+from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe.affinities import check_offsets, is_attractive, pair_slices
 from unetpipe.agglomerate import Runner, blocks_of, serial
@@ -108,11 +108,23 @@ def mutex_watershed(
     return labels.astype(np.int64)
 
 
-def nearest_mean_mask(affinities: np.ndarray, offsets: Sequence[Sequence[int]], threshold: float):
-    """Foreground of an affinity map: the mean of its nearest-neighbour channels above
-    ``threshold``."""
+def nearest_mean(affinities: np.ndarray, offsets: Sequence[Sequence[int]]) -> np.ndarray:
+    """The mean of the nearest-neighbour channels of an affinity map (a cell probability)."""
     nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
-    return affinities[nearest].mean(axis=0) > threshold
+    return affinities[nearest].mean(axis=0)
+
+
+def fill_unlabelled(
+    labels: np.ndarray, affinities: np.ndarray, offsets: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """``labels`` of one problem (a slice, or a 3D volume) with every 0 pixel (one that joined
+    nothing, or an object dropped as too small) given to the object it is reached from first by
+    a watershed flooding ``1 - `` the nearest-neighbour mean of ``affinities``: EM, where every
+    pixel belongs to a cell and the membranes between cells are where the flooding meets.
+    Unchanged when nothing is labelled."""
+    if not labels.any() or labels.all():
+        return labels
+    return watershed(1.0 - nearest_mean(affinities, offsets), labels).astype(labels.dtype)
 
 
 # --- block-wise, for volumes larger than memory ---------------------------------------------------
@@ -193,18 +205,17 @@ def blockwise(
     docstring). ``read(lo, hi)`` returns the (K, z, y, x) affinities of a region; ``scratch``
     (numpy or Zarr, ``plan.scratch_shape``, an unsigned integer type, one chunk per block) keeps
     the grown blocks' labels. ``mask_threshold``: voxels whose nearest-neighbour mean is at most
-    it stay background. Objects under ``min_size`` voxels become background. ``run`` maps a
-    function over blocks (serially, or with Dask). Returns the number of objects and
-    ``write(target)``, which writes labels 1..n (0 = background) into a (z, y, x) array."""
+    it stay background; without it every voxel is labelled (:func:`fill_unlabelled`, in each
+    block). Objects under ``min_size`` voxels are dropped first. ``run`` maps a function over
+    blocks (serially, or with Dask). Returns the number of objects and ``write(target)``, which
+    writes labels 1..n (0 = background) into a (z, y, x) array."""
     offsets = check_offsets(offsets, 3)
 
     def segment(i: int) -> int:
         lo, hi = plan.grown[i]
         affinities = np.asarray(read(lo, hi), dtype=np.float32)
         mask = (
-            None
-            if mask_threshold is None
-            else nearest_mean_mask(affinities, offsets, mask_threshold)
+            None if mask_threshold is None else nearest_mean(affinities, offsets) > mask_threshold
         )
         labels = relabel_sequential(mutex_watershed(affinities, offsets, bias, stride, mask))[0]
         if labels.max() >= np.iinfo(scratch.dtype).max:
@@ -244,7 +255,11 @@ def blockwise(
     def write(target: Any) -> None:
         def one(i: int) -> None:
             found = core_components(i)
-            target[_box(*plan.cores[i])] = np.where(found >= 0, final[found.clip(0)], 0)
+            labels = np.where(found >= 0, final[found.clip(0)], 0)
+            if mask_threshold is None:
+                affinities = np.asarray(read(*plan.cores[i]), dtype=np.float32)
+                labels = fill_unlabelled(labels, affinities, offsets)
+            target[_box(*plan.cores[i])] = labels
 
         run(one, range(len(plan.cores)))
 
@@ -258,6 +273,7 @@ def mutex_watershed_blocks(
     bias: float = 0.0,
     stride: int = 1,
     mask_threshold: float | None = None,
+    min_size: int = 0,
 ) -> np.ndarray:
     """:func:`blockwise` of an in-memory (K, z, y, x) affinity map: labels (int64, 0 =
     background) numbered 1..n."""
@@ -271,6 +287,7 @@ def mutex_watershed_blocks(
         bias,
         stride,
         mask_threshold,
+        min_size,
     )
     labels = np.zeros(plan.shape, np.int64)
     write(labels)

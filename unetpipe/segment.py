@@ -43,9 +43,10 @@ from unetpipe.io import STORE_EVERY_CHUNK, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
     blockwise,
+    fill_unlabelled,
     mutex_watershed,
     mutex_watershed_blocks,
-    nearest_mean_mask,
+    nearest_mean,
     plan_blocks,
 )
 from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
@@ -72,7 +73,7 @@ GRIDS = {  # the tuner's default grids, per method (every value a list)
     },
     "mutex_watershed": {
         "bias": np.round(np.arange(-0.3, 0.31, 0.1), 2).tolist(),
-        "min_size": [0, 16, 64],
+        "min_size": [16, 64, 256],
     },
 }
 _AFTER = ("merge_threshold", "min_size", "small_objects")  # applied after the (costly) labelling
@@ -184,9 +185,7 @@ def segment_volume(
     prob = np.asarray(probability, dtype=np.float32)
     if params["method"] == "mutex_watershed":
         volume = _affinity_volume(prob, offsets, params["mode"])
-        labels = _stack_labels(volume, params, offsets)
-        labels = relabel_sequential(_drop_small(labels, int(params["min_size"])))[0]
-        labels = labels.astype(np.uint32)
+        labels = _mutex_labels(volume, offsets, params).astype(np.uint32)
         return labels[0] if prob.ndim == 3 else labels
     if prob.ndim not in (2, 3):
         raise ValueError(f"expected a (y, x) slice or (z, y, x) stack, got shape {prob.shape}")
@@ -227,34 +226,44 @@ def _mask_threshold(params: Mapping[str, Any]) -> float | None:
     return float(params["threshold"]) if params["mask"] else None
 
 
-def _mutex(affinities: np.ndarray, offsets: Sequence[Sequence[int]], params: Mapping) -> np.ndarray:
-    """:func:`unetpipe.mutex.mutex_watershed` of one problem (a slice, or a 3D volume; with
-    ``mutex_block`` a volume by blocks, :func:`unetpipe.mutex.mutex_watershed_blocks`)."""
+def _mutex_labels(
+    volume: np.ndarray, offsets: Sequence[Sequence[int]], params: Mapping[str, Any]
+) -> np.ndarray:
+    """The Mutex Watershed (:mod:`unetpipe.mutex`) of a (K, z, y, x) affinity map: of each slice
+    (mode 2d), of the volume (3d) or of the volume by overlapping blocks (3d, ``mutex_block``);
+    objects under ``min_size`` dropped; without ``mask`` every pixel labelled
+    (:func:`unetpipe.mutex.fill_unlabelled`). Labels 1..n over the stack."""
     bias, stride, threshold = float(params["bias"]), int(params["stride"]), _mask_threshold(params)
+    min_size = int(params["min_size"])
     if params["mode"] == "3d" and params["mutex_block"]:
         block = params["mutex_block"]
-        return mutex_watershed_blocks(affinities, offsets, block, bias, stride, threshold)
-    mask = None if threshold is None else nearest_mean_mask(affinities, offsets, threshold)
-    return mutex_watershed(affinities, offsets, bias, stride, mask)
+        return mutex_watershed_blocks(volume, offsets, block, bias, stride, threshold, min_size)
 
+    def one(affinities: np.ndarray) -> np.ndarray:
+        mask = None if threshold is None else nearest_mean(affinities, offsets) > threshold
+        labels = mutex_watershed(affinities, offsets, bias, stride, mask)
+        labels = relabel_sequential(_drop_small(labels, min_size))[0]
+        return labels if threshold is not None else fill_unlabelled(labels, affinities, offsets)
 
-def _stack_labels(
-    volume: np.ndarray, params: Mapping[str, Any], offsets: Sequence[Sequence[int]] | None = None
-) -> np.ndarray:
-    """:func:`_slice_labels` (``mutex_watershed``: of (K, z, y, x) affinities, the Mutex Watershed
-    of each slice, or in 3d mode of the volume) of every slice, labels distinct over the stack."""
-    if params["method"] == "components":
-        return metrics.components(volume > params["threshold"])
-    if params["method"] == "mutex_watershed" and params["mode"] == "3d":
-        return relabel_sequential(_mutex(volume, offsets, params))[0]
-    mutex = params["method"] == "mutex_watershed"
-    out = np.zeros(volume.shape[1:] if mutex else volume.shape, np.int64)
+    if params["mode"] == "3d":
+        return one(volume)
+    out = np.zeros(volume.shape[1:], np.int64)
     offset = 0
     for z in range(out.shape[0]):
-        if mutex:
-            labels = relabel_sequential(_mutex(volume[:, z], offsets, params))[0]
-        else:
-            labels = _slice_labels(volume[z], params)
+        labels = one(volume[:, z])
+        out[z] = np.where(labels > 0, labels + offset, 0)
+        offset += int(labels.max())
+    return out
+
+
+def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """:func:`_slice_labels` of every slice, labels distinct over the stack."""
+    if params["method"] == "components":
+        return metrics.components(volume > params["threshold"])
+    out = np.zeros(volume.shape, np.int64)
+    offset = 0
+    for z in range(out.shape[0]):
+        labels = _slice_labels(volume[z], params)
         out[z] = np.where(labels > 0, labels + offset, 0)
         offset += int(labels.max())
     return out
@@ -371,8 +380,10 @@ def tune_segmentation(
     spatial = prob.shape[1:] if method == "mutex_watershed" else prob.shape
     if len(spatial) != 3 or spatial != truth.shape:
         raise ValueError(f"probability {prob.shape} and truth {truth.shape}: need equal (z, y, x)")
-    before = [k for k in grid if k not in _AFTER]
-    after = [k for k in _AFTER if k in grid]
+    # The Mutex Watershed fills the pixels of dropped objects: its min_size decides the labelling.
+    late = _AFTER if method != "mutex_watershed" else ()
+    before = [k for k in grid if k not in late]
+    after = [k for k in late if k in grid]
     rows = []
     scorer = _Scorer(truth, measure, base["mode"], known)
     for values in itertools.product(*(grid[k] for k in before)):
@@ -381,8 +392,11 @@ def tune_segmentation(
         if method == "agglomerate":
             stop = float(max(grid.get("merge_threshold", [params["merge_threshold"]])))
             hierarchy, labels = _hierarchy(prob, params, stop)
+        elif method == "mutex_watershed":
+            labels = _mutex_labels(prob, offsets, params)
+            sizes = np.bincount(labels.ravel())
         else:
-            labels = _stack_labels(prob, params, offsets)
+            labels = _stack_labels(prob, params)
             sizes = np.bincount(labels.ravel())
         scores = scorer.entries(labels)
         for late in itertools.product(*(grid[k] for k in after)):
