@@ -479,3 +479,52 @@ def test_many_labels_go_to_float32_tiff(tmp_path: Path) -> None:
         write_tiff(tmp_path / "m.zarr", tmp_path / "m.tif")
     assert not (tmp_path / "m.tif").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_segmentation_inside_its_image_opens_in_napari_from_either_path_writing_nothing(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """The workflow's layout: segmentation/raw.zarr is an OME-Zarr image of the raw array holding
+    the instances as labels/cells. napari-ome-zarr's reader (no display) gives the image layer
+    (visible) and the labels layer (the plugin brings labels in hidden) with the dataset's voxel
+    size, whichever path is opened, and changes no file."""
+    reader = pytest.importorskip("napari_ome_zarr._reader")
+    group = zarr.open_group(str(tmp_path / "data.zarr"), mode="w")
+    group.attrs["voxel_size"] = [50.0, 4.0, 4.0]
+    raw = group.create_array("raw", data=STACK, chunks=(1, 70, 90))
+    predictions = tmp_path / "run" / "predictions" / "raw.zarr"
+    predict_zarr(model_file, raw, predictions, tile=100, progress=False)
+    output = tmp_path / "run" / "segmentation" / "raw.zarr"
+    segment_zarr(predictions, output, {"min_size": 1}, image=tmp_path / "data.zarr" / "raw")
+
+    copy = open_image(output)
+    assert np.array_equal(copy[:], STACK) and copy.space.scale == (50.0, 4.0, 4.0)
+    labels = ngff.open_labels(output)
+    assert labels.path.endswith("labels/cells/0") and labels.dtype == np.uint32
+    beside = tmp_path / "beside.zarr"
+    segment_zarr(predictions, beside, {"min_size": 1})
+    assert np.array_equal(labels[:], open_image(beside)[:])  # the same labels, either layout
+    assert isinstance(open_ome_zarr(zarr.open_group(str(output), mode="r")), Image)
+    label_group = zarr.open_group(str(output / "labels" / "cells"), mode="r")
+    assert isinstance(open_ome_zarr(label_group), ImageLabel)
+
+    before = files_of(tmp_path)
+    for path in (output, output / "labels" / "cells"):
+        layers = reader.napari_get_reader(str(path))()
+        kinds = [(kind, meta["name"]) for _, meta, kind in layers]
+        assert [k for k, _ in kinds] == ["image", "labels"], kinds
+        (image, image_meta, _), (cells, cells_meta, _) = layers
+        assert image_meta.get("visible", True) and not cells_meta["visible"]
+        assert tuple(image_meta["scale"]) == tuple(cells_meta["scale"]) == (50.0, 4.0, 4.0)
+        assert np.array_equal(np.asarray(image[0]), STACK)
+        assert np.array_equal(np.asarray(cells[0]), labels[:])
+    assert files_of(tmp_path) == before  # opening wrote nothing

@@ -31,7 +31,7 @@ from scipy import ndimage
 from unetpipe import metrics
 from unetpipe.config import section_params
 from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data, stored_digest
-from unetpipe.ngff import ImageArray, open_image, require_grid
+from unetpipe.ngff import ImageArray, open_image, open_labels, require_grid
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, gold, resolve
 
@@ -274,7 +274,7 @@ def evaluate_run(
         truth = np.where(known, _stack(group[label_array], slices), 0)
         pred = open_image(predictions[array], "czyx")
         _check_input(pred, group, array)
-        segmentation = open_image(segmentations[array])
+        segmentation = open_labels(segmentations[array])
         require_grid(segmentation, group[array].shape, f"{group.path}/{array}")
         prob = np.where(known, np.stack([cell_probability(pred, z) for z in slices]), 0)
         instances = _stack(segmentation, slices)

@@ -597,6 +597,10 @@ def write_image(output: str | Path, level0: str | Path, space: Space) -> Path:
     return output
 
 
+LABEL_NAME = "cells"
+"""Name of the label image that :func:`labelled_image` writes inside its image."""
+
+
 @contextlib.contextmanager
 def label_image(output: str | Path, source: ImageArray) -> Iterator[Path]:
     """Yield the path to write the full-resolution (z, y, x) labels of ``source`` at; then make
@@ -609,19 +613,77 @@ def label_image(output: str | Path, source: ImageArray) -> Iterator[Path]:
     output = Path(output)
     with atomic_path(output) as tmp:
         yield tmp / "0"
-        multiscale = _multiscale(tmp, tmp / "0", source.space, False, "nearest", _stem(output))
-        label: dict[str, Any] = {}
+        image = None
         if source.group is not None:
-            image = Path(source.group).resolve()
-            label["source"] = {"image": Path(os.path.relpath(image, output.resolve())).as_posix()}
-        attrs = zarr.open_array(str(tmp / "0"), mode="r").attrs.asdict()
-        _write_group(tmp, {"multiscales": [multiscale], "image-label": label}, attrs)
-    labels, image = output.parent, output.parent.parent / "zarr.json"
-    if labels.name == "labels" and image.is_file():
-        if "multiscales" in _ome(json.loads(image.read_text()).get("attributes", {})):
-            group = zarr.open_group(str(labels), mode="a", zarr_format=3)
-            listed = _ome(group.attrs.asdict()).get("labels", [])
-            group.attrs["ome"] = {"version": VERSION, "labels": sorted({*listed, output.name})}
+            image = os.path.relpath(Path(source.group).resolve(), output.resolve())
+        _label_group(tmp, source.space, _stem(output), image)
+    labels, image_json = output.parent, output.parent.parent / "zarr.json"
+    if labels.name == "labels" and image_json.is_file():
+        if "multiscales" in _ome(json.loads(image_json.read_text()).get("attributes", {})):
+            _list_label(labels, output.name)
+
+
+@contextlib.contextmanager
+def labelled_image(output: str | Path, image: ImageArray) -> Iterator[Path]:
+    """Yield the path to write full-resolution (z, y, x) labels of ``image`` at; then make
+    ``output`` an OME-Zarr 0.5 image of ``image`` (copied slice by slice, 2x2-mean pyramid)
+    holding the labels, the NGFF way, as ``output/labels/``:data:`LABEL_NAME`: napari (and any
+    NGFF viewer) opens the image with its labels from either path, reading only. Nothing partial
+    at ``output`` meanwhile."""
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        tmp.mkdir()
+        copy = zarr.create_array(
+            str(tmp / "0"),
+            shape=image.shape,
+            chunks=(1, *slice_chunks(image.shape)[1:]),
+            dtype=image.dtype,
+            fill_value=0,
+            config=STORE_EVERY_CHUNK,
+        )
+        for z in range(image.shape[0]):
+            copy[z] = image[z]
+        multiscale = _multiscale(tmp, tmp / "0", image.space, False, "mean", _stem(output))
+        _write_group(tmp, {"multiscales": [multiscale], "omero": _omero(["raw"], image.dtype)}, {})
+        label = tmp / "labels" / LABEL_NAME
+        label.parent.mkdir()
+        yield label / "0"
+        _label_group(label, image.space, LABEL_NAME, "../..")
+        _list_label(label.parent, LABEL_NAME)
+
+
+def _label_group(folder: Path, space: Space, name: str, image: str | None) -> None:
+    """Pyramid and group metadata of the label image in ``folder`` (level ``0`` written);
+    ``image``: the relative path to the image it labels."""
+    multiscale = _multiscale(folder, folder / "0", space, False, "nearest", name)
+    label = {"source": {"image": Path(image).as_posix()}} if image else {}
+    attrs = zarr.open_array(str(folder / "0"), mode="r").attrs.asdict()
+    _write_group(folder, {"multiscales": [multiscale], "image-label": label}, attrs)
+
+
+def _list_label(labels: Path, name: str) -> None:
+    """List ``name`` in the ``labels`` group of an image."""
+    group = zarr.open_group(str(labels), mode="a", zarr_format=3)
+    listed = _ome(group.attrs.asdict()).get("labels", [])
+    group.attrs["ome"] = {"version": VERSION, "labels": sorted({*listed, name})}
+
+
+def open_labels(path: str | Path) -> ImageArray:
+    """A label image as an :class:`ImageArray` (z, y, x): ``path`` itself, or of an OME-Zarr
+    image holding labels (:func:`labelled_image`) its label :data:`LABEL_NAME` (or its only
+    one)."""
+    path = Path(path)
+    listed = []
+    if (path / "labels" / "zarr.json").is_file():
+        listed = _ome(zarr.open_group(str(path / "labels"), mode="r").attrs.asdict()).get(
+            "labels", []
+        )
+    if listed:
+        name = LABEL_NAME if LABEL_NAME in listed else listed[0]
+        if len(listed) > 1 and LABEL_NAME not in listed:
+            raise ValueError(f"{path} holds labels {listed}: give the one to read")
+        path = path / "labels" / name
+    return open_image(path)
 
 
 # --- TIFF out ------------------------------------------------------------------------------------

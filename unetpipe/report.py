@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from unetpipe.config import section_params
 from unetpipe.evaluate import PAPER, ROWS, format_table, format_value
 from unetpipe.io import atomic_path, check_disjoint, open_data
-from unetpipe.ngff import open_image
+from unetpipe.ngff import open_image, open_labels
 from unetpipe.segment import cell_probability
 from unetpipe.splits import Split, resolve
 
@@ -196,7 +196,7 @@ def write_report(
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
     pred = open_image(predictions, "czyx")
-    seg = open_image(segmentation)
+    seg = open_labels(segmentation)
     dpi = int(params["dpi"])
     with atomic_path(output) as tmp:
         tmp.mkdir()

@@ -49,7 +49,7 @@ from unetpipe.mutex import (
     nearest_mean,
     plan_blocks,
 )
-from unetpipe.ngff import ImageArray, label_image, open_image, require_grid
+from unetpipe.ngff import ImageArray, label_image, labelled_image, open_image, require_grid
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ def _dask_runner(threads: int) -> agg.Runner:
     return run
 
 
-@writes_output("output", "predictions", "tune_predictions", beside="labels")
+@writes_output("output", "predictions", "tune_predictions", "image", beside="labels")
 def segment_zarr(
     predictions: str | Path,
     output: str | Path,
@@ -520,8 +520,12 @@ def segment_zarr(
     tune_predictions: str | Path | None = None,
     known: Any = None,
     overwrite: bool = True,
+    image: Any = None,
 ) -> None:
-    """Segment a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 Zarr.
+    """Segment a (classes, z, y, x) prediction Zarr into a (z, y, x) uint32 OME-Zarr label image:
+    ``output`` itself, or with ``image`` (the (z, y, x) image predicted, e.g. the dataset's raw
+    array) ``output`` is an OME-Zarr image of it holding the labels as ``labels/cells``
+    (:func:`unetpipe.ngff.labelled_image`: napari opens both from either path, writing nothing).
 
     ``cfg`` = the ``segment`` config section. Slices (components, watershed) or blocks
     (agglomerate) run in parallel (Dask, ``threads`` workers); labels are distinct over the stack.
@@ -575,7 +579,13 @@ def segment_zarr(
     else:
         chunks = (1, *source.chunks[2:])  # one slice per chunk: parallel writes never share
 
-    with label_image(output, source) as level0:
+    if image is not None:
+        shown = open_image(image)
+        require_grid(shown, source.shape[1:], str(predictions))
+        writing = labelled_image(output, shown)
+    else:
+        writing = label_image(output, source)
+    with writing as level0:
         target = zarr.create_array(
             str(level0),
             shape=source.shape[1:],

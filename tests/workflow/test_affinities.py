@@ -48,7 +48,7 @@ def test_affinities_and_mutex_watershed_end_to_end(tmp_path):
     predictions = zarr.open_group(str(run / "predictions" / "raw.zarr"), mode="r")
     assert predictions.attrs["offsets"] == OFFSETS and predictions["0"].shape[0] == 6
     assert predictions.attrs["channels"][:2] == ["aff_-1_0", "aff_0_-1"]
-    segmentation = zarr.open_group(str(run / "segmentation" / "raw.zarr"), mode="r")
+    segmentation = zarr.open_group(str(run / "segmentation/raw.zarr/labels/cells"), mode="r")
     tuning = segmentation.attrs["tuning"]
     assert segmentation.attrs["segment"]["method"] == "mutex_watershed"
     assert tuning["chosen"]["bias"] in (-0.2, 0.0, 0.2) and len(tuning["table"]) == 6

@@ -50,15 +50,20 @@ def test_tiny_pipeline_beats_thresholding(tiny_run):
 
 @pytest.mark.slow
 def test_predictions_and_segmentations_are_ome_zarr(tiny_run):
-    """What napari opens: an NGFF image per predicted array, its label image beside it."""
+    """What napari opens: an NGFF image per predicted array, and the segmentation as an NGFF
+    image of the array predicted holding its instances as labels/cells."""
     models = pytest.importorskip("ome_zarr_models")
     import zarr
 
     voxel = yaml.safe_load(TINY.read_text()).get("dataset", {}).get("voxel_size", [1.0] * 3)
     for array in ("raw", "test"):
-        image = tiny_run / RUN / "predictions" / f"{array}.zarr"
-        label = tiny_run / RUN / "segmentation" / f"{array}.zarr"
-        assert type(models.open_ome_zarr(zarr.open_group(str(image), mode="r"))).__name__ == "Image"
+        predictions = tiny_run / RUN / "predictions" / f"{array}.zarr"
+        image = tiny_run / RUN / "segmentation" / f"{array}.zarr"
+        label = image / "labels" / "cells"
+        for group in (predictions, image):
+            opened = models.open_ome_zarr(zarr.open_group(str(group), mode="r"))
+            assert type(opened).__name__ == "Image"
+        assert zarr.open_group(str(image / "labels")).attrs["ome"]["labels"] == ["cells"]
         metadata = zarr.open_group(str(label), mode="r").attrs["ome"]
         assert (label / metadata["image-label"]["source"]["image"]).resolve() == image.resolve()
         scale = metadata["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]

@@ -19,7 +19,7 @@ from unetpipe.splits import run_split
 
 def _segment(args: argparse.Namespace) -> int:
     keys = ["threshold", "method", "relief", "min_distance", "min_size", "mode", "sigma"]
-    keys += ["max_distance", "mask", "merge_threshold", "block", "bias", "stride"]
+    keys += ["max_distance", "mask", "merge_threshold", "block", "bias", "stride", "mutex_block"]
     cfg = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     truth = slices = known = None
     if args.tune:
@@ -41,6 +41,7 @@ def _segment(args: argparse.Namespace) -> int:
         args.tune_predictions,
         known,
         overwrite=args.overwrite,
+        image=args.image,
     )
     return 0
 
@@ -118,7 +119,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "output",
         help="OME-Zarr label image to write: beside the predictions (seg.ome.zarr) or inside "
-        "them (PRED.ome.zarr/labels/cells)",
+        "them (PRED.ome.zarr/labels/cells); with --image an OME-Zarr image of that array holding "
+        "the labels as labels/cells",
+    )
+    p.add_argument(
+        "--image",
+        help="the (z, y, x) image predicted (e.g. data.zarr/raw): written with the labels inside "
+        "it, so that napari opens both from either path",
     )
     p.add_argument(
         "--method", choices=METHODS, help="components, watershed, agglomerate or mutex_watershed"
@@ -139,6 +146,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), help="agglomerate block")
     p.add_argument("--bias", type=float, help="mutex_watershed: added to the long-range repulsion")
     p.add_argument("--stride", type=int, help="mutex_watershed: long-range edges every N px")
+    p.add_argument(
+        "--mutex-block",
+        type=int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="mutex_watershed, mode 3d: segment by overlapping blocks of this size",
+    )
     p.add_argument("--tune", action="store_true", help="fix parameters on training slices first")
     p.add_argument("--data", help="--tune: the dataset's data.zarr (labels, splits, mask)")
     p.add_argument("--tune-slices", help="--tune: slices such as 0-24 (default: the train split)")

@@ -123,10 +123,12 @@ EVALUATED = [array for array in EVALUATED if array in config["predict"]["arrays"
 
 
 def segment_inputs(wildcards):
-    """The predictions to segment; with segment.tune the dataset's labels and the predictions of
-    raw too, whose training slices fix the post-processing."""
+    """The predictions to segment and the image they predict (the segmentation is an OME-Zarr
+    image of it holding the labels); with segment.tune the dataset's labels and the predictions
+    of raw too, whose training slices fix the post-processing."""
     inputs = {
-        "predictions": f"{RESULTS}/{wildcards.run}/predictions/{wildcards.array}.zarr"
+        "predictions": f"{RESULTS}/{wildcards.run}/predictions/{wildcards.array}.zarr",
+        "image": f"{DATA}/{wildcards.array}",
     }
     if config["segment"]["tune"]["enabled"]:
         inputs["group"] = f"{DATA}/zarr.json"

@@ -1,7 +1,8 @@
 # rules: segment, evaluate, report -- instances from the probabilities, the measures of the paper's
 # Section 4 (metrics.json) and the report (figures for `snakemake --report`). Each segmentation is
-# an OME-Zarr label image beside its predictions (image-label source ../../predictions/<array>.zarr;
-# not in predictions/<array>.zarr/labels/, which would nest one rule's output in another's).
+# an OME-Zarr image of the array predicted holding the instances as labels/cells (NGFF: napari
+# opens the image with its labels; not in predictions/<array>.zarr/labels/, which would nest one
+# rule's output in another's).
 
 
 rule segment:
