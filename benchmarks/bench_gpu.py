@@ -84,11 +84,12 @@ def main() -> None:
         )
         model, _ = load_model(folder / "model.pt", str(device))
         shape = (args.slices, args.size, args.size)
-        tiles = tiles_of_run(model, (1, *shape[1:]), args.memory_gb, args.batch_size) * args.slices
+        max_tile = predict._max_tile(model, None, args.batch_size, args.memory_gb)  # the budget's
+        tiles = tiles_of_run(model, (1, *shape[1:]), max_tile) * args.slices
         network = bare(model, tiles, args.batch_size)
         volume = make_input(folder / "in.zarr", args.slices, args.size)
         predict.MIN_TASKS = 1  # all blocks in one task: its reader and writer beside the network
-        options = dict(device=str(device), batch_size=args.batch_size, memory_gb=args.memory_gb)
+        options = dict(device=str(device), batch_size=args.batch_size, tile=max_tile[0])
         predict_zarr(folder / "model.pt", volume, folder / "warm.zarr", progress=False, **options)
         result = predict_zarr(
             folder / "model.pt", volume, folder / "out.zarr", progress=False, **options

@@ -37,12 +37,13 @@ from peak import conv_peak, exact_flops
 
 from unetpipe.model import UNet, save_model
 from unetpipe.ngff import open_image
-from unetpipe.precision import MEMORY_FORMATS, autocast, model_in_format, torch_memory_format
+from unetpipe.precision import autocast, model_in_format, torch_memory_format
 from unetpipe.predict import (
     DEFAULT_MEMORY_GB,
     _block_shape,
     _max_tile,
     pass_memory_format,
+    pass_tile,
     predict_zarr,
 )
 from unetpipe.tiling import Geometry, plan_axis
@@ -81,11 +82,11 @@ def make_tiff(path: Path, slices: int, size: int, compression: str | None) -> Pa
 
 
 def tiles_of_run(
-    model: UNet, shape: tuple[int, ...], memory_gb: float, batch_size: int = 1
+    model: UNet, shape: tuple[int, ...], max_tile: tuple[int, int]
 ) -> list[tuple[int, int]]:
-    """The tile shapes ``predict_zarr`` runs over a (1, y, x) volume (same planning code)."""
+    """The tile shapes ``predict_zarr`` runs over a (1, y, x) volume with tiles of at most
+    ``max_tile`` (same planning code)."""
     geometry = Geometry.of(model)
-    max_tile = _max_tile(model, None, batch_size, memory_gb)
     block = _block_shape(shape, 2, max_tile, geometry)[1:]
     tiles = []
     for origin_y in range(0, shape[1], block[0]):
@@ -129,39 +130,56 @@ def predicted(
     memory_gb: float,
     precision: str = "float32",
     memory_format: str = "channels_last",
+    tile: str = "budget",
 ) -> tuple[UNet, zarr.Array, list[tuple[int, int]], dict]:
     """A seeded U-Net saved in ``folder``, and ``predict_zarr`` of a size^2 image with it after a
     warm-up on the tiles of that run: (model, image, tiles, predict_zarr's result; its
-    ``memory_format`` is the one the run used, read back from the output; ``measure_seconds`` the
-    one-time measurement of the format before it, not in ``seconds``)."""
+    ``memory_format`` and ``tile`` are the ones the run used, read back from the output;
+    ``measure_seconds`` the one-time measurements of the format and (``tile`` measured) the tile
+    before it (cached per process), not in ``seconds``). ``tile``: budget = the largest tile of
+    ``memory_gb`` (the former default), measured = chosen by ``predict_zarr``."""
     folder.mkdir()
     torch.manual_seed(0)
     model = UNet(base_channels=base, depth=depth).eval()
     save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
-    tiles = tiles_of_run(model, (1, size, size), memory_gb)
-    for fmt in MEMORY_FORMATS if memory_format == "auto" else [memory_format]:
-        warm_up(model, tiles, precision, fmt)
+    cap = _max_tile(model, None, 1, memory_gb)
+    geometry = Geometry.of(model)
+    covering = tuple(plan_axis(size, t, geometry).tile for t in cap)
     started = time.perf_counter()
-    if memory_format == "auto":  # the one-time measurement (per process), timed on its own
-        pass_memory_format(model, max(tiles), 1, precision)
+    fmt = memory_format
+    if memory_format == "auto":  # the one-time measurements (per process), timed on their own
+        fmt = pass_memory_format(model, covering, 1, precision)
+    max_tile = cap
+    if tile == "measured":
+        max_tile = pass_tile(model, (size, size), cap, 1, precision, fmt)
     measure = time.perf_counter() - started
+    tiles = tiles_of_run(model, (1, size, size), max_tile)
+    warm_up(model, tiles, precision, fmt)
     result = predict_zarr(
         folder / "model.pt",
         array,
         folder / "out.zarr",
+        tile=None if tile == "measured" else max_tile[0],
         memory_gb=memory_gb,
         precision=precision,
         memory_format=memory_format,
         progress=False,
     )
-    result["memory_format"] = open_image(folder / "out.zarr", "czyx").attrs["memory_format"]
+    attrs = open_image(folder / "out.zarr", "czyx").attrs
+    result["memory_format"], result["tile"] = attrs["memory_format"], attrs["tile"]
     result["measure_seconds"] = measure
     return model, array, tiles, result
 
 
-# (precision, memory format) rows of [1]: today's float32 channels_last first (the baseline).
-ROWS = [("float32", "channels_last"), ("float32", "auto"), ("bfloat16", "auto")]
+# (precision, memory format, tile) rows of [1]: float32 channels_last at the budget's tile first
+# (the baseline: the pipeline before issue 33).
+ROWS = [
+    ("float32", "channels_last", "budget"),
+    ("float32", "auto", "measured"),
+    ("bfloat16", "auto", "budget"),
+    ("bfloat16", "auto", "measured"),
+]
 
 
 def throughput(
@@ -170,14 +188,15 @@ def throughput(
     pixels = size * size / 1e6
     print(f"[1] throughput, {size}^2, base {base} depth {depth}; ratio to the first row:")
     print(
-        f"    {'precision':9s} {'format':22s} {'e2e MPix/s':>10s} {'bare MPix/s':>11s} "
-        f"{'bare/e2e':>8s} {'ratio':>6s} {'GFLOP/s':>7s} {'% peak':>6s} {'measure s':>9s}"
+        f"    {'precision':9s} {'format':22s} {'tile':>14s} {'e2e MPix/s':>10s} "
+        f"{'bare MPix/s':>11s} {'bare/e2e':>8s} {'ratio':>6s} {'GFLOP/s':>7s} {'% peak':>6s} "
+        f"{'measure s':>9s}"
     )
     baseline = None
-    for precision, memory_format in ROWS:
-        name = f"{precision}-{memory_format}"
+    for precision, memory_format, tile in ROWS:
+        name = f"{precision}-{memory_format}-{tile}"
         model, _, tiles, result = predicted(
-            folder / name, base, depth, size, memory_gb, precision, memory_format
+            folder / name, base, depth, size, memory_gb, precision, memory_format, tile
         )
         fmt = result["memory_format"]
         bare, flops = bare_forward(model, tiles, precision, fmt)
@@ -185,8 +204,10 @@ def throughput(
         baseline = baseline or seconds
         achieved = flops / seconds / 1e9
         chosen = f"{fmt} ({'measured' if memory_format == 'auto' else 'fixed'})"
+        shown = f"{result['tile'][0]} ({tile})"
         print(
-            f"    {precision:9s} {chosen:22s} {pixels / seconds:10.2f} {pixels / bare:11.2f} "
+            f"    {precision:9s} {chosen:22s} {shown:>14s} {pixels / seconds:10.2f} "
+            f"{pixels / bare:11.2f} "
             f"{bare / seconds:8.2f} {baseline / seconds:5.2f}x {achieved:7.0f} "
             f"{achieved / peaks[precision]:6.1%} {result['measure_seconds']:9.1f}",
             flush=True,
@@ -206,7 +227,7 @@ def against_monai(folder: Path, size: int, depth: int, memory_gb: float, peak: f
     except ImportError:
         print("[3] MONAI comparison skipped: pip install --no-deps monai")
         return
-    model, array, tiles, ours = predicted(folder / "paper", 64, depth, size, memory_gb)
+    model, array, tiles, ours = predicted(folder / "paper", 64, depth, size, memory_gb)  # budget
     flops = sum(exact_flops(model.config, t) for t in tiles)
     same = UNet(base_channels=64, depth=depth, padding="same").eval()
     warm_up(same, [(512, 512)], "float32", "channels_last")

@@ -212,8 +212,31 @@ def pass_tile(
     ``batch_size`` tiles is timed (:func:`unetpipe.precision.best_seconds`, one repeat) and the
     region costs passes x seconds; the cheapest wins. Larger tiles are not tried once one costs
     :data:`WORSE` x the best. Throughput per pixel is not monotonic in the tile (caches; on a CPU
-    with AMX bfloat16 runs ~2x faster per pixel at 1108 than at 2236 px), hence measured."""
+    with AMX bfloat16 runs ~2x faster per pixel at 1108 than at 2236 px), hence measured. Cached
+    per process."""
     geometry = Geometry.of(model)
+    device = next(model.parameters()).device
+    key = (str(device), precision, memory_format, json.dumps(model.config, sort_keys=True))
+    key += (tuple(size), tuple(cap), batch_size)
+    if key not in _TILES:
+        _TILES[key] = _cheapest_tile(
+            model, geometry, size, cap, batch_size, precision, memory_format
+        )
+    return _TILES[key]
+
+
+_TILES: dict[tuple, tuple[int, ...]] = {}
+
+
+def _cheapest_tile(
+    model: UNet,
+    geometry: Geometry,
+    size: Sequence[int],
+    cap: Sequence[int],
+    batch_size: int,
+    precision: str,
+    memory_format: str,
+) -> tuple[int, ...]:
     device = next(model.parameters()).device
     covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(size, cap, strict=True))
     candidates = []
