@@ -128,10 +128,9 @@ def segment_inputs(wildcards):
     of raw too, whose training slices fix the post-processing."""
     inputs = {
         "predictions": f"{RESULTS}/{wildcards.run}/predictions/{wildcards.array}.zarr",
-        "image": f"{DATA}/{wildcards.array}",
+        "group": f"{DATA}/zarr.json",
     }
     if config["segment"]["tune"]["enabled"]:
-        inputs["group"] = f"{DATA}/zarr.json"
         inputs["labels"] = f"{DATA}/labels"
         inputs["raw_predictions"] = f"{RESULTS}/{wildcards.run}/predictions/raw.zarr"
     return inputs

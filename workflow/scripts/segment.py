@@ -33,5 +33,5 @@ with logged(snakemake.log[0], "rule segment"):
         slices,
         raw,
         known,
-        image=snakemake.input.image,
+        image=Path(snakemake.input.group).parent / snakemake.wildcards.array,
     )
