@@ -196,6 +196,7 @@ def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precis
 # None): from the paper's 388 px (Cicek et al.'s 44 voxels in 3D) up, about 1.4x apart.
 TILE_LADDER = {2: (388, 548, 776, 1096, 1552, 2192, 3104, 4384), 3: (44, 64, 88, 124, 176, 248)}
 WORSE = 1.15  # stop measuring larger tiles once one costs this much more than the best
+_TILES: dict[tuple, tuple[int, ...]] = {}
 
 
 def pass_tile(
@@ -218,26 +219,8 @@ def pass_tile(
     device = next(model.parameters()).device
     key = (str(device), precision, memory_format, json.dumps(model.config, sort_keys=True))
     key += (tuple(size), tuple(cap), batch_size)
-    if key not in _TILES:
-        _TILES[key] = _cheapest_tile(
-            model, geometry, size, cap, batch_size, precision, memory_format
-        )
-    return _TILES[key]
-
-
-_TILES: dict[tuple, tuple[int, ...]] = {}
-
-
-def _cheapest_tile(
-    model: UNet,
-    geometry: Geometry,
-    size: Sequence[int],
-    cap: Sequence[int],
-    batch_size: int,
-    precision: str,
-    memory_format: str,
-) -> tuple[int, ...]:
-    device = next(model.parameters()).device
+    if key in _TILES:
+        return _TILES[key]
     covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(size, cap, strict=True))
     candidates = []
     for output in TILE_LADDER[geometry.dims]:
@@ -250,7 +233,8 @@ def _cheapest_tile(
         if tuple(p.tile for p in plans) == covering:
             break
     if len(candidates) == 1:
-        return candidates[0][0]
+        _TILES[key] = candidates[0][0]
+        return _TILES[key]
     best, best_cost = candidates[0][0], math.inf
     for tile, passes in candidates:
         x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
@@ -262,6 +246,7 @@ def _cheapest_tile(
             best, best_cost = tile, cost
         elif cost > WORSE * best_cost:
             break
+    _TILES[key] = best
     return best
 
 
