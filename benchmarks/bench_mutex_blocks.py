@@ -3,13 +3,14 @@ peak memory.
 
 ISBI 2012 has no 3D truth and unetpipe trains no 3D affinity net on it yet, so the 3D affinity map
 is built from a 2D affinity net's predictions of the stack (``--predictions``, e.g. a fold of
-``config/isbi2012-affinities-cv.yaml``): the in-plane channels of
-:data:`unetpipe.affinities.OFFSETS_3D` are the net's channels of the same (y, x) offsets, a z
-channel ``[-d, 0, 0]`` is the smaller of the two voxels' cell maps (:func:`stack_3d`). On each
+``config/isbi2012-affinities-cv.yaml``): the net's (y, x) offsets as in-plane channels, and z
+channels ``[-d, 0, 0]`` for d = 1, 2, 3 (as :data:`unetpipe.affinities.OFFSETS_3D`), each the
+smaller of the two voxels' cell maps (:func:`stack_3d`). On each
 5-slice fold of the stack and on the whole stack it prints the V_rand between the block-wise and
-the whole-volume partition (1 = identical) for the blocks given, the objects and the times; then
-the peak memory (max RSS of a fresh process running :func:`unetpipe.segment.segment_zarr` on a
-Zarr copy) as the volume grows by tiling it in (y, x), whole vs block-wise.
+the whole-volume instances (1 = identical; both as the segment stage makes them) for the blocks
+given, the objects and the times; then the peak memory (VmHWM of a fresh process running
+:func:`unetpipe.segment.segment_zarr` on a Zarr copy) as the volume grows by tiling it in (y, x),
+whole vs block-wise.
 
     python benchmarks/bench_mutex_blocks.py --predictions RUN/fold-6/predictions/train.zarr
 """
@@ -27,16 +28,18 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from unetpipe.affinities import OFFSETS_3D, cell_map
+from unetpipe.affinities import cell_map
 from unetpipe.metrics import v_rand
-from unetpipe.mutex import MAX_3D_VOXELS, mutex_watershed, mutex_watershed_blocks
+from unetpipe.mutex import MAX_3D_VOXELS
 from unetpipe.ngff import open_image
-from unetpipe.segment import affinity_offsets
+from unetpipe.segment import affinity_offsets, segment_volume
+
+Z_STEPS = (1, 2, 3)
 
 
-def stack_3d(predictions: str | Path) -> np.ndarray:
-    """(len(OFFSETS_3D), z, y, x) float32 affinities of a 2D affinity net's (K, z, y, x)
-    predictions (see the module docstring)."""
+def stack_3d(predictions: str | Path) -> tuple[np.ndarray, list[list[int]]]:
+    """(K + 3, z, y, x) float32 affinities and their 3D offsets, from a 2D affinity net's
+    (K, z, y, x) predictions (see the module docstring)."""
     source = open_image(predictions, "czyx")
     offsets = affinity_offsets(source)
     if offsets is None or len(offsets[0]) != 2:
@@ -44,40 +47,47 @@ def stack_3d(predictions: str | Path) -> np.ndarray:
     scale = float(source.attrs.get("scale", 1.0))
     prob = np.asarray(source[:], np.float32) * scale
     cells = cell_map(prob, {"offsets": offsets})
-    out = np.zeros((len(OFFSETS_3D), *cells.shape), np.float32)
-    for k, (dz, dy, dx) in enumerate(OFFSETS_3D):
-        if dz == 0:
-            out[k] = prob[offsets.index([dy, dx])]
-        else:
-            out[k, -dz:] = np.minimum(cells[-dz:], cells[:dz])
-    return out
+    z = np.zeros((len(Z_STEPS), *cells.shape), np.float32)
+    for k, d in enumerate(Z_STEPS):
+        z[k, d:] = np.minimum(cells[d:], cells[:-d])
+    lifted = [[0, dy, dx] for dy, dx in offsets]
+    return np.concatenate([prob, z]), lifted + [[-d, 0, 0] for d in Z_STEPS]
 
 
-def compare(name: str, affinities: np.ndarray, blocks: list[list[int]]) -> None:
+def compare(
+    name: str, affinities: np.ndarray, offsets: list[list[int]], blocks: list[list[int]]
+) -> None:
+    """The instances as the segment stage makes them (``segment_volume``: mode 3d, objects under
+    MIN_SIZE dropped, every voxel labelled), whole vs by blocks."""
+    settings = {"method": "mutex_watershed", "mode": "3d", "min_size": MIN_SIZE}
     start = time.perf_counter()
-    whole = mutex_watershed(affinities, OFFSETS_3D)
+    whole = segment_volume(affinities, offsets, **settings)
     seconds = time.perf_counter() - start
-    objects = len(np.unique(whole)) - 1
+    objects = int(whole.max())
     line = f"{name:<14} {affinities.shape[1:]!s:<16} whole {objects:5d} objects {seconds:6.1f} s"
     for block in blocks:
         start = time.perf_counter()
-        labels = mutex_watershed_blocks(affinities, OFFSETS_3D, block)
+        labels = segment_volume(affinities, offsets, **settings, mutex_block=block)
         seconds = time.perf_counter() - start
         agreement = v_rand(labels, whole)
         line += f" | {block}: V_rand {agreement:.4f}, {labels.max():5d} objects {seconds:6.1f} s"
     print(line, flush=True)
 
 
+MIN_SIZE = 64
 CHILD = """
-import resource, sys, time
+import re, sys, time
+from pathlib import Path
 from unetpipe.segment import segment_zarr
-cfg = {"method": "mutex_watershed", "mode": "3d", "min_size": 0}
+cfg = {"method": "mutex_watershed", "mode": "3d", "min_size": 64}
 block = %r
 if block:
     cfg["mutex_block"] = block
 start = time.perf_counter()
 segment_zarr(sys.argv[1], sys.argv[2], cfg, threads=1)
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux carries the parent's peak over fork and exec into ru_maxrss.
+peak = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
+print(time.perf_counter() - start, peak)
 """
 
 
@@ -102,11 +112,11 @@ def main() -> None:
     parser.add_argument("--memory-block", default="10,256,256")
     args = parser.parse_args()
     blocks = [[int(v) for v in b.split(",")] for b in args.blocks.split(";")]
-    affinities = stack_3d(args.predictions)
-    print(f"3D affinities {affinities.shape} from {args.predictions}")
+    affinities, offsets = stack_3d(args.predictions)
+    print(f"3D affinities {affinities.shape} from {args.predictions}, offsets {offsets}")
     for first in range(0, affinities.shape[1], 5):
-        compare(f"slices {first}-{first + 4}", affinities[:, first : first + 5], blocks)
-    compare("whole stack", affinities, [[10, 256, 256]])
+        compare(f"slices {first}-{first + 4}", affinities[:, first : first + 5], offsets, blocks)
+    compare("whole stack", affinities, offsets, [[10, 256, 256]])
 
     memory_block = [int(v) for v in args.memory_block.split(",")]
     print(f"\npeak memory (max RSS, fresh process), whole vs blocks of {memory_block}:")
@@ -115,10 +125,10 @@ def main() -> None:
             tiled = np.tile(affinities, (1, 1, n, n))
             path = Path(tmp) / f"aff-{n}.zarr"
             array = zarr.create_array(
-                str(path), shape=tiled.shape, chunks=(len(OFFSETS_3D), 10, 256, 256), dtype="f2"
+                str(path), shape=tiled.shape, chunks=(len(offsets), 10, 256, 256), dtype="f2"
             )
             array[:] = tiled
-            array.attrs.update({"offsets": OFFSETS_3D})
+            array.attrs.update({"offsets": offsets})
             voxels = int(np.prod(tiled.shape[1:]))
             row = {"shape": list(tiled.shape[1:]), "voxels": voxels}
             if voxels <= MAX_3D_VOXELS:
