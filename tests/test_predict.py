@@ -732,14 +732,22 @@ def test_a_measured_tile_is_recorded_and_kept_on_resume(
 
     monkeypatch.setattr(predict, "pass_tile", measure)
     output, partial = tmp_path / "p.zarr", tmp_path / "p.zarr.partial"
+    bf16 = {"precision": "bfloat16", "progress": False}
     with pytest.raises(ValueError, match="NaN"):
-        predict_zarr(model_file, raw, output, precision="float32", progress=False)
+        predict_zarr(model_file, raw, output, **bf16)
     assert measured == [(40, 40)] and zarr.open_array(partial).attrs["tile"] == [44, 44]
     raw[2] = 7
-    assert predict_zarr(model_file, raw, output, precision="float32", progress=False)["reused"] > 0
+    assert predict_zarr(model_file, raw, output, **bf16)["reused"] > 0
     assert measured == [(40, 40)]  # the recorded tile, not measured again
     probs = open_image(output, "czyx")[:]
     expected = np.stack(
-        [predict_image(NETS[3, "valid"], normalize(s, STATS), 44) for s in raw], axis=1
+        [
+            predict_image(NETS[3, "valid"], normalize(s, STATS), 44, precision="bfloat16")
+            for s in raw
+        ],
+        axis=1,
     )
     np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3, rtol=0)
+    # float32 keeps the memory budget's tile: not measured.
+    predict_zarr(model_file, raw, tmp_path / "f.zarr", precision="float32", progress=False)
+    assert measured == [(40, 40)]
