@@ -119,7 +119,7 @@ def main() -> None:
     compare("whole stack", affinities, offsets, [[10, 256, 256]])
 
     memory_block = [int(v) for v in args.memory_block.split(",")]
-    print(f"\npeak memory (max RSS, fresh process), whole vs blocks of {memory_block}:")
+    print(f"\npeak memory (VmHWM of a fresh process), whole vs blocks of {memory_block}:")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(t) for t in args.tiles.split(",")):
             tiled = np.tile(affinities, (1, 1, n, n))
