@@ -679,10 +679,9 @@ def open_labels(path: str | Path) -> ImageArray:
             "labels", []
         )
     if listed:
-        name = LABEL_NAME if LABEL_NAME in listed else listed[0]
-        if len(listed) > 1 and LABEL_NAME not in listed:
+        if LABEL_NAME not in listed and len(listed) > 1:
             raise ValueError(f"{path} holds labels {listed}: give the one to read")
-        path = path / "labels" / name
+        path = path / "labels" / (LABEL_NAME if LABEL_NAME in listed else listed[0])
     return open_image(path)
 
 

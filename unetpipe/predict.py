@@ -708,13 +708,14 @@ def predict_zarr(
         for b, n in zip((given or source.shape)[3 - dims :], source.shape[3 - dims :], strict=True)
     )
     covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(region, cap, strict=True))
+    model_sha256 = sha256sum(model_path)
 
     def settings(max_tile: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, Any], str]:
         """The blocks, the output's attributes and their fingerprint for a largest tile."""
         blocks = given or _block_shape(source.shape, dims, max_tile, geometry)
         attrs = {
             "model": relative_to_output(model_path, output),
-            "model_sha256": sha256sum(model_path),
+            "model_sha256": model_sha256,
             "model_config": model.config,
             "normalization": metadata["normalization"],
             "input": {
@@ -911,8 +912,14 @@ def _same_run(partial: Path, fingerprint: str, grid: Sequence[int], batch: Seque
 def _recorded(partial: Path) -> dict[str, Any]:
     """The attributes a partial output was started with ({} when there is none): a resumed run
     keeps its tile and memory format."""
-    metadata = partial / "zarr.json"
-    return json.loads(metadata.read_text())["attributes"] if metadata.is_file() else {}
+    try:  # a damaged or foreign partial is no run to resume: measured afresh, refused later
+        recorded = json.loads((partial / "zarr.json").read_text())["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    tile = recorded.get("tile")
+    if not (isinstance(tile, list) and all(isinstance(t, int) for t in tile)):
+        recorded.pop("tile", None)
+    return recorded
 
 
 def _grid_and_batch(

@@ -24,7 +24,7 @@ import itertools
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,23 +247,22 @@ def _mutex_labels(
 
     if params["mode"] == "3d":
         return one(volume)
-    out = np.zeros(volume.shape[1:], np.int64)
-    offset = 0
-    for z in range(out.shape[0]):
-        labels = one(volume[:, z])
-        out[z] = np.where(labels > 0, labels + offset, 0)
-        offset += int(labels.max())
-    return out
+    return _per_slice(volume.shape[1:], (one(volume[:, z]) for z in range(volume.shape[1])))
 
 
 def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """:func:`_slice_labels` of every slice, labels distinct over the stack."""
     if params["method"] == "components":
         return metrics.components(volume > params["threshold"])
-    out = np.zeros(volume.shape, np.int64)
+    return _per_slice(volume.shape, (_slice_labels(plane, params) for plane in volume))
+
+
+def _per_slice(shape: Sequence[int], slices: Iterable[np.ndarray]) -> np.ndarray:
+    """The (z, y, x) ``shape`` stack of each slice's labels, made distinct over the stack (slice
+    z's numbered after z - 1's)."""
+    out = np.zeros(tuple(shape), np.int64)
     offset = 0
-    for z in range(out.shape[0]):
-        labels = _slice_labels(volume[z], params)
+    for z, labels in enumerate(slices):
         out[z] = np.where(labels > 0, labels + offset, 0)
         offset += int(labels.max())
     return out
@@ -392,11 +391,9 @@ def tune_segmentation(
         if method == "agglomerate":
             stop = float(max(grid.get("merge_threshold", [params["merge_threshold"]])))
             hierarchy, labels = _hierarchy(prob, params, stop)
-        elif method == "mutex_watershed":
-            labels = _mutex_labels(prob, offsets, params)
-            sizes = np.bincount(labels.ravel())
         else:
-            labels = _stack_labels(prob, params)
+            mutex = method == "mutex_watershed"
+            labels = _mutex_labels(prob, offsets, params) if mutex else _stack_labels(prob, params)
             sizes = np.bincount(labels.ravel())
         scores = scorer.entries(labels)
         for late in itertools.product(*(grid[k] for k in after)):
