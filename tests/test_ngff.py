@@ -308,6 +308,14 @@ def test_pyramid_is_written_chunk_by_chunk_and_equals_whole_array_downsampling(
 def test_means_round_integers_and_nearest_keeps_labels() -> None:
     block = np.array([[[10, 11, 200], [13, 12, 100]]], dtype=np.uint8)
     np.testing.assert_array_equal(ngff.downsample_mean(block), [[[12, 150]]])
+    # Probabilities (float16), odd extents: the mean of each 2x2 window in float64, a last odd
+    # row or column counted twice.
+    probs = np.random.default_rng(0).random((2, 1, 7, 9)).astype(np.float16)
+    edged = np.pad(probs.astype(np.float64), [(0, 0), (0, 0), (0, 1), (0, 1)], mode="edge")
+    expected = edged.reshape(2, 1, 4, 2, 5, 2).mean(axis=(3, 5))
+    mean = ngff.downsample_mean(probs)
+    assert mean.dtype == np.float16
+    np.testing.assert_allclose(mean.astype(np.float64), expected, atol=1e-3, rtol=0)
     labels = np.arange(12, dtype=np.uint32).reshape(1, 3, 4)
     np.testing.assert_array_equal(ngff.downsample_nearest(labels), [[[0, 2], [8, 10]]])
 

@@ -126,14 +126,23 @@ def _center_crop(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return x[tuple(slices)]
 
 
+class _ReLU(nn.Module):
+    """ReLU, in place in float32 (less memory); in bfloat16 and float16 into a new tensor, as
+    PyTorch's in-place kernel for them is the slower one (a 1.1x faster bfloat16 forward on CPU:
+    benchmarks/bench_predict.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(x) if x.dtype == torch.float32 else torch.relu(x)
+
+
 class _DoubleConv(nn.Sequential):
     def __init__(self, dims: int, in_ch: int, out_ch: int, padding: int) -> None:
         conv = _CONV[dims]
         super().__init__(
             conv(in_ch, out_ch, 3, padding=padding),
-            nn.ReLU(inplace=True),
+            _ReLU(),
             conv(out_ch, out_ch, 3, padding=padding),
-            nn.ReLU(inplace=True),
+            _ReLU(),
         )
 
 

