@@ -1,6 +1,6 @@
 import pytest
 
-from unetpipe.splits import gold, tuning
+from unetpipe.splits import consecutive_runs, gold, tuning
 
 # a Cell Tracking Challenge group's frames with dataset.silver_truth: gold truth on 1 and 3 only
 FRAMES = [{"sequence": "01", "frame": t, "truth": "gold" if t % 2 else "silver"} for t in range(5)]
@@ -17,3 +17,8 @@ def test_tuning_slices_are_the_gold_training_frames_or_with_silver_truth_all(
 
 def test_data_without_frames_is_all_gold():
     assert tuning({}, [4, 0], False) == tuning({}, [4, 0], True) == [4, 0]
+
+
+def test_consecutive_runs_of_slices():
+    assert consecutive_runs([5, 0, 1, 2, 7, 6, 9]) == [(0, 3), (5, 8), (9, 10)]
+    assert consecutive_runs([]) == []

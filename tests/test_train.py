@@ -212,7 +212,9 @@ t.train(args["data"], args["run"], *args["sections"], threads=1)
 """
 
 
-def run_child(data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 10) -> int:
+def run_child(
+    data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 10, dims: int = 2
+) -> int:
     config = sections(
         iterations=30,
         val_every=30,
@@ -222,7 +224,7 @@ def run_child(data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 1
         lr=0.01,
         memory_format="contiguous",  # the same in both processes (auto measures in each)
     )
-    config[1]["dropout"] = 0.5  # resumed dropout masks must match too
+    config[1].update(dropout=0.5, dims=dims)  # resumed dropout masks must match too
     args = {"data": str(data), "run": str(run), "sections": config, "kill_at": kill_at}
     env = {
         **os.environ,
@@ -233,13 +235,14 @@ def run_child(data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 1
     ).returncode
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
-    assert run_child(data, tmp_path / "straight") == 0
-    assert run_child(data, tmp_path / "killed", kill_at=25) == -signal.SIGKILL
+@pytest.mark.parametrize("dims", [2, 3])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, dims):
+    assert run_child(data, tmp_path / "straight", dims=dims) == 0
+    assert run_child(data, tmp_path / "killed", kill_at=25, dims=dims) == -signal.SIGKILL
     killed = tmp_path / "killed"
     assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 20
     assert not (killed / "model.pt").exists()
-    assert run_child(data, killed) == 0
+    assert run_child(data, killed, dims=dims) == 0
 
     rows = {name: read_log(tmp_path / name) for name in ("straight", "killed")}
     assert [int(r["iteration"]) for r in rows["killed"]] == list(range(1, 31))
@@ -311,6 +314,37 @@ def test_unaugmented_tiles_are_mirrored_crops(data):
         y, x = matches[0]
         np.testing.assert_array_equal(target, labels[y : y + 28, x : x + 28] > 0)
         np.testing.assert_array_equal(weights, np.where(target, 1.0, 3.0))
+
+
+def test_3d_tiles_are_mirrored_crops_of_a_run_of_training_slices(tmp_path):
+    """Training slices 0-1 and 3-5 of 6: each 3D tile lies in one run, mirrored at its ends (the
+    held-out slice 2 is never read), and targets and weights are its central crop."""
+    path = tmp_path / "data.zarr"
+    write_synthetic(path, 6, (24, 24), 0, (24, 24), cell_size=8.0, membrane_width=2.0)
+    group = zarr.open_group(path, mode="a")
+    write_array(group, "weights", np.where(group["labels"][:] > 0, 1.0, 3.0).astype(np.float32))
+    group = zarr.open_group(path, mode="r")
+    stats = dataset_statistics(group["raw"], [0, 1, 3, 4, 5])
+    augment = load_config(None)["augment"]
+    dataset = TileDataset(path, [0, 1, 3, 4, 5], stats, 8, 4, augment, seed=0, mode="none", dims=3)
+    raw = normalize(group["raw"][:], stats)
+    runs = {(0, 2): 0, (3, 6): 0}
+    for index in range(12):
+        tile, target, weights = (t.numpy() for t in dataset[index])
+        assert tile.shape == (1, 8, 8, 8) and target.shape == weights.shape == (4, 4, 4)
+        found = []
+        for start, stop in runs:
+            volume = np.pad(raw[start:stop], 8, mode="reflect")
+            labels = np.pad(group["labels"][start:stop], 8, mode="reflect")
+            for z, y, x in np.ndindex(*(n - 7 for n in volume.shape)):
+                if np.array_equal(volume[z : z + 8, y : y + 8, x : x + 8], tile[0]):
+                    found.append((start, stop))
+                    inner = labels[z + 2 : z + 6, y + 2 : y + 6, x + 2 : x + 6]
+                    np.testing.assert_array_equal(target, inner > 0)
+                    np.testing.assert_array_equal(weights, np.where(inner > 0, 1.0, 3.0))
+        assert len(set(found)) == 1, found
+        runs[found[0]] += 1
+    assert all(runs.values())  # both runs drawn
 
 
 def test_bank_tiles_must_match_the_network(data, tmp_path):

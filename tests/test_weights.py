@@ -15,6 +15,7 @@ from unetpipe.weights import (
     class_weight_map,
     separate_instances,
     training_labels,
+    training_volume_labels,
     weight_map,
     write_weights,
 )
@@ -201,7 +202,15 @@ def test_write_weights_3d_and_gap(tmp_path):
     path = make_group(tmp_path / "data.zarr", labels)
     write_weights(path, {"mode": "3d", "separation_gap": 2, "class_weights": None})
     expected = weight_map(separate_instances(labels, 2), class_weights=None, spacing=(2, 1, 1))
-    np.testing.assert_array_equal(zarr.open_group(path, mode="r")["weights"][...], expected)
+    group = zarr.open_group(path, mode="r")
+    np.testing.assert_array_equal(group["weights"][...], expected)
+    # A 3D net's training labels of slices 2-3: the gap in 3D, as the weights saw it.
+    np.testing.assert_array_equal(
+        training_volume_labels(group, 2, 4), separate_instances(labels, 2)[2:4]
+    )
+    assert not np.array_equal(
+        training_volume_labels(group, 2, 4), separate_instances(labels[2:4], 2)
+    )  # (the neighbouring slices count)
 
 
 def test_training_labels_carry_the_weight_maps_gap(tmp_path):

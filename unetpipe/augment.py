@@ -197,14 +197,17 @@ def _sampling_map(
 
 
 def _random_origin(
-    rng: np.random.Generator, shape: tuple[int, ...], tile: tuple[int, int], out: tuple[int, int]
-) -> tuple[int, int]:
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    tile: tuple[int, ...],
+    out: tuple[int, ...],
+) -> tuple[int, ...]:
     """Input-tile corner such that the output crop lies in the image (or covers it, if smaller)."""
     origin = []
     for n, t, o in zip(shape, tile, out, strict=True):
         start = int(rng.integers(min(0, n - o), max(0, n - o) + 1))
         origin.append(start - (t - o) // 2)
-    return origin[0], origin[1]
+    return tuple(origin)
 
 
 def _gray(image: np.ndarray, gray: Mapping[str, float], rng: np.random.Generator) -> np.ndarray:
@@ -254,9 +257,9 @@ def augment_sample(
             f"{weights.shape}"
         )
     if origin is None:
-        origin = _random_origin(rng, image.shape, tile, out)
+        origin = _random_origin(rng, image.shape, tile, out)  # type: ignore[assignment]
 
-    y, x = _sampling_map(tile, origin, params, rng)
+    y, x = _sampling_map(tile, origin, params, rng)  # type: ignore[arg-type]
     inner = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
     y_out = (y[0][inner[0]], y[1][inner[1]])
     x_out = (x[0][inner[0]], x[1][inner[1]])

@@ -20,6 +20,18 @@ from unetpipe.io import DataGroup, make_splits, read_splits
 Split = dict[str, list[int]]
 
 
+def consecutive_runs(slices: Sequence[int]) -> list[tuple[int, int]]:
+    """The runs ``[start, stop)`` of consecutive slice indices in ``slices`` (a 3D network reads
+    each run as a volume)."""
+    runs: list[tuple[int, int]] = []
+    for z in sorted({int(z) for z in slices}):
+        if runs and runs[-1][1] == z:
+            runs[-1] = (runs[-1][0], z + 1)
+        else:
+            runs.append((z, z + 1))
+    return runs
+
+
 def fold_names(crossval: Mapping[str, Any] | None) -> list[str]:
     """The folds of a ``crossval`` section (``{"k": int, "sequences": [str]}``); [] when off."""
     k, sequences = int((crossval or {}).get("k", 0)), list((crossval or {}).get("sequences", []))

@@ -7,7 +7,9 @@ whose offset leaves the output tile, or whose truth is unknown (the group's ``ma
 through the warp as a reserved label value), are left out of the loss. No weight map (Eq. 2).
 
 Sample ``i`` is a pure function of ``(seed, i)``: a random tile of a random training slice,
-augmented as in Section 3.1 (or unaugmented), or a tile of the precomputed bank. The stream
+augmented as in Section 3.1 (or unaugmented), or a tile of the precomputed bank; for a 3D network
+a random tile of a random run of consecutive training slices, deformed in 3D
+(:mod:`unetpipe.augment3d`), the run's ends mirrored (other slices are never read). The stream
 therefore does not depend on the number of DataLoader workers or processes, and a restarted run
 sees the same tiles. Iteration ``t`` takes samples ``t * batch .. (t + 1) * batch - 1``.
 """
@@ -24,9 +26,11 @@ from torch.utils.data import Dataset, Sampler
 
 from unetpipe.affinities import affinity_targets, check_offsets
 from unetpipe.augment import DEFAULT_PARAMS, augment_sample, open_bank, resolve_params, sample_rng
+from unetpipe.augment3d import augment_volume
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
-from unetpipe.weights import training_labels
+from unetpipe.splits import consecutive_runs
+from unetpipe.weights import training_labels, training_volume_labels
 
 
 class TileDataset(Dataset):
@@ -51,10 +55,18 @@ class TileDataset(Dataset):
         mode: str = "on_the_fly",
         bank: Sequence[str | Path] = (),
         offsets: Sequence[Sequence[int]] | None = None,
+        dims: int = 2,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> None:
         if mode not in ("on_the_fly", "none", "bank"):
             raise ValueError(f"train.data must be on_the_fly, bank or none, got {mode!r}")
-        self.offsets = None if offsets is None else check_offsets(offsets, 2)
+        if dims == 3 and mode == "bank":
+            raise ValueError(
+                "the bank holds 2D tiles: train a 3D network with train.data on_the_fly"
+            )
+        self.offsets = None if offsets is None else check_offsets(offsets, dims)
+        self.dims, self.spacing = dims, tuple(float(v) for v in spacing)
+        self.runs = consecutive_runs(slices)
         if self.offsets is not None and mode == "bank" and "mask" in open_data(data):
             raise ValueError(
                 f"{data} has a mask (unknown truth), which the bank's labels do not carry: train "
@@ -74,6 +86,7 @@ class TileDataset(Dataset):
         self.augment, self.seed, self.mode = augment, seed, mode
         self.bank_paths = [str(p) for p in bank]
         self._source: Any = None  # opened lazily, once per worker process
+        self._volumes: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # 3D: runs read
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = sample_rng(self.seed, index)
@@ -82,6 +95,17 @@ class TileDataset(Dataset):
             self._source = open_bank(self.bank_paths) if bank else open_data(self.data)
         if self.mode == "bank":
             image, labels, weights = self._source[int(rng.integers(len(self._source)))]
+        elif self.dims == 3:
+            lengths = np.array([stop - start for start, stop in self.runs], dtype=float)
+            start, stop = self.runs[int(rng.choice(len(self.runs), p=lengths / lengths.sum()))]
+            image, labels, weights = augment_volume(
+                *self._run(start, stop),
+                input_size=self.input_size,
+                output_size=self.output_size,
+                params=self.augment,
+                rng=rng,
+                spacing=self.spacing,
+            )
         else:
             z = self.slices[int(rng.integers(len(self.slices)))]
             image, labels, weights = augment_sample(
@@ -103,6 +127,21 @@ class TileDataset(Dataset):
             torch.from_numpy(np.asarray(labels) > 0).long(),
             torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
         )
+
+    def _run(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image, training labels (unknown truth as :data:`_UNKNOWN`) and weights of the slices
+        ``start:stop``, read once per worker process."""
+        if (start, stop) not in self._volumes:
+            labels = training_volume_labels(self._source, start, stop)
+            if self.offsets is not None and "mask" in self._source:
+                known = np.asarray(self._source["mask"][start:stop]) > 0
+                labels = np.where(known, labels, _UNKNOWN)
+            self._volumes[start, stop] = (
+                normalize(self._source["raw"][start:stop], self.stats),
+                labels,
+                np.asarray(self._source["weights"][start:stop]),
+            )
+        return self._volumes[start, stop]
 
     def _labels(self, z: int) -> np.ndarray:
         """The training labels of slice ``z``; for affinities, unknown truth (the group's mask)

@@ -55,7 +55,7 @@ from unetpipe.precision import (
 )
 from unetpipe.predict import predict_image
 from unetpipe.report import curves_figure, read_log
-from unetpipe.splits import Split, resolve
+from unetpipe.splits import Split, consecutive_runs, resolve
 from unetpipe.tiles import IterationSampler, TileDataset
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def validate(
     precision: str = "float32",
 ) -> dict[str, float]:
     """Pixel error and mean V_rand of whole normalised slices segmented by overlap-tile (Fig. 2),
-    the network run in ``precision``.
+    the network run in ``precision``; a 3D network segments whole volumes (``images`` and
+    ``labels`` (z, y, x): runs of consecutive slices), scored slice by slice all the same.
 
     Cells are the 4-connected components of ``cell probability > 0.5``
     (:func:`unetpipe.affinities.cell_map`: of an affinity net, its nearest-neighbour mean).
@@ -105,6 +106,9 @@ def validate(
         cell_map(predict_image(model, image, precision=precision), model.config) for image in images
     ]
     model.train(was_training)
+    if model.config["dims"] == 3:
+        cells = [plane for volume in cells for plane in volume]
+        labels = [plane for volume in labels for plane in volume]
     vrand = [
         v_rand(components(p > CELL_THRESHOLD)[0], truth)
         for p, truth in zip(cells, labels, strict=True)
@@ -242,13 +246,12 @@ class _Trainer:
         rank: int,
         world: int,
     ) -> None:
-        if model_cfg.get("dims", 2) != 2:
-            raise ValueError("training reads 2D slices: model.dims must be 2")
         self.device, self.world, self.batch = device, world, int(cfg["batch_size"])
         self.precision = resolve_precision(cfg["precision"], device)
         self.memory_format = "contiguous"
         torch.manual_seed(cfg["seed"])  # the same initial weights in every process
         self.model = UNet(**network_config(model_cfg)).to(device)
+        self.dims = int(self.model.config["dims"])
         self.offsets = self.model.config.get("offsets")
         self.affinity_loss = AFFINITY_LOSSES[cfg.get("affinity_loss", "dice")]
         torch.manual_seed(cfg["seed"] + rank)  # each process its own dropout masks
@@ -274,7 +277,7 @@ class _Trainer:
         choice = [None]
         if self.world == 1 or dist.get_rank() == 0:
             net = copy.deepcopy(self.model).train()
-            shape = (self.batch // self.world, net.config["in_channels"], tile, tile)
+            shape = (self.batch // self.world, net.config["in_channels"], *[tile] * self.dims)
             x = torch.zeros(shape, device=self.device)
 
             gpus = [self.device] if self.device.type == "cuda" else []
@@ -282,7 +285,8 @@ class _Trainer:
             def run(name: str) -> None:
                 with model_in_format(net, name), torch.random.fork_rng(gpus):
                     with autocast(self.device, self.precision):
-                        logits = net(x.contiguous(memory_format=torch_memory_format(name)))
+                        fmt = torch_memory_format(name, x.dim())
+                        logits = net(x.contiguous(memory_format=fmt))
                     logits.float().mean().backward()
                 net.zero_grad(set_to_none=True)
 
@@ -296,14 +300,14 @@ class _Trainer:
         """Put the network in memory format ``fmt`` (a name of ``MEMORY_FORMATS``) for the run;
         wrap it for DDP."""
         self.memory_format = fmt
-        self.model.to(memory_format=torch_memory_format(fmt))
+        self.model.to(memory_format=torch_memory_format(fmt, self.dims + 2))
         self.net = DistributedDataParallel(self.model) if self.world > 1 else self.model
 
     def step(
         self, image: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     ) -> tuple[float, float]:
         """One optimiser step on a batch; returns (loss of the whole batch, learning rate used)."""
-        fmt = torch_memory_format(self.memory_format)
+        fmt = torch_memory_format(self.memory_format, self.dims + 2)
         image = image.to(self.device, non_blocking=True, memory_format=fmt)
         target = target.to(self.device, non_blocking=True)
         weights = weights.to(self.device, non_blocking=True)
@@ -418,17 +422,27 @@ class _Validation:
     """The validation slices segmented whole by overlap-tile (Fig. 2) during training."""
 
     def __init__(
-        self, group: Any, slices: Sequence[int], stats: dict[str, float], precision: str
+        self,
+        group: Any,
+        slices: Sequence[int],
+        stats: dict[str, float],
+        precision: str,
+        dims: int = 2,
     ) -> None:
         self.images = [normalize(group["raw"][z], stats) for z in slices]
         self.labels = [np.asarray(group["labels"][z]) for z in slices]
         self.precision = precision
+        self.inputs, self.truths = self.images, self.labels
+        if dims == 3:  # whole runs of consecutive slices
+            runs = consecutive_runs(slices)
+            self.inputs = [normalize(group["raw"][a:b], stats) for a, b in runs]
+            self.truths = [np.asarray(group["labels"][a:b]) for a, b in runs]
 
     def baseline(self) -> float:
         return threshold_baseline(self.images, self.labels)
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
-        return validate(model, self.images, self.labels, self.precision)
+        return validate(model, self.inputs, self.truths, self.precision)
 
 
 def _train(
@@ -487,7 +501,7 @@ def _train(
                 "best": ckpt["best"],
                 "scores": ckpt["scores"],
             }
-        validation = _Validation(group, split["val"], stats, trainer.precision)
+        validation = _Validation(group, split["val"], stats, trainer.precision, trainer.dims)
         if rank == 0 and validation.labels:
             meta["baseline_vrand"] = validation.baseline()
             log.info("validation V_rand of an Otsu threshold: %.4f", meta["baseline_vrand"])
@@ -502,6 +516,8 @@ def _train(
             cfg["data"],
             bank,
             trainer.offsets,
+            trainer.dims,
+            group.attrs.get("voxel_size", (1.0, 1.0, 1.0)),
         )
         loader = DataLoader(
             dataset,

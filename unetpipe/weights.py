@@ -184,6 +184,19 @@ def training_labels(group: Any, z: int) -> np.ndarray:
     return separate_instances(np.asarray(group["labels"][z]), gap)
 
 
+def training_volume_labels(group: Any, start: int, stop: int) -> np.ndarray:
+    """Slices ``start:stop`` of the labels as the weight maps saw them (:func:`training_labels`):
+    with ``weights.mode: 3d`` the separation gap is put in 3D, reading the slices it reaches
+    beyond the range, else slice by slice."""
+    attrs = group["weights"].attrs
+    gap = int(attrs.get("separation_gap", 0))
+    if attrs.get("mode") != "3d":
+        return np.stack([training_labels(group, z) for z in range(start, stop)])
+    reach = (gap + 1) // 2
+    low, high = max(0, start - reach), min(group["labels"].shape[0], stop + reach)
+    return separate_instances(np.asarray(group["labels"][low:high]), gap)[start - low : stop - low]
+
+
 def _weights_of(
     labels: np.ndarray, known: np.ndarray | None, params: dict[str, Any], spacing: tuple
 ) -> np.ndarray:

@@ -23,6 +23,15 @@ if FOLDS and config["train"]["data"] == "bank":
     )
 
 
+if config["model"]["dims"] == 3 and (
+    config["train"]["data"] == "bank" or config["augment"]["bank_size"]
+):
+    raise ValueError(
+        "model.dims 3: the augmented bank holds 2D tiles; set train.data: on_the_fly and "
+        "augment.bank_size: 0 (3D tiles are deformed on the fly)"
+    )
+
+
 wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
 

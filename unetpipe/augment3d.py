@@ -1,0 +1,152 @@
+"""Data augmentation of volumes for the 3D U-Net (Cicek et al. 2016, Section 2.2).
+
+"Besides rotation, scaling and gray value augmentation, we apply a smooth dense deformation field
+on both data and ground truth labels. For this, we sample random vectors from a normal distribution
+with standard deviation of 4 in a grid with a spacing of 32 voxels in each direction and then apply
+a B-spline interpolation." Here, as in 2D (:mod:`unetpipe.augment`): N(0, sigma^2) displacements
+on a ``grid`` x ``grid`` x ``grid`` lattice spanning the tile, upsampled bicubically per axis;
+flips of every axis, a rotation in the (y, x) plane only and shifts, in physical units so that an
+anisotropic stack (``spacing`` (z, y, x), e.g. 50 nm sections of 4 nm pixels) is displaced less
+along z in voxels. Never a rotation across z (its resolution differs).
+
+The image is interpolated with a cubic B-spline (``scipy.ndimage.map_coordinates``, order 3; linear
+or nearest by ``interpolation``), the labels nearest (no new values), the weights linearly, the
+labels and weights only on the central output crop; past the volume's border the context is
+mirrored (numpy's ``reflect``), as in Fig. 2 of the U-Net paper.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unetpipe.augment import _gray, _random_origin, _upsampling_matrix, resolve_params
+
+_ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
+_MARGIN = 8  # voxels of context around the points: the cubic prefilter's reach, in practice
+
+
+def _triple(size: int | Sequence[int], name: str) -> tuple[int, int, int]:
+    triple = (size,) * 3 if isinstance(size, int | np.integer) else tuple(size)
+    if len(triple) != 3 or min(triple) < 1:
+        raise ValueError(f"{name} must be a positive int or a (z, y, x) triple, got {size!r}")
+    return int(triple[0]), int(triple[1]), int(triple[2])
+
+
+def sampling_map(
+    tile: tuple[int, int, int],
+    origin: Sequence[int],
+    params: Mapping[str, Any],
+    rng: np.random.Generator,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """Source coordinates (3, z, y, x) of every voxel of an input tile whose corner is ``origin``.
+
+    Flips, a rotation about the z axis and a shift (``max_px`` in-plane pixels, the same physical
+    length along z), then the elastic displacement: ``sigma`` in-plane pixels (the same physical
+    length along z) on the coarse lattice, upsampled bicubically along each axis.
+    """
+    scale = np.array([spacing[1] / spacing[0], 1.0, 1.0])  # in-plane pixels -> voxels per axis
+    matrix = np.eye(3)
+    if params["flip"]["enabled"]:
+        matrix = matrix * rng.choice([-1.0, 1.0], size=3)
+    if params["rotation"]["enabled"]:
+        angle = math.radians(rng.uniform(-1, 1) * params["rotation"]["max_degrees"])
+        turn = np.eye(3)
+        turn[1:, 1:] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+        matrix = turn @ matrix
+    shift = np.zeros(3)
+    if params["shift"]["enabled"]:
+        shift = rng.uniform(-1, 1, size=3) * params["shift"]["max_px"] * scale
+    centre = np.array([(t - 1) / 2 for t in tile])
+    grid = np.stack(np.meshgrid(*(np.arange(t) for t in tile), indexing="ij")).reshape(3, -1)
+    coords = matrix @ (grid - centre[:, None]) + (np.asarray(origin) + centre + shift)[:, None]
+    coords = coords.reshape(3, *tile)
+    if params["elastic"]["enabled"]:
+        points, sigma = params["elastic"]["grid"], params["elastic"]["sigma"]
+        coarse = (
+            rng.normal(0.0, 1.0, size=(3, points, points, points))
+            * (sigma * scale)[:, None, None, None]
+        )
+        up = [_upsampling_matrix(t, points) for t in tile]
+        coords += np.einsum("ia,jb,kc,dabc->dijk", *up, coarse, optimize=True)
+    return coords
+
+
+def _mirror_crop(volume: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``volume[low:high]`` per axis, indices past the border mirrored (numpy's ``reflect``)."""
+    crop = volume
+    for axis, (a, b) in enumerate(zip(low, high, strict=True)):
+        n = volume.shape[axis]
+        index = np.abs(np.arange(a, b))
+        if n > 1:
+            period = 2 * (n - 1)
+            index %= period
+            index = np.where(index >= n, period - index, index)
+        else:
+            index = np.zeros_like(index)
+        crop = crop.take(index, axis=axis)
+    return crop
+
+
+def interpolate(volume: np.ndarray, coords: np.ndarray, order: str) -> np.ndarray:
+    """``volume`` at ``coords`` (3, ...) by nearest, linear or cubic B-spline interpolation,
+    mirrored context; exact at integer coordinates."""
+    low = np.floor(coords.reshape(3, -1).min(1)).astype(int) - _MARGIN
+    high = np.ceil(coords.reshape(3, -1).max(1)).astype(int) + _MARGIN + 1
+    crop = _mirror_crop(volume, low, high)
+    shifted = coords - low[:, None, None, None]
+    if order == "nearest":  # round half up, as the 2D warp does
+        index = tuple(np.floor(c + 0.5).astype(np.intp) for c in shifted)
+        return crop[index]
+    return ndimage.map_coordinates(
+        crop.astype(np.float32), shifted, order=_ORDER[order], mode="mirror"
+    ).astype(np.float32)
+
+
+def augment_volume(
+    image: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    *,
+    input_size: int | Sequence[int],
+    output_size: int | Sequence[int],
+    params: Mapping[str, Any] | None,
+    rng: np.random.Generator,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented 3D training sample from a volume (z, y, x) with its labels and weight map.
+
+    As :func:`unetpipe.augment.augment_sample` in 3D: ``image`` is normalised float32, ``params``
+    the ``augment`` config section, ``origin`` the (z, y, x) input-tile corner (by default a
+    random one whose output crop lies in the volume), ``spacing`` the voxel size (z, y, x).
+    Returns ``(image_tile, label_tile, weight_tile)``: float32 of ``input_size``, the labels'
+    dtype and float32 of ``output_size``; all randomness from ``rng``.
+    """
+    params = resolve_params(params)
+    tile, out = _triple(input_size, "input_size"), _triple(output_size, "output_size")
+    if any(o > t or (t - o) % 2 for t, o in zip(tile, out, strict=True)):
+        raise ValueError(f"output_size {out} must fit centred in input_size {tile}")
+    image = np.asarray(image, dtype=np.float32)
+    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
+    if image.ndim != 3 or labels.shape != image.shape or weights.shape != image.shape:
+        raise ValueError(
+            f"need 3D image, labels and weights of one shape, got {image.shape}, {labels.shape}, "
+            f"{weights.shape}"
+        )
+    if origin is None:
+        origin = _random_origin(rng, image.shape, tile, out)
+    coords = sampling_map(tile, origin, params, rng, spacing)
+    crop = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
+    inner = (slice(None), *crop)
+    image_tile = interpolate(image, coords, params["interpolation"])
+    label_tile = interpolate(labels, coords[inner], "nearest")
+    weight_tile = interpolate(weights, coords[inner], "linear")
+    if params["gray"]["enabled"]:
+        image_tile = _gray(image_tile, params["gray"], rng)
+    return image_tile, label_tile, weight_tile
