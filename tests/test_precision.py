@@ -16,6 +16,7 @@ from unetpipe.precision import (
     fastest_memory_format,
     model_in_format,
     resolve_precision,
+    torch_threads,
 )
 
 
@@ -97,3 +98,13 @@ def test_model_in_format_puts_the_model_back(before: torch.memory_format) -> Non
             wanted = fmt or torch.contiguous_format
             assert all(p.is_contiguous(memory_format=wanted) for p in convs)
         assert all(p.is_contiguous(memory_format=before) for p in convs)
+
+
+def test_torch_threads_are_put_back_even_after_an_error():
+    before = torch.get_num_threads()
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+        raise RuntimeError
+    assert torch.get_num_threads() == before

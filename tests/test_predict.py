@@ -751,3 +751,19 @@ def test_a_measured_tile_is_recorded_and_kept_on_resume(
     # float32 keeps the memory budget's tile: not measured.
     predict_zarr(model_file, raw, tmp_path / "f.zarr", precision="float32", progress=False)
     assert measured == [(40, 40)]
+
+
+def test_threads_per_worker_leave_the_process_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_model(path, make_net(2), normalization=STATS)
+    make_volume(tmp_path / "raw.zarr", (1, 40, 40))
+    before = torch.get_num_threads()
+    predict_zarr(
+        path,
+        str(tmp_path / "raw.zarr"),
+        tmp_path / "p.zarr",
+        threads_per_worker=before + 1,
+        precision="float32",
+        progress=False,
+    )
+    assert torch.get_num_threads() == before

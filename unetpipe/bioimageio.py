@@ -54,6 +54,7 @@ from unetpipe.evaluate import format_table
 from unetpipe.intensity import normalize
 from unetpipe.io import atomic_path, open_data, sha256sum, writes_output
 from unetpipe.model import UNet, UNetProbabilities, load_model
+from unetpipe.precision import torch_threads
 from unetpipe.tiling import Geometry, read_mirrored
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,14 @@ def export_bioimageio(
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package
 
-    if threads:
-        torch.set_num_threads(threads)
     if data is None and (run_dir.parent / "data.zarr" / "zarr.json").is_file():
         data = run_dir.parent / "data.zarr"
     group = open_data(data) if data is not None else None
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
+    with (
+        torch_threads(threads),
+        tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp,
+    ):
         folder = Path(tmp)
         descr = _describe(folder, model_path, model, metadata, group, params)
         package = save_bioimageio_package(descr, output_path=folder / output.name)

@@ -120,3 +120,16 @@ def model_in_format(model: torch.nn.Module, name: str) -> Iterator[None]:
         yield
     finally:
         model.to(memory_format=torch_memory_format(before, weights[0].dim()))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count ``threads`` (None: unchanged) for the block, put back as it
+    was afterwards: a library call leaves the process as it found it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -56,6 +56,7 @@ from unetpipe.precision import (
     model_in_format,
     resolve_precision,
     torch_memory_format,
+    torch_threads,
 )
 from unetpipe.tiling import (
     MIRROR_MODES,
@@ -945,9 +946,7 @@ def _compute(
 ) -> dict[str, Any]:
     """Run every batch on the scheduler; the summed counts and timings of the tasks."""
     if scheduler == "threads":
-        if threads_per_worker:
-            torch.set_num_threads(threads_per_worker)
-        with ThreadPoolExecutor(n_workers) as executor:
+        with torch_threads(threads_per_worker), ThreadPoolExecutor(n_workers) as executor:
             return _run_batches(executor, _predict_batch, job, _batches(job), n_workers, progress)
     from distributed import Client
 

@@ -52,6 +52,7 @@ from unetpipe.precision import (
     model_in_format,
     resolve_precision,
     torch_memory_format,
+    torch_threads,
 )
 from unetpipe.predict import predict_image
 from unetpipe.report import curves_figure, read_log
@@ -361,15 +362,13 @@ class _Trainer:
 @contextlib.contextmanager
 def _process_settings(threads: int | None, cuda: bool) -> Iterator[None]:
     """torch's thread count and cuDNN autotuning for the run, put back as they were afterwards."""
-    before = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    if threads:
-        torch.set_num_threads(threads)
+    before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda
     try:
-        yield
+        with torch_threads(threads):
+            yield
     finally:
-        torch.set_num_threads(before[0])
-        torch.backends.cudnn.benchmark = before[1]
+        torch.backends.cudnn.benchmark = before
 
 
 def _training_data(group: Any, split: Split) -> dict[str, float]:
