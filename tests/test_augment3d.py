@@ -4,7 +4,7 @@ the elastic field in physical units, reproducibility."""
 import numpy as np
 import pytest
 
-from unetpipe.augment import _upsampling_matrix, resolve_params, sample_rng
+from unetpipe.augment import resolve_params, sample_rng, upsampling_matrix
 from unetpipe.augment3d import augment_volume, interpolate, sampling_map
 
 OFF = {name: {"enabled": False} for name in ("elastic", "rotation", "flip", "shift", "gray")}
@@ -97,7 +97,7 @@ def test_the_elastic_field_is_the_coarse_lattice_upsampled_in_physical_units(gri
     up = coarse
     for axis, n in enumerate(tile):
         up = np.moveaxis(
-            np.tensordot(_upsampling_matrix(n, grid), up, axes=(1, axis + 1)), 0, axis + 1
+            np.tensordot(upsampling_matrix(n, grid), up, axes=(1, axis + 1)), 0, axis + 1
         )
     np.testing.assert_allclose(displacement, up, atol=1e-9)
 

@@ -51,11 +51,36 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def _pair(size: Size, name: str) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int | np.integer) else tuple(size)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or a (y, x) pair, got {size!r}")
-    return int(pair[0]), int(pair[1])
+def sizes(size: int | Sequence[int], dims: int, name: str) -> tuple[int, ...]:
+    """An extent per axis of a ``dims``-D tile (one int: the same for every axis), checked."""
+    per_axis = (size,) * dims if isinstance(size, int | np.integer) else tuple(size)
+    if len(per_axis) != dims or min(per_axis) < 1:
+        axes = "(y, x) pair" if dims == 2 else "(z, y, x) triple"
+        raise ValueError(f"{name} must be a positive int or a {axes}, got {size!r}")
+    return tuple(int(n) for n in per_axis)
+
+
+def checked_sample(
+    image: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    input_size: int | Sequence[int],
+    output_size: int | Sequence[int],
+    dims: int,
+) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """The tile and output extents and the arrays of one ``dims``-D sample, checked: the output
+    centred in the tile, image (float32), labels and weights (float32) of one shape."""
+    tile, out = sizes(input_size, dims, "input_size"), sizes(output_size, dims, "output_size")
+    if any(o > t or (t - o) % 2 for t, o in zip(tile, out, strict=True)):
+        raise ValueError(f"output_size {out} must fit centred in input_size {tile}")
+    image = np.asarray(image, dtype=np.float32)
+    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
+    if image.ndim != dims or labels.shape != image.shape or weights.shape != image.shape:
+        raise ValueError(
+            f"need {dims}D image, labels and weights of one shape, got {image.shape}, "
+            f"{labels.shape}, {weights.shape}"
+        )
+    return tile, out, image, labels, weights
 
 
 def _keys(t: np.ndarray, a: float = -0.5) -> list[np.ndarray]:
@@ -69,7 +94,7 @@ def _keys(t: np.ndarray, a: float = -0.5) -> list[np.ndarray]:
     ]
 
 
-def _upsampling_matrix(n: int, points: int) -> np.ndarray:
+def upsampling_matrix(n: int, points: int) -> np.ndarray:
     """(n, points) bicubic interpolation from control points at ``linspace(0, n - 1, points)``."""
     position = np.arange(n) * (points - 1) / max(n - 1, 1)
     base = np.minimum(np.floor(position).astype(int), points - 1)
@@ -188,7 +213,7 @@ def _sampling_map(
     if params["elastic"]["enabled"]:
         grid, sigma = params["elastic"]["grid"], params["elastic"]["sigma"]
         coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-        up_y, up_x = _upsampling_matrix(tile[0], grid), _upsampling_matrix(tile[1], grid)
+        up_y, up_x = upsampling_matrix(tile[0], grid), upsampling_matrix(tile[1], grid)
         for axis in range(2):
             fields[axis][0].extend(np.einsum("ia,ab->bi", up_y, coarse[axis]))
             fields[axis][1].extend(up_x.T)
@@ -196,7 +221,7 @@ def _sampling_map(
     return (np.stack(y_rows, 1), np.stack(y_cols, 1)), (np.stack(x_rows, 1), np.stack(x_cols, 1))
 
 
-def _random_origin(
+def random_origin(
     rng: np.random.Generator,
     shape: tuple[int, ...],
     tile: tuple[int, ...],
@@ -210,7 +235,9 @@ def _random_origin(
     return tuple(origin)
 
 
-def _gray(image: np.ndarray, gray: Mapping[str, float], rng: np.random.Generator) -> np.ndarray:
+def gray_variation(
+    image: np.ndarray, gray: Mapping[str, float], rng: np.random.Generator
+) -> np.ndarray:
     """Gray-value variation: a gamma curve over the tile's range, then contrast and brightness."""
     gamma = math.exp(rng.uniform(-1, 1) * math.log1p(gray["gamma"]))
     low, high = float(image.min()), float(image.max())
@@ -246,18 +273,11 @@ def augment_sample(
     ``input_size``, labels' dtype and float32 of ``output_size``.
     """
     params = resolve_params(params)
-    tile, out = _pair(input_size, "input_size"), _pair(output_size, "output_size")
-    if any(o > t or (t - o) % 2 for t, o in zip(tile, out, strict=True)):
-        raise ValueError(f"output_size {out} must fit centred in input_size {tile}")
-    image = np.asarray(image, dtype=np.float32)
-    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
-    if image.ndim != 2 or labels.shape != image.shape or weights.shape != image.shape:
-        raise ValueError(
-            f"need 2D image, labels and weights of one shape, got {image.shape}, {labels.shape}, "
-            f"{weights.shape}"
-        )
+    tile, out, image, labels, weights = checked_sample(
+        image, labels, weights, input_size, output_size, 2
+    )
     if origin is None:
-        origin = _random_origin(rng, image.shape, tile, out)  # type: ignore[assignment]
+        origin = random_origin(rng, image.shape, tile, out)  # type: ignore[assignment]
 
     y, x = _sampling_map(tile, origin, params, rng)  # type: ignore[arg-type]
     inner = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
@@ -267,7 +287,7 @@ def augment_sample(
     label_tile = _interpolate(labels, y_out, x_out, "nearest")
     weight_tile = _interpolate(weights, y_out, x_out, "linear")
     if params["gray"]["enabled"]:
-        image_tile = _gray(image_tile, params["gray"], rng)
+        image_tile = gray_variation(image_tile, params["gray"], rng)
     return image_tile, label_tile, weight_tile
 
 
@@ -310,7 +330,7 @@ def write_bank(
     if not train:
         raise ValueError(f"{data_zarr_path} has no training slices (attrs['splits']['train'])")
     indices = _shard_range(params["bank_size"], shard, n_shards)
-    tile, out = _pair(input_size, "input_size"), _pair(output_size, "output_size")
+    tile, out = sizes(input_size, 2, "input_size"), sizes(output_size, 2, "output_size")
     stats = dataset_statistics(group["raw"], train)
     rngs = {i: sample_rng(params["seed"], i) for i in indices}
     source = {i: train[int(rngs[i].integers(len(train)))] for i in indices}

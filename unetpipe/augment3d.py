@@ -24,21 +24,20 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unetpipe.augment import _gray, _random_origin, _upsampling_matrix, resolve_params
+from unetpipe.augment import (
+    checked_sample,
+    gray_variation,
+    random_origin,
+    resolve_params,
+    upsampling_matrix,
+)
 
 _ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
 _MARGIN = 8  # voxels of context around the points: the cubic prefilter's reach, in practice
 
 
-def _triple(size: int | Sequence[int], name: str) -> tuple[int, int, int]:
-    triple = (size,) * 3 if isinstance(size, int | np.integer) else tuple(size)
-    if len(triple) != 3 or min(triple) < 1:
-        raise ValueError(f"{name} must be a positive int or a (z, y, x) triple, got {size!r}")
-    return int(triple[0]), int(triple[1]), int(triple[2])
-
-
 def sampling_map(
-    tile: tuple[int, int, int],
+    tile: tuple[int, ...],
     origin: Sequence[int],
     params: Mapping[str, Any],
     rng: np.random.Generator,
@@ -72,7 +71,7 @@ def sampling_map(
             rng.normal(0.0, 1.0, size=(3, points, points, points))
             * (sigma * scale)[:, None, None, None]
         )
-        up = [_upsampling_matrix(t, points) for t in tile]
+        up = [upsampling_matrix(t, points) for t in tile]
         coords += np.einsum("ia,jb,kc,dabc->dijk", *up, coarse, optimize=True)
     return coords
 
@@ -129,18 +128,11 @@ def augment_volume(
     dtype and float32 of ``output_size``; all randomness from ``rng``.
     """
     params = resolve_params(params)
-    tile, out = _triple(input_size, "input_size"), _triple(output_size, "output_size")
-    if any(o > t or (t - o) % 2 for t, o in zip(tile, out, strict=True)):
-        raise ValueError(f"output_size {out} must fit centred in input_size {tile}")
-    image = np.asarray(image, dtype=np.float32)
-    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
-    if image.ndim != 3 or labels.shape != image.shape or weights.shape != image.shape:
-        raise ValueError(
-            f"need 3D image, labels and weights of one shape, got {image.shape}, {labels.shape}, "
-            f"{weights.shape}"
-        )
+    tile, out, image, labels, weights = checked_sample(
+        image, labels, weights, input_size, output_size, 3
+    )
     if origin is None:
-        origin = _random_origin(rng, image.shape, tile, out)
+        origin = random_origin(rng, image.shape, tile, out)
     coords = sampling_map(tile, origin, params, rng, spacing)
     crop = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
     inner = (slice(None), *crop)
@@ -148,5 +140,5 @@ def augment_volume(
     label_tile = interpolate(labels, coords[inner], "nearest")
     weight_tile = interpolate(weights, coords[inner], "linear")
     if params["gray"]["enabled"]:
-        image_tile = _gray(image_tile, params["gray"], rng)
+        image_tile = gray_variation(image_tile, params["gray"], rng)
     return image_tile, label_tile, weight_tile
