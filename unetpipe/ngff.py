@@ -466,7 +466,7 @@ def class_names(n_classes: int) -> list[str]:
 def downsample_mean(block: np.ndarray) -> np.ndarray:
     """2x2 means over the last two axes, in float32 (a last odd row or column is averaged with
     itself); integers are rounded back to their dtype."""
-    data = _as_float32(block)
+    data = block.astype(np.float32)
     if any(n % 2 for n in block.shape[-2:]):
         pad = [(0, 0)] * (block.ndim - 2) + [(0, n % 2) for n in block.shape[-2:]]
         data = np.pad(data, pad, mode="edge")
@@ -475,15 +475,6 @@ def downsample_mean(block: np.ndarray) -> np.ndarray:
     mean += data[..., 1::2, 1::2]
     mean *= 0.25
     return (np.rint(mean) if np.issubdtype(block.dtype, np.integer) else mean).astype(block.dtype)
-
-
-def _as_float32(array: np.ndarray) -> np.ndarray:
-    """A float32 copy; float16 cast by torch, which is vectorised where numpy's cast is not."""
-    if array.dtype == np.float16:
-        import torch  # noqa: PLC0415 (only predictions are float16; images load without torch)
-
-        return torch.from_numpy(np.ascontiguousarray(array)).float().numpy()
-    return array.astype(np.float32)
 
 
 def downsample_nearest(block: np.ndarray) -> np.ndarray:
