@@ -31,6 +31,7 @@ from unetpipe.augment import (
     resolve_params,
     upsampling_matrix,
 )
+from unetpipe.tiling import read_mirrored
 
 _ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
 _MARGIN = 8  # voxels of context around the points: the cubic prefilter's reach, in practice
@@ -76,28 +77,12 @@ def sampling_map(
     return coords
 
 
-def _mirror_crop(volume: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """``volume[low:high]`` per axis, indices past the border mirrored (numpy's ``reflect``)."""
-    crop = volume
-    for axis, (a, b) in enumerate(zip(low, high, strict=True)):
-        n = volume.shape[axis]
-        index = np.abs(np.arange(a, b))
-        if n > 1:
-            period = 2 * (n - 1)
-            index %= period
-            index = np.where(index >= n, period - index, index)
-        else:
-            index = np.zeros_like(index)
-        crop = crop.take(index, axis=axis)
-    return crop
-
-
 def interpolate(volume: np.ndarray, coords: np.ndarray, order: str) -> np.ndarray:
     """``volume`` at ``coords`` (3, ...) by nearest, linear or cubic B-spline interpolation,
     mirrored context; exact at integer coordinates."""
     low = np.floor(coords.reshape(3, -1).min(1)).astype(int) - _MARGIN
     high = np.ceil(coords.reshape(3, -1).max(1)).astype(int) + _MARGIN + 1
-    crop = _mirror_crop(volume, low, high)
+    crop = read_mirrored(volume, low, high)
     shifted = coords - low[:, None, None, None]
     if order == "nearest":  # round half up, as the 2D warp does
         index = tuple(np.floor(c + 0.5).astype(np.intp) for c in shifted)

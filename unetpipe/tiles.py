@@ -67,6 +67,8 @@ class TileDataset(Dataset):
         self.offsets = None if offsets is None else check_offsets(offsets, dims)
         self.dims, self.spacing = dims, tuple(float(v) for v in spacing)
         self.runs = consecutive_runs(slices)
+        lengths = np.array([stop - start for start, stop in self.runs], dtype=float)
+        self.run_odds = lengths / max(lengths.sum(), 1.0)  # 3D: runs drawn by their length
         if self.offsets is not None and mode == "bank" and "mask" in open_data(data):
             raise ValueError(
                 f"{data} has a mask (unknown truth), which the bank's labels do not carry: train "
@@ -96,8 +98,7 @@ class TileDataset(Dataset):
         if self.mode == "bank":
             image, labels, weights = self._source[int(rng.integers(len(self._source)))]
         elif self.dims == 3:
-            lengths = np.array([stop - start for start, stop in self.runs], dtype=float)
-            start, stop = self.runs[int(rng.choice(len(self.runs), p=lengths / lengths.sum()))]
+            start, stop = self.runs[int(rng.choice(len(self.runs), p=self.run_odds))]
             image, labels, weights = augment_volume(
                 *self._run(start, stop),
                 input_size=self.input_size,

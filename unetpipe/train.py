@@ -428,14 +428,17 @@ class _Validation:
         precision: str,
         dims: int = 2,
     ) -> None:
-        self.images = [normalize(group["raw"][z], stats) for z in slices]
-        self.labels = [np.asarray(group["labels"][z]) for z in slices]
         self.precision = precision
-        self.inputs, self.truths = self.images, self.labels
-        if dims == 3:  # whole runs of consecutive slices
+        if dims == 3:  # whole runs of consecutive slices, read once
             runs = consecutive_runs(slices)
             self.inputs = [normalize(group["raw"][a:b], stats) for a, b in runs]
             self.truths = [np.asarray(group["labels"][a:b]) for a, b in runs]
+            self.images = [plane for volume in self.inputs for plane in volume]
+            self.labels = [plane for volume in self.truths for plane in volume]
+        else:
+            self.images = [normalize(group["raw"][z], stats) for z in slices]
+            self.labels = [np.asarray(group["labels"][z]) for z in slices]
+            self.inputs, self.truths = self.images, self.labels
 
     def baseline(self) -> float:
         return threshold_baseline(self.images, self.labels)
