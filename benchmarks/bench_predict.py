@@ -92,7 +92,9 @@ def tiles_of_run(
     for origin_y in range(0, shape[1], block[0]):
         for origin_x in range(0, shape[2], block[1]):
             sizes = (min(block[0], shape[1] - origin_y), min(block[1], shape[2] - origin_x))
-            plans = [plan_axis(s, t, geometry) for s, t in zip(sizes, max_tile, strict=True)]
+            plans = [
+                plan_axis(s, t, a) for s, t, a in zip(sizes, max_tile, geometry.axes, strict=True)
+            ]
             tiles += [(plans[0].tile, plans[1].tile)] * len(plans[0].starts) * len(plans[1].starts)
     return tiles
 
@@ -147,7 +149,7 @@ def predicted(
     array = make_input(folder / "in.zarr", 1, size)
     cap = _max_tile(model, None, 1, memory_gb)
     geometry = Geometry.of(model)
-    covering = tuple(plan_axis(size, t, geometry).tile for t in cap)
+    covering = tuple(plan_axis(size, t, a).tile for t, a in zip(cap, geometry.axes, strict=True))
     started = time.perf_counter()
     fmt = memory_format
     if memory_format == "auto":  # the one-time measurements (per process), timed on their own

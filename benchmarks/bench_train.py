@@ -39,21 +39,21 @@ NETS = {"demo": (4, 16, 252), "cpu": (5, 16, 572), "paper": (5, 64, 572)}
 
 
 def timed_steps(
-    device: str, depth: int, base: int, tile: int, precision: str, fmt: str, steps: int
+    device: str, net: dict, tile: tuple[int, ...], precision: str, fmt: str, steps: int
 ) -> dict[str, float]:
     """Median seconds of forward, loss + backward, optimiser and the whole step over ``steps``
-    steps after one warm-up step, with the trainer of unetpipe.train."""
+    steps after one warm-up step, with the trainer of unetpipe.train (``net``: model settings
+    over the defaults; ``tile``: one extent per axis)."""
     config = load_config(None)
     cfg = {**config["train"], "optimizer": "adam", "lr": 1e-4, "precision": precision}
-    model_cfg = {**config["model"], "depth": depth, "base_channels": base}
-    trainer = _Trainer(cfg, model_cfg, torch.device(device), 0, 1)
+    trainer = _Trainer(cfg, {**config["model"], **net}, torch.device(device), 0, 1)
     trainer.start(fmt)
-    out = trainer.model.output_size(tile)
+    out = trainer.model.output_size(tuple(tile))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    image = torch.randn(1, 1, tile, tile, device=device)
-    image = image.contiguous(memory_format=torch_memory_format(fmt))
-    target = torch.randint(0, 2, (1, out, out), device=device)
-    weights = torch.rand(1, out, out, device=device) + 0.5
+    image = torch.randn(1, 1, *tile, device=device)
+    image = image.contiguous(memory_format=torch_memory_format(fmt, image.dim()))
+    target = torch.randint(0, 2, (1, *out), device=device)
+    weights = torch.rand(1, *out, device=device) + 0.5
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
     for step in range(steps + 1):
         sync()
@@ -110,7 +110,8 @@ def main() -> None:
         baseline = None
         for precision in precisions:
             for fmt in MEMORY_FORMATS:
-                t = timed_steps(args.device, depth, base, tile, precision, fmt, steps)
+                net_cfg = {"depth": depth, "base_channels": base}
+                t = timed_steps(args.device, net_cfg, (tile, tile), precision, fmt, steps)
                 baseline = baseline or t["step"]
                 achieved = flops / t["step"] / 1e9
                 print(

@@ -36,7 +36,7 @@ def conv_peak(
     return flops / best / 1e9
 
 
-def exact_flops(config: dict, tile: tuple[int, int]) -> int:
+def exact_flops(config: dict, tile: tuple[int, ...]) -> int:
     """2 x multiply-adds of the (transposed) convolutions of a U-Net (``config``: UNet keyword
     arguments) for one forward pass over one tile, counted on meta tensors."""
     flops = 0
@@ -50,7 +50,8 @@ def exact_flops(config: dict, tile: tuple[int, int]) -> int:
     with torch.device("meta"):
         meta = UNet(**config).eval()
         for module in meta.modules():
-            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d)
+            if isinstance(module, (*kinds, torch.nn.ConvTranspose3d)):
                 module.register_forward_hook(count)
         meta(torch.zeros(1, 1, *tile))
     return flops

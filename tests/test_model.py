@@ -90,6 +90,62 @@ def test_3d_unet_forward():
     assert model.output_size((size, size, size)) == (4, 4, 4)
 
 
+LAYOUT = {"pool": [[1, 2, 2], [2, 2, 2]], "kernel": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}
+
+
+def _z_extent(size: int) -> int | None:
+    """By hand along z of LAYOUT (depth 3): the first level convolves 1 x 3 x 3 and pools only
+    (y, x); the second convolves 3 x 3 x 3 and pools 2 x 2 x 2; the bottom is 3 x 3 x 3."""
+    size -= 4  # second level, two 3-convolutions
+    if size <= 0 or size % 2:
+        return None
+    size = size // 2 - 4  # pooled 2x, the bottom's two convolutions
+    if size <= 0:
+        return None
+    size = 2 * size - 4  # up 2x, the second level's convolutions; the first level keeps z
+    return size if size > 0 else None
+
+
+def test_anisotropic_layout_per_axis():
+    """``pool`` and ``kernel`` per axis (nnU-Net's layout for anisotropic voxels): z's output
+    extent follows the hand recurrence above, (y, x) the paper's; the forward pass agrees."""
+    torch.manual_seed(0)
+    net = UNet(base_channels=2, depth=3, dims=3, **LAYOUT)
+    assert net.config["pool"] == LAYOUT["pool"] and net.config["kernel"] == LAYOUT["kernel"]
+    assert net.down[0][0].kernel_size == (1, 3, 3) and net.pools[0].kernel_size == (1, 2, 2)
+    assert net.upconv[-1].stride == (1, 2, 2) and net.upconv[0].stride == (2, 2, 2)
+    for z in range(1, 30):
+        expected = _z_extent(z)
+        if expected is None:
+            with pytest.raises(ValueError, match="along axis 0"):
+                net.output_size((z, 44, 44))
+            continue
+        assert net.output_size((z, 44, 44)) == (expected, 4, 4)
+    assert net.valid_input_size((1, 4, 4)) == (18, 44, 44)
+    assert net(torch.zeros(1, 1, 18, 44, 44)).shape == (1, 2, 2, 4, 4)
+    with pytest.raises(ValueError, match="differs per axis"):
+        net.output_size(44)
+    # The paper's layout spelled out is the paper's network: same modules, same keys.
+    paper = {"pool": [[2, 2]] * 4, "kernel": [[3, 3]] * 5}
+    assert UNet(**paper).state_dict().keys() == UNet().state_dict().keys()
+    assert "pool" not in UNet().config  # model files of the paper's layout are unchanged
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"pool": [[1, 2, 2]]},  # depth 3 needs 2 poolings
+        {"pool": [[1, 2], [2, 2]]},  # 2 axes for a 3D net
+        {"pool": [[0, 2, 2], [2, 2, 2]]},
+        {"kernel": [[2, 3, 3], [3, 3, 3], [3, 3, 3]]},  # even
+        {"kernel": [[3, 3, 3], [3, 3, 3]]},
+    ],
+)
+def test_bad_layouts_are_named(layout):
+    with pytest.raises(ValueError, match=r"model\.(pool|kernel) must list"):
+        UNet(depth=3, dims=3, **layout)
+
+
 def test_init_is_gaussian_with_std_sqrt_2_over_fan_in():
     torch.manual_seed(0)
     model = UNet()

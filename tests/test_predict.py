@@ -23,7 +23,7 @@ import unetpipe
 from unetpipe import predict
 from unetpipe.cli import build_parser, main
 from unetpipe.intensity import normalize
-from unetpipe.model import UNet, save_model
+from unetpipe.model import UNet, probabilities, save_model
 from unetpipe.ngff import open_image
 from unetpipe.precision import autocast
 from unetpipe.predict import predict_image, predict_zarr, slurm_cluster_options
@@ -34,20 +34,19 @@ def whole_image_pass(
     model: UNet, image: np.ndarray, mode: str = "reflect", precision: str = "float32"
 ) -> np.ndarray:
     """The reference: the network applied once to the whole mirror-padded image (np.pad), in
-    ``precision`` (autocast), the soft-max in float32."""
-    geometry = Geometry.of(model)
-    halo = geometry.halo
-    padded_size = [geometry.smallest_tile(n) for n in image.shape]
+    ``precision`` (autocast), the soft-max (an affinity net: sigmoids) in float32."""
+    axes = Geometry.of(model).axes
     padded = np.pad(
         image,
-        [(halo, p - n - halo) for p, n in zip(padded_size, image.shape, strict=True)],
+        [(a.halo, a.smallest_tile(n) - n - a.halo) for a, n in zip(axes, image.shape, strict=True)],
         mode=mode,
     )
     with torch.no_grad(), autocast("cpu", precision):
         logits = model(torch.from_numpy(padded)[None, None]).float()
-    probs = torch.softmax(logits, 1)[0].numpy()
-    first = halo if geometry.padding == "same" else 0
-    return probs[(slice(None), *(slice(first, first + n) for n in image.shape))]
+    probs = probabilities(logits, model.config)[0].numpy()
+    same = model.config["padding"] == "same"
+    first = [a.halo if same else 0 for a in axes]
+    return probs[(slice(None), *(slice(f, f + n) for f, n in zip(first, image.shape, strict=True)))]
 
 
 def make_net(depth: int, padding: str = "valid", dims: int = 2, seed: int = 0) -> UNet:
@@ -75,7 +74,7 @@ def test_tiled_equals_one_pass_over_the_mirror_padded_image(
     height: int, width: int, depth: int, padding: str, steps: int, mode: str, seed: int
 ) -> None:
     model = NETS[depth, padding]
-    geometry = Geometry.of(model)
+    geometry = Geometry.of(model).axes[0]
     tile = geometry.smallest_tile(geometry.align) + steps * geometry.align
     image = np.random.default_rng(seed).normal(size=(height, width)).astype(np.float32)
     tiled = predict_image(model, image, tile=tile, mirror=mode)
@@ -110,6 +109,31 @@ def test_3d_net_on_a_volume() -> None:
     tiled = predict_image(model, volume, tile=32)
     np.testing.assert_allclose(tiled, whole_image_pass(model, volume), atol=1e-5, rtol=0)
     np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-6)
+
+
+ANISOTROPIC = {  # an ISBI-like layout: no pooling and 1 x 3 x 3 kernels along z at first
+    "pool": [[1, 2, 2], [2, 2, 2]],
+    "kernel": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+}
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_anisotropic_3d_net_tiled_equals_one_pass(padding: str) -> None:
+    """Per-axis pooling and kernels (``model.pool``, ``model.kernel``): tiles on each axis's own
+    pooling grid, each with its own context, equal one pass over the whole padded volume."""
+    torch.manual_seed(4)
+    model = UNet(base_channels=4, depth=3, dims=3, padding=padding, **ANISOTROPIC).eval()
+    geometry = Geometry.of(model)
+    assert geometry.align == (2, 4, 4)
+    assert geometry.halo == ((8, 20, 20) if padding == "valid" else (8, 22, 22))
+    volume = np.random.default_rng(6).normal(size=(11, 37, 29)).astype(np.float32)
+    whole = whole_image_pass(model, volume)
+    smallest = geometry.smallest_tile((1, 1, 1))
+    for tile in ((smallest[0] + 2, smallest[1] + 8, smallest[2] + 4), None):
+        tiled = predict_image(model, volume, tile=tile)
+        np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="along axis 0"):
+        model.output_size((smallest[0] + 1, smallest[1], smallest[2]))
 
 
 def _dihedral(image: np.ndarray, k: int, flip: bool) -> tuple:
@@ -153,7 +177,7 @@ def test_bfloat16_tiled_equals_its_own_whole_pass(
     """In bfloat16 too a pixel's value does not depend on the tiling: measured max difference
     1.2e-7 (the float32 soft-max), while bfloat16 differs from float32 by up to 0.03 here."""
     model = NETS[depth, padding]
-    geometry = Geometry.of(model)
+    geometry = Geometry.of(model).axes[0]
     image = np.random.default_rng(3).normal(size=(100, 117)).astype(np.float32)
     tile = geometry.smallest_tile(geometry.align) + 3 * geometry.align
     tiled = predict_image(
@@ -628,15 +652,8 @@ def affinity_net(padding: str = "valid") -> UNet:
 def test_affinity_net_tiled_equals_one_sigmoid_pass(padding: str) -> None:
     model = affinity_net(padding).eval()
     image = np.random.default_rng(5).normal(size=(70, 93)).astype(np.float32)
-    geometry = Geometry.of(model)
-    halo = geometry.halo
-    size = [geometry.smallest_tile(n) for n in image.shape]
-    pads = [(halo, p - n - halo) for p, n in zip(size, image.shape, strict=True)]
-    padded = np.pad(image, pads, mode="reflect")
-    with torch.no_grad():
-        whole = torch.sigmoid(model(torch.from_numpy(padded)[None, None]))[0].numpy()
-    first = halo if padding == "same" else 0
-    whole = whole[:, first : first + 70, first : first + 93]
+    geometry = Geometry.of(model).axes[0]
+    whole = whole_image_pass(model, image)
     for tile in (geometry.smallest_tile(geometry.align) + 2 * geometry.align, None):
         tiled = predict_image(model, image, tile=tile)
         assert tiled.shape == (4, 70, 93)

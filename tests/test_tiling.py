@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from unetpipe.model import UNet, output_size, valid_input_size
 from unetpipe.tiling import (
+    AxisGeometry,
     Geometry,
     activation_bytes,
     max_tile_for_budget,
@@ -49,6 +50,11 @@ def test_read_mirrored_reads_interior_and_mirrors_borders() -> None:
     assert np.array_equal(read_mirrored(values, (1, 2), (4, 6)), values[1:4, 2:6])
 
 
+def _axis(depth: int, padding: str) -> AxisGeometry:
+    """One axis of the paper's layout."""
+    return Geometry.isotropic(depth, padding, 2).axes[0]
+
+
 def test_mirror_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="mirror mode"):
         mirror_indices(0, 3, 3, "wrap")
@@ -58,12 +64,12 @@ def test_mirror_rejects_bad_input() -> None:
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
 def test_valid_halo_and_tiles_match_the_network(depth: int) -> None:
-    geometry = Geometry(depth, "valid", 2)
+    geometry = _axis(depth, "valid")
     tiles = geometry.tiles_up_to(600)
     assert tiles[0] == valid_input_size(1, depth)
     for tile in tiles:
         assert output_size(tile, depth) == tile - 2 * geometry.halo == geometry.tile_output(tile)
-    assert Geometry(5, "valid", 2).halo == 92  # 572 -> 388 in the paper
+    assert _axis(5, "valid").halo == 92  # 572 -> 388 in the paper
 
 
 def test_same_halo_is_the_reach_of_zero_padding() -> None:
@@ -73,7 +79,7 @@ def test_same_halo_is_the_reach_of_zero_padding() -> None:
     torch.manual_seed(0)
     for depth in (2, 3, 4):
         model = UNet(base_channels=8, depth=depth, padding="same", dropout=0).eval()
-        geometry = Geometry.of(model)
+        geometry = Geometry.of(model).axes[0]
         size = geometry.smallest_tile(8 * geometry.align)
         with torch.no_grad():
             row = model(torch.ones(1, 1, size, size))[0, 0, size // 2].numpy()
@@ -83,11 +89,31 @@ def test_same_halo_is_the_reach_of_zero_padding() -> None:
         assert changed[changed < size // 2].max() == geometry.halo - 1, depth
 
 
+def test_same_halo_per_axis_of_an_anisotropic_net() -> None:
+    """The same reach, per axis, for a 3D net that pools z only at its second pooling and
+    convolves it 1 x 3 x 3 at the first level: along each axis through the centre of a constant
+    volume, the output differs from its periodic interior exactly within that axis's halo."""
+    torch.manual_seed(0)
+    layout = {"pool": [[1, 2, 2], [2, 2, 2]], "kernel": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}
+    model = UNet(base_channels=4, depth=3, dims=3, padding="same", dropout=0, **layout).eval()
+    geometry = Geometry.of(model)
+    size = geometry.smallest_tile([8 * a for a in geometry.align])
+    with torch.no_grad():
+        out = model(torch.ones(1, 1, *size))[0, 0].numpy()
+    for axis, (n, align, halo) in enumerate(zip(size, geometry.align, geometry.halo, strict=True)):
+        centre = [s // 2 for s in size]
+        centre[axis] = slice(None)
+        line = out[tuple(centre)]
+        interior = line[n // 2 - n // 2 % align :][:align]
+        changed = np.flatnonzero(np.abs(line - np.resize(interior, n)) > 1e-6)
+        assert changed[changed < n // 2].max() == halo - 1, axis
+
+
 def test_invalid_tile_names_the_nearest_valid_tiles() -> None:
     with pytest.raises(ValueError, match=r"nearest valid tiles: \[556, 572\]"):
-        Geometry(5, "valid", 2).tile_output(570)
+        _axis(5, "valid").tile_output(570)
     with pytest.raises(ValueError, match=r"\[96, 104\]"):
-        Geometry(4, "same", 2).tile_output(101)
+        _axis(4, "same").tile_output(101)
 
 
 @settings(max_examples=80, deadline=None)
@@ -100,7 +126,7 @@ def test_invalid_tile_names_the_nearest_valid_tiles() -> None:
 def test_plan_axis_covers_with_aligned_fitted_tiles(
     size: int, depth: int, padding: str, extra: int
 ) -> None:
-    geometry = Geometry(depth, padding, 2)
+    geometry = _axis(depth, padding)
     max_tile = geometry.smallest_tile(geometry.align) + extra  # tiles that can step
     plan = plan_axis(size, max_tile, geometry)
     assert plan.tile <= max_tile
@@ -119,7 +145,7 @@ def test_plan_axis_covers_with_aligned_fitted_tiles(
 
 
 def test_plan_axis_rejects_tiles_that_cannot_step() -> None:
-    geometry = Geometry(5, "valid", 2)  # the smallest tile, 188, predicts only 4 px
+    geometry = _axis(5, "valid")  # the smallest tile, 188, predicts only 4 px
     assert plan_axis(3, 188, geometry).starts == (0,)
     with pytest.raises(ValueError, match="fewer than 16 px"):
         plan_axis(100, 200, geometry)
@@ -127,12 +153,13 @@ def test_plan_axis_rejects_tiles_that_cannot_step() -> None:
 
 def test_memory_budget_picks_the_largest_fitting_tile() -> None:
     config = UNet(base_channels=16, depth=4).config
-    geometry = Geometry(4, "valid", 2)
+    geometry = Geometry.of(config)
     budget = 2**30
-    tile = max_tile_for_budget(config, geometry, budget)
+    tile, same = max_tile_for_budget(config, geometry, budget)
+    assert tile == same
     assert activation_bytes(config, (tile, tile)) <= budget
     assert activation_bytes(config, (tile + 8, tile + 8)) > budget
-    assert max_tile_for_budget(config, geometry, budget, batch_size=4) < tile
+    assert max_tile_for_budget(config, geometry, budget, batch_size=4)[0] < tile
 
 
 def test_a_budget_too_small_for_sensible_tiles_is_refused_naming_the_least() -> None:
@@ -140,11 +167,11 @@ def test_a_budget_too_small_for_sensible_tiles_is_refused_naming_the_least() -> 
     from unetpipe.tiling import MIN_BUDGET_OUTPUT
 
     config = UNet(base_channels=64, depth=5).config
-    geometry = Geometry(5, "valid", 2)
-    floor = geometry.smallest_tile(MIN_BUDGET_OUTPUT[2])
-    assert floor - 2 * geometry.halo >= 64 > floor - 16 - 2 * geometry.halo
+    geometry, axis = Geometry.of(config), _axis(5, "valid")
+    floor = axis.smallest_tile(MIN_BUDGET_OUTPUT[2])
+    assert floor - 2 * axis.halo >= 64 > floor - 16 - 2 * axis.halo
     least = activation_bytes(config, (floor, floor))
-    assert max_tile_for_budget(config, geometry, least) == floor
+    assert max_tile_for_budget(config, geometry, least) == (floor, floor)
     message = r"a memory budget of 1e-06 GiB fits no tile with 64 output px per axis; give at least"
     with pytest.raises(
         ValueError, match=message + rf" {math.ceil(least / 2**30 * 1000) / 1000:g} GiB"

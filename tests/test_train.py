@@ -212,8 +212,13 @@ t.train(args["data"], args["run"], *args["sections"], threads=1)
 """
 
 
+ANISOTROPIC = {"dims": 3, "pool": [[1, 2, 2]], "kernel": [[1, 3, 3], [3, 3, 3]]}
+"""A 3D net that keeps z at full resolution with 1 x 3 x 3 kernels at the first level (tiles of
+(6, 44, 44) predict (2, 28, 28))."""
+
+
 def run_child(
-    data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 10, dims: int = 2
+    data: Path, run: Path, kill_at: int = 0, checkpoint_every: int = 10, model: dict | None = None
 ) -> int:
     config = sections(
         iterations=30,
@@ -224,7 +229,9 @@ def run_child(
         lr=0.01,
         memory_format="contiguous",  # the same in both processes (auto measures in each)
     )
-    config[1].update(dropout=0.5, dims=dims)  # resumed dropout masks must match too
+    config[1].update(dropout=0.5, **(model or {}))  # resumed dropout masks must match too
+    if config[1].get("pool"):
+        config[2]["tile"] = [6, TILE, TILE]
     args = {"data": str(data), "run": str(run), "sections": config, "kill_at": kill_at}
     env = {
         **os.environ,
@@ -235,14 +242,16 @@ def run_child(
     ).returncode
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, dims):
-    assert run_child(data, tmp_path / "straight", dims=dims) == 0
-    assert run_child(data, tmp_path / "killed", kill_at=25, dims=dims) == -signal.SIGKILL
+@pytest.mark.parametrize(
+    "model", [{}, {"dims": 3}, ANISOTROPIC], ids=["2d", "3d", "3d-anisotropic"]
+)
+def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, model):
+    assert run_child(data, tmp_path / "straight", model=model) == 0
+    assert run_child(data, tmp_path / "killed", kill_at=25, model=model) == -signal.SIGKILL
     killed = tmp_path / "killed"
     assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 20
     assert not (killed / "model.pt").exists()
-    assert run_child(data, killed, dims=dims) == 0
+    assert run_child(data, killed, model=model) == 0
 
     rows = {name: read_log(tmp_path / name) for name in ("straight", "killed")}
     assert [int(r["iteration"]) for r in rows["killed"]] == list(range(1, 31))
@@ -251,6 +260,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path, dims)
     b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-6)
+    net, metadata = load_model(killed / "model.pt")
+    assert {k: net.config[k] for k in model} == model
+    if "pool" in model:
+        assert metadata["tile"] == (6, TILE, TILE) and metadata["output_size"] == (2, 28, 28)
 
 
 def test_ddp_two_processes_match_one_with_the_same_global_batch(data, tmp_path):

@@ -107,7 +107,7 @@ def package_geometry(net: UNetProbabilities) -> tuple[int, int, int]:
     tiles start on multiples of ``align``: each sees unetpipe's pooling grid, and tiles agree
     with one whole pass.
     """
-    geometry = Geometry.of(net)
+    geometry = Geometry.of(net).axes[0]  # the same on every axis (UNetProbabilities)
     step = geometry.align
     halo = math.ceil((geometry.halo + net.extra) / step) * step
     return 2 * halo + step, step, halo
@@ -422,7 +422,7 @@ def _readme(
     """The package's documentation (markdown): model, training data, validation scores, how to
     run it and in which tools, citation."""
     config = net.config
-    geometry = Geometry.of(net)
+    geometry = Geometry.of(net).axes[0]  # the same on every axis (UNetProbabilities)
     minimum, step, halo = package_geometry(net)
     norm = metadata["normalization"]
     n_params = sum(p.numel() for p in net.parameters())

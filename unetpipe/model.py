@@ -22,6 +22,7 @@ import errno
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +37,73 @@ _POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _DROPOUT = {2: nn.Dropout2d, 3: nn.Dropout3d}
 
 
-def _output_extent(size: int, depth: int, padding: str) -> int | None:
-    """Output extent along one axis, or None when ``size`` is not a valid input extent."""
+def layout(config: dict[str, Any]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Per axis of a network config: (the convolution kernel extent of each level, the pooling
+    factor of each of the ``depth - 1`` poolings). Without ``kernel`` and ``pool`` in the config,
+    the paper's 3x3 convolutions and 2x2 poolings on every axis."""
+    depth, dims = int(config["depth"]), int(config.get("dims", 2))
+    kernel = config.get("kernel") or [[3] * dims] * depth
+    pool = config.get("pool") or [[2] * dims] * (depth - 1)
+    return tuple(
+        (tuple(int(k[a]) for k in kernel), tuple(int(p[a]) for p in pool)) for a in range(dims)
+    )
+
+
+def _check_layout(kernel: Any, pool: Any, depth: int, dims: int) -> None:
+    """ValueError unless ``kernel`` (``depth`` entries of ``dims`` odd extents) and ``pool``
+    (``depth - 1`` entries of ``dims`` factors >= 1) are None or well formed."""
+    for name, value, count, ok in (
+        ("kernel", kernel, depth, lambda v: v >= 1 and v % 2 == 1),
+        ("pool", pool, depth - 1, lambda v: v >= 1),
+    ):
+        if value is None:
+            continue
+        shaped = len(value) == count and all(len(level) == dims for level in value)
+        if not shaped or not all(
+            isinstance(v, int) and not isinstance(v, bool) and ok(v) for lv in value for v in lv
+        ):
+            what = "odd extents" if name == "kernel" else "factors >= 1"
+            raise ValueError(
+                f"model.{name} must list {count} levels of {dims} {what} (one per axis), "
+                f"got {value}"
+            )
+
+
+def _output_extent(
+    size: int, kernels: Sequence[int], pools: Sequence[int], padding: str
+) -> int | None:
+    """Output extent along one axis (per-level kernels, per-pooling factors), or None when
+    ``size`` is not a valid input extent."""
     if padding == "same":
-        return size if size > 0 and size % 2 ** (depth - 1) == 0 else None
-    for _ in range(depth - 1):
-        size -= 4
-        if size <= 0 or size % 2:
+        return size if size > 0 and size % math.prod(pools) == 0 else None
+    for kernel, factor in zip(kernels[:-1], pools, strict=True):
+        size -= 2 * (kernel - 1)
+        if size <= 0 or size % factor:
             return None
-        size //= 2
-    size -= 4
+        size //= factor
+    size -= 2 * (kernels[-1] - 1)
     if size <= 0:
         return None
-    for _ in range(depth - 1):
-        size = 2 * size - 4
+    for kernel, factor in reversed(list(zip(kernels[:-1], pools, strict=True))):
+        size = factor * size - 2 * (kernel - 1)
     return size if size > 0 else None
 
 
-def _valid_extents(depth: int, padding: str, limit: int) -> list[int]:
-    """All valid input extents up to ``limit`` (at least one beyond it)."""
+def _valid_extents(
+    kernels: Sequence[int], pools: Sequence[int], padding: str, limit: int
+) -> list[int]:
+    """All valid input extents along one axis up to ``limit`` (at least one beyond it)."""
+    step = math.prod(pools)
     if padding == "same":
-        step = 2 ** (depth - 1)
         return list(range(step, limit + 2 * step, step))
     # Valid inputs are in one-to-one correspondence with the size b >= 1 at the bottom, after
     # its two convolutions: the input is obtained by undoing each layer.
     extents, bottom = [], 1
     while True:
-        size = bottom + 4
-        for _ in range(depth - 1):
-            size = 2 * size + 4
-        if _output_extent(size, depth, padding) is not None:
+        size = bottom + 2 * (kernels[-1] - 1)
+        for kernel, factor in reversed(list(zip(kernels[:-1], pools, strict=True))):
+            size = factor * size + 2 * (kernel - 1)
+        if _output_extent(size, kernels, pools, padding) is not None:
             extents.append(size)
             if size > limit:
                 return extents
@@ -79,16 +117,28 @@ def _per_axis(size: Size, dims: int) -> tuple[int, ...]:
     return sizes
 
 
-def valid_input_size(min_output_size: int, depth: int = 5, padding: str = "valid") -> int:
-    """Smallest valid input extent whose output extent is at least ``min_output_size``.
+def _isotropic(depth: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return (3,) * depth, (2,) * (depth - 1)
+
+
+def valid_input_size(
+    min_output_size: int,
+    depth: int = 5,
+    padding: str = "valid",
+    axis: tuple[Sequence[int], Sequence[int]] | None = None,
+) -> int:
+    """Smallest valid input extent whose output extent is at least ``min_output_size``, along an
+    axis of the paper's layout or of ``axis`` = (kernels, pools) (:func:`layout`).
 
     For the paper's network (depth 5, valid convolutions) valid inputs are 16k + 12 wide and give
     outputs 184 px smaller: ``valid_input_size(388) == 572``.
     """
     if min_output_size < 1:
         raise ValueError(f"min_output_size must be positive, got {min_output_size}")
-    for extent in _valid_extents(depth, padding, min_output_size + 200 * 2**depth):
-        if _output_extent(extent, depth, padding) >= min_output_size:
+    kernels, pools = axis or _isotropic(depth)
+    limit = min_output_size + 200 * math.prod(pools) * max(kernels)
+    for extent in _valid_extents(kernels, pools, padding, limit):
+        if _output_extent(extent, kernels, pools, padding) >= min_output_size:
             return extent
     raise AssertionError("unreachable: valid extents grow without bound")
 
@@ -98,21 +148,32 @@ def _check_padding(padding: str) -> None:
         raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
 
 
-def output_size(input_size: Size, depth: int = 5, padding: str = "valid") -> Size:
-    """Output size for ``input_size`` (int or tuple); ValueError naming the nearest valid sizes."""
+def output_size(
+    input_size: Size,
+    depth: int = 5,
+    padding: str = "valid",
+    axes: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
+) -> Size:
+    """Output size for ``input_size`` (int or tuple; with ``axes``, the :func:`layout` of each
+    axis, a tuple of one extent per axis); ValueError naming the nearest valid sizes."""
     _check_padding(padding)
     sizes = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+    if axes is not None and len(sizes) != len(axes):
+        raise ValueError(f"expected {len(axes)} sizes (one per axis), got {input_size}")
     out = []
-    for size in sizes:
-        extent = _output_extent(int(size), depth, padding)
+    for i, size in enumerate(sizes):
+        kernels, pools = axes[i] if axes is not None else _isotropic(depth)
+        extent = _output_extent(int(size), kernels, pools, padding)
         if extent is None:
-            valid = _valid_extents(depth, padding, max(int(size), 1))
+            valid = _valid_extents(kernels, pools, padding, max(int(size), 1))
             below = [v for v in valid if v < size]
             above = [v for v in valid if v > size]
             nearest = ([below[-1]] if below else []) + above[:1]
+            where = f" along axis {i}" if axes is not None and len(sizes) > 1 else ""
             raise ValueError(
-                f"input size {size} is not valid for a U-Net of depth {depth} with {padding!r} "
-                f"padding (every pooling must see an even size); nearest valid sizes: {nearest}"
+                f"input size {size} is not valid{where} for a U-Net of depth {depth} with "
+                f"{padding!r} padding (every pooling must see a multiple of its factor); nearest "
+                f"valid sizes: {nearest}"
             )
         out.append(extent)
     return out[0] if isinstance(input_size, int) else tuple(out)
@@ -136,12 +197,15 @@ class _ReLU(nn.Module):
 
 
 class _DoubleConv(nn.Sequential):
-    def __init__(self, dims: int, in_ch: int, out_ch: int, padding: int) -> None:
+    def __init__(
+        self, dims: int, in_ch: int, out_ch: int, kernel: tuple[int, ...], same: bool
+    ) -> None:
         conv = _CONV[dims]
+        padding = tuple(k // 2 for k in kernel) if same else 0
         super().__init__(
-            conv(in_ch, out_ch, 3, padding=padding),
+            conv(in_ch, out_ch, kernel, padding=padding),
             _ReLU(),
-            conv(out_ch, out_ch, 3, padding=padding),
+            conv(out_ch, out_ch, kernel, padding=padding),
             _ReLU(),
         )
 
@@ -159,6 +223,8 @@ class UNet(nn.Module):
         padding: str = "valid",
         dropout: float = 0.5,
         offsets: list[list[int]] | None = None,
+        pool: list[list[int]] | None = None,
+        kernel: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
@@ -172,6 +238,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         _check_padding(padding)
+        _check_layout(kernel, pool, depth, dims)
         self.config: dict[str, Any] = dict(
             in_channels=in_channels,
             n_classes=n_classes,
@@ -183,20 +250,28 @@ class UNet(nn.Module):
         )
         if offsets is not None:  # only then: a boundary net's config stays the paper's
             self.config["offsets"] = offsets
-        pad = 1 if padding == "same" else 0
+        # Anisotropic layouts only then, too (the paper's files stay as they were).
+        for name, value in (("pool", pool), ("kernel", kernel)):
+            if value is not None:
+                self.config[name] = [[int(v) for v in level] for level in value]
+        axes = layout(self.config)
+        kernels = [tuple(k[level] for k, _ in axes) for level in range(depth)]
+        factors = [tuple(p[level] for _, p in axes) for level in range(depth - 1)]
+        same = padding == "same"
         channels = [base_channels * 2**level for level in range(depth)]
         self.down = nn.ModuleList()
         previous = in_channels
-        for ch in channels:
-            self.down.append(_DoubleConv(dims, previous, ch, pad))
+        for ch, k in zip(channels, kernels, strict=True):
+            self.down.append(_DoubleConv(dims, previous, ch, k, same))
             previous = ch
-        self.pool = _POOL[dims](2)
+        self.pools = nn.ModuleList(_POOL[dims](f) for f in factors)
         self.dropout = _DROPOUT[dims](dropout) if dropout > 0 else nn.Identity()
         self.upconv = nn.ModuleList()
         self.up = nn.ModuleList()
-        for ch in reversed(channels[:-1]):
-            self.upconv.append(_UPCONV[dims](2 * ch, ch, 2, stride=2))
-            self.up.append(_DoubleConv(dims, 2 * ch, ch, pad))
+        for level in reversed(range(depth - 1)):
+            ch, f = channels[level], factors[level]
+            self.upconv.append(_UPCONV[dims](2 * ch, ch, f, stride=f))
+            self.up.append(_DoubleConv(dims, 2 * ch, ch, kernels[level], same))
         self.head = _CONV[dims](channels[0], n_classes, 1)
         self.reset_parameters()
 
@@ -214,18 +289,41 @@ class UNet(nn.Module):
             nn.init.zeros_(module.bias)
 
     def output_size(self, input_size: Size) -> Size:
-        """Output size for an input size (int or tuple); ValueError names nearest valid sizes."""
-        return output_size(input_size, self.config["depth"], self.config["padding"])
+        """Output size for an input size (an int: the same extent on every axis, as int; a tuple:
+        one extent per axis); ValueError names the nearest valid sizes."""
+        depth, padding, axes = self.config["depth"], self.config["padding"], layout(self.config)
+        if isinstance(input_size, int):
+            out = output_size((input_size,) * len(axes), depth, padding, axes)
+            if len(set(out)) > 1:
+                raise ValueError(
+                    f"an anisotropic network's output differs per axis ({out}); give a size per "
+                    "axis"
+                )
+            return out[0]
+        return output_size(input_size, depth, padding, axes)
 
-    def valid_input_size(self, min_output_size: int) -> int:
-        """Smallest valid input extent whose output covers ``min_output_size``."""
-        return valid_input_size(min_output_size, self.config["depth"], self.config["padding"])
+    def valid_input_size(self, min_output_size: Size) -> Size:
+        """Smallest valid input extent whose output covers ``min_output_size`` (an int: on every
+        axis, as int; a tuple: per axis)."""
+        depth, padding, axes = self.config["depth"], self.config["padding"], layout(self.config)
+        wanted = _per_axis(min_output_size, len(axes))
+        sizes = tuple(
+            valid_input_size(m, depth, padding, axis) for m, axis in zip(wanted, axes, strict=True)
+        )
+        if isinstance(min_output_size, int):
+            if len(set(sizes)) > 1:
+                raise ValueError(
+                    f"an anisotropic network's valid inputs differ per axis ({sizes}); give a "
+                    "size per axis"
+                )
+            return sizes[0]
+        return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for level, block in enumerate(self.down):
             if level:
-                x = self.pool(x)
+                x = self.pools[level - 1](x)
             x = block(x)
             skips.append(x)
         x = self.dropout(skips.pop())
@@ -249,6 +347,12 @@ class UNetProbabilities(UNet):
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
+        if len(set(layout(self.config))) > 1:
+            raise ValueError(
+                "a network with a different layout per axis (model.pool, model.kernel) has a "
+                "context per axis, which this package format does not carry yet; predict it with "
+                "unetpipe (predict_zarr, predict_image)"
+            )
         depth, padding = self.config["depth"], self.config["padding"]
         smallest = valid_input_size(1, depth, padding)
         self.context = (smallest - output_size(smallest, depth, padding)) // 2

@@ -123,6 +123,12 @@ def _check_tta(model: UNet, tta: bool) -> None:
             "tta averages channels over flips and rotations, which move an affinity's offset to "
             "another channel: predict an affinity network with tta off"
         )
+    axes = Geometry.of(model).axes
+    if tta and axes[-1] != axes[-2]:
+        raise ValueError(
+            "tta rotates the (y, x) plane, but this network pools or convolves y and x "
+            "differently (model.pool, model.kernel): predict it with tta off"
+        )
 
 
 def _check_image(image: np.ndarray, dims: int, name: str) -> None:
@@ -150,12 +156,11 @@ def _max_tile(
             f"got {memory_gb!r}"
         )
     if tile is None:
-        tile = max_tile_for_budget(model.config, geometry, memory_gb * 2**30, batch_size)
+        return max_tile_for_budget(model.config, geometry, memory_gb * 2**30, batch_size)
     tiles = (tile,) * geometry.dims if isinstance(tile, int) else tuple(tile)
     if len(tiles) != geometry.dims:
         raise ValueError(f"tile needs {geometry.dims} extents, got {tiles}")
-    for extent in tiles:
-        geometry.tile_output(extent)  # ValueError naming the nearest valid tiles
+    geometry.tile_output(tiles)  # ValueError naming the nearest valid tiles
     return tiles
 
 
@@ -179,8 +184,9 @@ def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precis
     ``precision`` is faster on the model's device, measured once per process
     (:func:`unetpipe.precision.fastest_memory_format`)."""
     device = next(model.parameters()).device
-    cap = model.valid_input_size(MEASURE_OUTPUT[model.config["dims"]])
-    tile = tuple(min(t, cap) for t in tile)
+    geometry = Geometry.of(model)
+    cap = geometry.smallest_tile((MEASURE_OUTPUT[geometry.dims],) * geometry.dims)
+    tile = tuple(min(t, c) for t, c in zip(tile, cap, strict=True))
     x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
 
     def run(name: str) -> None:
@@ -222,11 +228,14 @@ def pass_tile(
     key += (tuple(size), tuple(cap), batch_size)
     if key in _TILES:
         return _TILES[key]
-    covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(size, cap, strict=True))
+    axes = geometry.axes
+    covering = tuple(plan_axis(n, c, a).tile for n, c, a in zip(size, cap, axes, strict=True))
     candidates = []
     for output in TILE_LADDER[geometry.dims]:
-        tile = model.valid_input_size(output)
-        plans = [plan_axis(n, min(tile, c), geometry) for n, c in zip(size, cap, strict=True)]
+        tile = geometry.smallest_tile((output,) * geometry.dims)
+        plans = [
+            plan_axis(n, min(t, c), a) for n, t, c, a in zip(size, tile, cap, axes, strict=True)
+        ]
         if candidates and tuple(p.tile for p in plans) == candidates[-1][0]:
             continue
         tiles = math.prod(len(p.starts) for p in plans)
@@ -290,20 +299,23 @@ def _plan_region(
     tta: bool,
 ) -> _Region:
     """Tiles of an output region; ``origin`` must lie on the pooling grid."""
-    halo = geometry.halo
-    plans = tuple(plan_axis(s, t, geometry) for s, t in zip(size, max_tile, strict=True))
+    halo, axes = geometry.halo, geometry.axes
+    plans = tuple(plan_axis(s, t, a) for s, t, a in zip(size, max_tile, axes, strict=True))
     if not tta:
-        start = tuple(o - halo for o in origin)
+        start = tuple(o - h for o, h in zip(origin, halo, strict=True))
         stop = tuple(a + p.read_length for a, p in zip(start, plans, strict=True))
         return _Region(tuple(origin), tuple(size), plans, (), start, stop)
-    # Transposed views swap the last two axes (with their tile limits).
+    # Transposed views swap the last two axes (with their tile limits); TTA needs the same
+    # geometry on both (checked by _check_tta).
     swapped = plans[:-2] + (
-        plan_axis(size[-1], max_tile[-1], geometry),
-        plan_axis(size[-2], max_tile[-2], geometry),
+        plan_axis(size[-1], max_tile[-1], axes[-1]),
+        plan_axis(size[-2], max_tile[-2], axes[-2]),
     )
-    extra = max(p.read_length - p.size - 2 * halo for p in plans + swapped)
-    start = tuple(o - halo - extra for o in origin)
-    stop = tuple(o + s + halo + extra for o, s in zip(origin, size, strict=True))
+    extra = max(
+        p.read_length - p.size - 2 * h for p, h in zip(plans + swapped, halo + halo, strict=True)
+    )
+    start = tuple(o - h - extra for o, h in zip(origin, halo, strict=True))
+    stop = tuple(o + s + h + extra for o, s, h in zip(origin, size, halo, strict=True))
     return _Region(tuple(origin), tuple(size), plans, swapped, start, stop)
 
 
@@ -312,7 +324,7 @@ def _predict_region(model: UNet, data: np.ndarray, region: _Region, run: _Pass) 
     input box ``[region.start, region.stop)``."""
     if not region.swapped:
         return _run_tiles(model, data, region.plans, run)
-    extra = region.origin[0] - region.start[0] - Geometry.of(model).halo
+    extra = region.origin[0] - region.start[0] - Geometry.of(model).halo[0]
     total = np.zeros((model.config["n_classes"], *region.size), dtype=np.float32)
     for flips, swap in _DIHEDRAL:
         view = _transform(data, flips, swap)
@@ -364,8 +376,8 @@ def _forward(model: UNet, tiles: np.ndarray, run: _Pass) -> np.ndarray:
         run.precision,
     )
     if geometry.padding == "same":
-        crop = slice(geometry.halo, -geometry.halo)
-        logits = logits[(slice(None), slice(None), *[crop] * geometry.dims)]
+        crop = [slice(h, -h) if h else slice(None) for h in geometry.halo]
+        logits = logits[(slice(None), slice(None), *crop)]
     with torch.inference_mode():
         return probabilities(logits, model.config).cpu().numpy()
 
@@ -601,10 +613,10 @@ def _block_shape(
 ) -> tuple[int, int, int]:
     """Output blocks: one tile each where the volume allows, split evenly, on the pooling grid."""
     block = [1] if dims == 2 else []
-    for size, tile in zip(shape[3 - dims :], max_tile, strict=True):
-        largest = geometry.tile_output(tile) // geometry.align * geometry.align
+    for size, tile, axis in zip(shape[3 - dims :], max_tile, geometry.axes, strict=True):
+        largest = axis.tile_output(tile) // axis.align * axis.align
         count = math.ceil(size / largest)
-        block.append(min(largest, math.ceil(size / count / geometry.align) * geometry.align))
+        block.append(min(largest, math.ceil(size / count / axis.align) * axis.align))
     return tuple(block)  # type: ignore[return-value]
 
 
@@ -705,14 +717,19 @@ def predict_zarr(
     if given is not None:
         if len(given) != 3 or (dims == 2 and given[0] != 1) or min(given) < 1:
             raise ValueError(f"block must be (z, y, x) with z = 1 for a 2D net, got {given}")
-        if any(b % geometry.align for b in given[3 - dims :]):
-            raise ValueError(f"block extents must be multiples of {geometry.align} (pooling grid)")
+        if any(b % a for b, a in zip(given[3 - dims :], geometry.align, strict=True)):
+            raise ValueError(
+                f"block extents must be multiples of {' x '.join(map(str, geometry.align))} "
+                "(the pooling grid per axis)"
+            )
     # The output region of one block at most, and the tile covering it within the budget.
     region = tuple(
         min(b, n)
         for b, n in zip((given or source.shape)[3 - dims :], source.shape[3 - dims :], strict=True)
     )
-    covering = tuple(plan_axis(n, c, geometry).tile for n, c in zip(region, cap, strict=True))
+    covering = tuple(
+        plan_axis(n, c, a).tile for n, c, a in zip(region, cap, geometry.axes, strict=True)
+    )
     model_sha256 = sha256sum(model_path)
 
     def settings(max_tile: tuple[int, ...]) -> tuple[tuple[int, ...], dict[str, Any], str]:

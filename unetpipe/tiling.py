@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from unetpipe.model import valid_input_size
+from unetpipe.model import layout, output_size, valid_input_size
 
 MIRROR_MODES = ("reflect", "symmetric")
 
@@ -71,41 +71,44 @@ def read_mirrored(
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """Tile geometry of a U-Net: context per side, pooling alignment, valid tile extents."""
+class AxisGeometry:
+    """Tile geometry of a U-Net along one axis: context per side, pooling alignment, valid tile
+    extents. ``kernels``: the convolution extent along the axis at each level; ``pools``: the
+    factor of each pooling (:func:`unetpipe.model.layout`; the paper: 3 and 2 throughout)."""
 
-    depth: int
     padding: str
-    dims: int
-
-    @classmethod
-    def of(cls, model: Any) -> Geometry:
-        """The geometry of a :class:`unetpipe.model.UNet`."""
-        config = model.config
-        return cls(config["depth"], config["padding"], config["dims"])
+    kernels: tuple[int, ...]
+    pools: tuple[int, ...]
 
     @property
     def align(self) -> int:
-        """Tile origins on this grid see the whole-image pooling grid (2**(depth-1))."""
-        return 2 ** (self.depth - 1)
+        """Tile origins on this grid see the whole-image pooling grid (2**(depth-1) in the paper's
+        layout)."""
+        return math.prod(self.pools)
 
     @property
     def halo(self) -> int:
         """Context pixels per side that a tile needs for exact outputs.
 
-        Valid network: each double convolution loses 2 px per side at its level's scale (Fig. 1).
-        Same network: the width of the band that zero padding reaches, grown by 1 px per 3x3
-        convolution, rounded up by each pooling, doubled by each up-convolution.
+        Valid network: each double convolution loses kernel - 1 px per side at its level's scale
+        (2 for the paper's 3x3, Fig. 1). Same network: the width of the band that zero padding
+        reaches, grown by (kernel - 1) / 2 px per convolution, rounded up by each pooling,
+        multiplied by each up-convolution's factor.
         """
         if self.padding == "valid":
-            return 2 * (3 * self.align - 2)
+            smallest = self.smallest_tile(1)
+            axes = [(self.kernels, self.pools)]
+            (output,) = output_size((smallest,), len(self.kernels), "valid", axes)
+            return (smallest - output) // 2
         band, skips = 0, []
-        for _ in range(self.depth - 1):
-            skips.append(band + 2)
-            band = math.ceil(skips[-1] / 2)
-        band += 2
-        for skip in reversed(skips):
-            band = max(2 * band, skip) + 2
+        for kernel, factor in zip(self.kernels[:-1], self.pools, strict=True):
+            skips.append(band + kernel - 1)
+            band = math.ceil(skips[-1] / factor)
+        band += self.kernels[-1] - 1
+        for skip, kernel, factor in reversed(
+            list(zip(skips, self.kernels[:-1], self.pools, strict=True))
+        ):
+            band = max(factor * band, skip) + kernel - 1
         return band
 
     def smallest_tile(self, min_output: int) -> int:
@@ -115,10 +118,15 @@ class Geometry:
     def tiles_up_to(self, limit: int) -> list[int]:
         """Valid input tile extents up to ``limit``, ascending (at least the smallest one).
 
-        Valid extents step by ``align``: every pooling must see an even size.
+        Valid extents step by ``align``: every pooling must see a multiple of its factor.
         """
         smallest = self.smallest_tile(1)
         return list(range(smallest, max(limit, smallest) + 1, self.align))
+
+    def largest_tile(self, limit: int) -> int:
+        """The largest valid input tile of at most ``limit`` px (the smallest one if none is)."""
+        smallest = self.smallest_tile(1)
+        return smallest + max(0, limit - smallest) // self.align * self.align
 
     def tile_output(self, tile: int) -> int:
         """Output extent kept from an input tile (ValueError naming the nearest valid tiles)."""
@@ -127,17 +135,62 @@ class Geometry:
             below = self.tiles_up_to(tile)[-1]
             nearest = sorted({below, below + self.align} - {tile})
             raise ValueError(
-                f"tile {tile} is not a valid input extent for a depth-{self.depth} U-Net with "
-                f"{self.padding!r} padding; nearest valid tiles: {nearest}"
+                f"tile {tile} is not a valid input extent for a depth-{len(self.kernels)} U-Net "
+                f"with {self.padding!r} padding; nearest valid tiles: {nearest}"
             )
         return tile - 2 * self.halo
 
 
 @functools.cache
-def _smallest_tile(geometry: Geometry, min_output: int) -> int:
-    if geometry.padding == "valid":
-        return valid_input_size(min_output, geometry.depth, "valid")
-    return valid_input_size(min_output + 2 * geometry.halo, geometry.depth, "same")
+def _smallest_tile(axis: AxisGeometry, min_output: int) -> int:
+    depth, layout = len(axis.kernels), (axis.kernels, axis.pools)
+    if axis.padding == "valid":
+        return valid_input_size(min_output, depth, "valid", layout)
+    return valid_input_size(min_output + 2 * axis.halo, depth, "same", layout)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Tile geometry of a U-Net: one :class:`AxisGeometry` per axis (the same on every axis in
+    the paper's layout; per axis for an anisotropic net, ``model.pool`` and ``model.kernel``)."""
+
+    padding: str
+    axes: tuple[AxisGeometry, ...]
+
+    @classmethod
+    def of(cls, model: Any) -> Geometry:
+        """The geometry of a :class:`unetpipe.model.UNet` (or of its config)."""
+        config = model if isinstance(model, dict) else model.config
+        padding = config["padding"]
+        return cls(padding, tuple(AxisGeometry(padding, k, p) for k, p in layout(config)))
+
+    @classmethod
+    def isotropic(cls, depth: int, padding: str, dims: int) -> Geometry:
+        """The paper's layout (3x3 convolutions, 2x2 poolings) on ``dims`` axes."""
+        return cls.of({"depth": depth, "padding": padding, "dims": dims})
+
+    @property
+    def dims(self) -> int:
+        return len(self.axes)
+
+    @property
+    def align(self) -> tuple[int, ...]:
+        """The pooling grid per axis (:attr:`AxisGeometry.align`)."""
+        return tuple(a.align for a in self.axes)
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Context per side per axis (:attr:`AxisGeometry.halo`)."""
+        return tuple(a.halo for a in self.axes)
+
+    def smallest_tile(self, min_output: Sequence[int]) -> tuple[int, ...]:
+        """Per axis, the smallest valid tile whose output covers ``min_output``."""
+        return tuple(a.smallest_tile(m) for a, m in zip(self.axes, min_output, strict=True))
+
+    def tile_output(self, tile: Sequence[int]) -> tuple[int, ...]:
+        """Per axis, the output extent kept from an input tile (ValueError naming the nearest
+        valid tiles along the first invalid axis)."""
+        return tuple(a.tile_output(t) for a, t in zip(self.axes, tile, strict=True))
 
 
 @dataclass(frozen=True)
@@ -159,7 +212,7 @@ class AxisPlan:
         return self.starts[-1] + self.tile
 
 
-def plan_axis(size: int, max_tile: int, geometry: Geometry) -> AxisPlan:
+def plan_axis(size: int, max_tile: int, geometry: AxisGeometry) -> AxisPlan:
     """Cover ``size`` output pixels with the fewest tiles of at most ``max_tile``, each as small
     as that count allows (tiles fitted to the image), origins on multiples of ``geometry.align``."""
     if size < 1:
@@ -201,25 +254,34 @@ def activation_bytes(config: dict[str, Any], tile: Sequence[int], batch_size: in
 
 def max_tile_for_budget(
     config: dict[str, Any], geometry: Geometry, memory_bytes: float, batch_size: int = 1
-) -> int:
-    """Largest valid cubic tile whose forward pass fits ``memory_bytes``. A budget that fits no
-    tile of :data:`MIN_BUDGET_OUTPUT` output px per axis is a ValueError naming the least
+) -> tuple[int, ...]:
+    """Largest valid tile, per axis, whose forward pass fits ``memory_bytes``: the largest
+    extent n such that the largest valid tile of at most n px on every axis fits. A budget that
+    fits no tile of :data:`MIN_BUDGET_OUTPUT` output px per axis is a ValueError naming the least
     sensible budget: smaller tiles spend nearly all their work on the overlap (Fig. 2)."""
-    tiles = geometry.tiles_up_to(1 << 16)
-    fitting = [
-        t
-        for t in tiles
-        if activation_bytes(config, (t,) * geometry.dims, batch_size) <= memory_bytes
-    ]
-    floor = geometry.smallest_tile(MIN_BUDGET_OUTPUT[geometry.dims])
-    if not fitting or fitting[-1] < floor:
-        need = activation_bytes(config, (floor,) * geometry.dims, batch_size)
+    floor = geometry.smallest_tile((MIN_BUDGET_OUTPUT[geometry.dims],) * geometry.dims)
+
+    def tile(limit: int) -> tuple[int, ...]:
+        return tuple(
+            max(a.largest_tile(limit), f) for a, f in zip(geometry.axes, floor, strict=True)
+        )
+
+    need = activation_bytes(config, floor, batch_size)
+    if need > memory_bytes:
         raise ValueError(
             f"a memory budget of {memory_bytes / 2**30:.3g} GiB fits no tile with "
             f"{MIN_BUDGET_OUTPUT[geometry.dims]} output px per axis; give at least "
             f"{math.ceil(need / 2**30 * 1000) / 1000:g} GiB (memory_gb, --memory-gb) or a tile"
         )
-    return fitting[-1]
+    step = min(geometry.align)
+    best, limit = floor, max(floor)
+    while limit < 1 << 16:
+        limit += step
+        candidate = tile(limit)
+        if activation_bytes(config, candidate, batch_size) > memory_bytes:
+            break
+        best = candidate
+    return best
 
 
 MIN_BUDGET_OUTPUT = {2: 64, 3: 1}

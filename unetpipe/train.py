@@ -271,14 +271,15 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "float16")
         self.net: torch.nn.Module = self.model
 
-    def fastest_format(self, tile: int) -> str:
+    def fastest_format(self, tile: int | tuple[int, ...]) -> str:
         """The memory format in which a training pass (forward and backward) of one batch of
         ``tile`` tiles is faster here, measured on a copy of the network (the weights, gradients
         and RNG state of the run are untouched); in DDP rank 0 measures for every process."""
         choice = [None]
         if self.world == 1 or dist.get_rank() == 0:
             net = copy.deepcopy(self.model).train()
-            shape = (self.batch // self.world, net.config["in_channels"], *[tile] * self.dims)
+            tiles = (tile,) * self.dims if isinstance(tile, int) else tile
+            shape = (self.batch // self.world, net.config["in_channels"], *tiles)
             x = torch.zeros(shape, device=self.device)
 
             gpus = [self.device] if self.device.type == "cuda" else []
@@ -467,7 +468,7 @@ def _train(
         stats = _training_data(group, split)
         trainer = _Trainer(cfg, model_cfg, device, rank, world)
         augment_cfg = resolve_params(augment_cfg)
-        tile = int(augment_cfg["tile"])
+        tile = _tile(augment_cfg["tile"], trainer.model)
         meta = {
             "tile": tile,
             "output_size": trainer.model.output_size(tile),
@@ -532,7 +533,7 @@ def _train(
         if rank == 0 and device.type == "cpu":
             _warn_gpu_recipe(trainer.model, model_cfg, cfg)
         log.info(
-            "training %s (%d parameters) on %d slices, %d tile(s) of %d -> %d px per step, "
+            "training %s (%d parameters) on %d slices, %d tile(s) of %s -> %s px per step, "
             "%d process(es) on %s, iterations %d..%d",
             trainer.model.config,
             sum(p.numel() for p in trainer.model.parameters()),
@@ -556,6 +557,20 @@ def _train(
         if world > 1:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _tile(value: int | Sequence[int], model: UNet) -> int | tuple[int, ...]:
+    """``augment.tile``: one extent for every axis (an int), or one per axis (a tuple), checked
+    against the network (ValueError naming the nearest valid tiles)."""
+    dims = model.config["dims"]
+    tile = int(value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if not isinstance(tile, int) and len(tile) != dims:
+        raise ValueError(f"augment.tile {list(tile)}: give one extent per axis of a {dims}D net")
+    try:
+        model.output_size(tile)
+    except ValueError as err:
+        raise ValueError(f"augment.tile {value}: {err}") from None
+    return tile
 
 
 def _warn_gpu_recipe(
