@@ -211,6 +211,12 @@ def test_bad_run_dirs_fail_with_one_clear_error(tmp_path: Path, run: Path) -> No
         export_bioimageio(run, tmp_path / "out.tar")
     with pytest.raises(ValueError, match="names its authors: set export.authors"):
         export_bioimageio(run, output)  # none given: bioimageio.core would only warn
+    anisotropic = UNet(depth=2, base_channels=2, dims=3, pool=[[1, 2, 2]])
+    save_model(tmp_path / "model.pt", anisotropic, normalization=norm)
+    with pytest.raises(ValueError, match="one context for all axes"):
+        export_bioimageio(tmp_path, output, {"authors": [{"name": "A"}]})
+    with pytest.raises(ValueError, match="context per axis"):
+        UNetProbabilities(**anisotropic.config)
     assert main(["export", str(tmp_path), "--bioimageio", str(output)]) == 1
     assert not output.exists()
 

@@ -52,7 +52,7 @@ def test_read_mirrored_reads_interior_and_mirrors_borders() -> None:
 
 def _axis(depth: int, padding: str) -> AxisGeometry:
     """One axis of the paper's layout."""
-    return Geometry.isotropic(depth, padding, 2).axes[0]
+    return Geometry.of({"depth": depth, "padding": padding, "dims": 2}).axes[0]
 
 
 def test_mirror_rejects_bad_input() -> None:

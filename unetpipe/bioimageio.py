@@ -53,7 +53,7 @@ from unetpipe.datasets import REGISTRY
 from unetpipe.evaluate import format_table
 from unetpipe.intensity import normalize
 from unetpipe.io import atomic_path, open_data, sha256sum, writes_output
-from unetpipe.model import UNet, UNetProbabilities, load_model
+from unetpipe.model import UNet, UNetProbabilities, load_model, same_on_every_axis
 from unetpipe.precision import torch_threads
 from unetpipe.tiling import Geometry, read_mirrored
 
@@ -157,6 +157,11 @@ def export_bioimageio(
         raise ValueError(
             f"{model_path} predicts affinities: its bioimage.io package is not built yet; set "
             "export.bioimageio false"
+        )
+    if not same_on_every_axis(model.config):
+        raise ValueError(
+            f"{model_path} pools or convolves its axes differently (model.pool, model.kernel): "
+            "a bioimage.io package carries one context for all axes; set export.bioimageio false"
         )
     _import_bioimageio()
     from bioimageio.spec import save_bioimageio_package

@@ -49,6 +49,11 @@ def layout(config: dict[str, Any]) -> tuple[tuple[tuple[int, ...], tuple[int, ..
     )
 
 
+def same_on_every_axis(config: dict[str, Any]) -> bool:
+    """Whether the network of ``config`` convolves and pools every axis alike (:func:`layout`)."""
+    return len(set(layout(config))) == 1
+
+
 def _check_layout(kernel: Any, pool: Any, depth: int, dims: int) -> None:
     """ValueError unless ``kernel`` (``depth`` entries of ``dims`` odd extents) and ``pool``
     (``depth - 1`` entries of ``dims`` factors >= 1) are None or well formed."""
@@ -179,6 +184,21 @@ def output_size(
     return out[0] if isinstance(input_size, int) else tuple(out)
 
 
+def network_output_size(config: dict[str, Any], input_size: Size) -> Size:
+    """Output size of the network of ``config`` (a UNet config or a ``model`` config section) for
+    an input size: an int is the same extent on every axis (an int back), a tuple one extent per
+    axis; ValueError names the nearest valid sizes."""
+    depth, padding, axes = config["depth"], config["padding"], layout(config)
+    if isinstance(input_size, int):
+        out = output_size((input_size,) * len(axes), depth, padding, axes)
+        if len(set(out)) > 1:
+            raise ValueError(
+                f"an anisotropic network's output differs per axis ({out}); give a size per axis"
+            )
+        return out[0]
+    return output_size(tuple(input_size), depth, padding, axes)
+
+
 def _center_crop(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     slices = [slice(None), slice(None)]
     for have, want in zip(x.shape[2:], shape, strict=True):
@@ -289,18 +309,8 @@ class UNet(nn.Module):
             nn.init.zeros_(module.bias)
 
     def output_size(self, input_size: Size) -> Size:
-        """Output size for an input size (an int: the same extent on every axis, as int; a tuple:
-        one extent per axis); ValueError names the nearest valid sizes."""
-        depth, padding, axes = self.config["depth"], self.config["padding"], layout(self.config)
-        if isinstance(input_size, int):
-            out = output_size((input_size,) * len(axes), depth, padding, axes)
-            if len(set(out)) > 1:
-                raise ValueError(
-                    f"an anisotropic network's output differs per axis ({out}); give a size per "
-                    "axis"
-                )
-            return out[0]
-        return output_size(input_size, depth, padding, axes)
+        """Output size for an input size (:func:`network_output_size`)."""
+        return network_output_size(self.config, input_size)
 
     def valid_input_size(self, min_output_size: Size) -> Size:
         """Smallest valid input extent whose output covers ``min_output_size`` (an int: on every
@@ -347,7 +357,7 @@ class UNetProbabilities(UNet):
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
-        if len(set(layout(self.config))) > 1:
+        if not same_on_every_axis(self.config):
             raise ValueError(
                 "a network with a different layout per axis (model.pool, model.kernel) has a "
                 "context per axis, which this package format does not carry yet; predict it with "

@@ -25,7 +25,14 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from unetpipe.affinities import affinity_targets, check_offsets
-from unetpipe.augment import DEFAULT_PARAMS, augment_sample, open_bank, resolve_params, sample_rng
+from unetpipe.augment import (
+    DEFAULT_PARAMS,
+    augment_sample,
+    open_bank,
+    resolve_params,
+    sample_rng,
+)
+from unetpipe.augment import sizes as tile_sizes
 from unetpipe.augment3d import augment_volume
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
@@ -158,14 +165,18 @@ _UNKNOWN = np.iinfo(np.uint32).max
 
 
 def _check_bank(
-    paths: Sequence[str | Path], stats: dict[str, float], input_size: int, output_size: int
+    paths: Sequence[str | Path],
+    stats: dict[str, float],
+    input_size: int | Sequence[int],
+    output_size: int | Sequence[int],
 ) -> None:
     """The bank must hold tiles of this network's sizes, normalised like the dataset."""
     if not paths:
         raise ValueError("train.data is 'bank' but no bank shards were given (run rule augment)")
     bank = open_bank(paths)
     sizes = (bank.input_size, bank.output_size)
-    if sizes != ((input_size,) * 2, (output_size,) * 2):
+    wanted = (tile_sizes(input_size, 2, "input_size"), tile_sizes(output_size, 2, "output_size"))
+    if sizes != wanted:
         raise ValueError(
             f"the bank holds {sizes[0]} -> {sizes[1]} tiles but the network trains on "
             f"{input_size} -> {output_size}: rebuild the bank (rule augment)"

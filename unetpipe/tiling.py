@@ -143,10 +143,10 @@ class AxisGeometry:
 
 @functools.cache
 def _smallest_tile(axis: AxisGeometry, min_output: int) -> int:
-    depth, layout = len(axis.kernels), (axis.kernels, axis.pools)
+    depth, kernels_pools = len(axis.kernels), (axis.kernels, axis.pools)
     if axis.padding == "valid":
-        return valid_input_size(min_output, depth, "valid", layout)
-    return valid_input_size(min_output + 2 * axis.halo, depth, "same", layout)
+        return valid_input_size(min_output, depth, "valid", kernels_pools)
+    return valid_input_size(min_output + 2 * axis.halo, depth, "same", kernels_pools)
 
 
 @dataclass(frozen=True)
@@ -163,11 +163,6 @@ class Geometry:
         config = model if isinstance(model, dict) else model.config
         padding = config["padding"]
         return cls(padding, tuple(AxisGeometry(padding, k, p) for k, p in layout(config)))
-
-    @classmethod
-    def isotropic(cls, depth: int, padding: str, dims: int) -> Geometry:
-        """The paper's layout (3x3 convolutions, 2x2 poolings) on ``dims`` axes."""
-        return cls.of({"depth": depth, "padding": padding, "dims": dims})
 
     @property
     def dims(self) -> int:

@@ -27,7 +27,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 def _augment(args: argparse.Namespace) -> int:
     from unetpipe.augment import write_bank
-    from unetpipe.model import output_size
+    from unetpipe.model import network_output_size
 
     config = load_config(args.config)  # validated: a typo in any section is refused
     params = config["augment"]
@@ -36,7 +36,7 @@ def _augment(args: argparse.Namespace) -> int:
             params[key] = getattr(args, key)
     model = config["model"]
     model.update({k: getattr(args, k) for k in ("depth", "padding") if getattr(args, k)})
-    out = output_size(params["tile"], model["depth"], model["padding"])
+    out = network_output_size(model, params["tile"])
     for shard in [args.shard] if args.shard is not None else range(params["shards"]):
         write_bank(
             args.data,

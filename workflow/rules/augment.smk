@@ -22,7 +22,12 @@ rule augment:
         **rule_resources("augment", mem_mb=4000, runtime=60),
     params:
         cfg=section("augment"),
-        model={key: config["model"][key] for key in ("depth", "padding")},
+        # The tile geometry; pool and kernel only when set (params of existing runs unchanged).
+        model={
+            key: value
+            for key, value in config["model"].items()
+            if key in ("depth", "padding") or (key in ("pool", "kernel") and value is not None)
+        },
         upstream=upstream(*DATA_SECTIONS, "weights"),
     script:
         "../scripts/augment.py"

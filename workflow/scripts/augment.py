@@ -4,7 +4,7 @@ from pathlib import Path
 
 from unetpipe.augment import write_bank
 from unetpipe.log import logged
-from unetpipe.model import output_size
+from unetpipe.model import network_output_size
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule augment"):
@@ -16,5 +16,5 @@ with logged(snakemake.log[0], "rule augment"):
         n_shards=cfg["shards"],
         params=cfg,
         input_size=cfg["tile"],
-        output_size=output_size(cfg["tile"], model["depth"], model["padding"]),
+        output_size=network_output_size(model, cfg["tile"]),
     )
