@@ -19,6 +19,7 @@ from unetpipe.evaluate import (
     format_table,
     score_instances,
     score_sequences,
+    score_volume,
     summarize_folds,
     summary,
     table2_dataset,
@@ -376,3 +377,26 @@ def test_predictions_of_another_extent_or_with_a_lost_chunk_are_one_line(tmp_pat
     after = _tree(tmp_path)
     assert set(before) - set(after) == {"predictions/test.zarr/c/0/1/0/0"}
     assert {k for k in after if after[k] != before[k]} == {"predictions/raw.zarr/c/0/1/0/0"}
+
+
+def test_volume_measures_match_objects_in_3d_within_each_run():
+    """Scored slices 0-2 and 5-6: in each run one reference object, 2 x 2 px per plane. The
+    first is split along z (planes 0-1 one segment, plane 2 another), the second found whole,
+    under the same id as the first's segment: 3D SEG (8/12 + 1) / 2; DET one false positive of
+    two objects, 1 - 1/20. Slice by slice SEG would be 1; ids shared across runs would give 0.8."""
+    truth = np.zeros((5, 4, 4), np.uint32)
+    truth[:, 1:3, 1:3] = 1
+    instances = np.zeros_like(truth)
+    instances[:2, 1:3, 1:3] = 7
+    instances[2, 1:3, 1:3] = 8
+    instances[3:, 1:3, 1:3] = 7
+    scores = score_volume(instances, truth, [0, 1, 2, 5, 6])
+    assert scores["seg_3d"] == pytest.approx((8 / 12 + 1) / 2)
+    assert scores["det_3d"] == pytest.approx(1 - 1 / 20)
+    assert 0 < scores["instances_v_rand_3d"] < 1
+    assert score_instances(instances, truth)["seg"] == 1.0
+    assert score_volume(truth, truth, [0, 1, 2, 5, 6]) == {
+        "instances_v_rand_3d": 1.0,
+        "seg_3d": 1.0,
+        "det_3d": 1.0,
+    }

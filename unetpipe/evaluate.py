@@ -33,7 +33,7 @@ from unetpipe.config import section_params
 from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data, stored_digest
 from unetpipe.ngff import ImageArray, open_image, open_labels, require_grid
 from unetpipe.segment import cell_probability
-from unetpipe.splits import Split, gold, resolve
+from unetpipe.splits import Split, consecutive_runs, gold, resolve
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ ROWS = [  # (key, label, lower is better); "t train" = threshold fixed on the tr
     ("iou", "foreground IoU", False),
     ("seg", "SEG (CTC)", False),
     ("det", "DET (CTC)", False),
+    ("instances_v_rand_3d", "V_rand of the instances, in 3D", False),
+    ("seg_3d", "SEG (CTC), objects in 3D", False),
+    ("det_3d", "DET (CTC), objects in 3D", False),
 ]
 FIXED_THRESHOLDS = ("pixel_error", "v_rand", "slice_v_rand", "warping_error")
 """The measures scored also at a threshold fixed on the training slices (``<measure>_t_train``)."""
@@ -173,6 +176,49 @@ def score_instances(
         "iou": metrics.foreground_iou(seg, ref),
         "instances": int(np.count_nonzero(np.bincount(seg.ravel())[1:])),
     }
+
+
+def score_volume(
+    instances: np.ndarray, truth: np.ndarray, slices: Sequence[int]
+) -> dict[str, float]:
+    """Measures of objects in 3D, for a segmentation made in 3D (``segment.mode: 3d``): the Cell
+    Tracking Challenge's SEG and DET as it scores fully annotated 3D frames (a reference object
+    and a segment are matched as volumes), and V_rand. Each run of consecutive scored ``slices``
+    (the planes of ``instances`` and ``truth``, in that order) is one volume: no object spans two
+    runs."""
+    seg, ref = _volume_ids(instances, slices), _volume_ids(truth, slices)
+    return {
+        "instances_v_rand_3d": metrics.v_rand(seg, ref),
+        "seg_3d": metrics.seg_score(seg, ref),
+        "det_3d": metrics.det_score(seg, ref),
+    }
+
+
+def _volume_ids(labels: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+    """``labels`` with the ids of each run of consecutive ``slices`` made distinct from those of
+    every other run."""
+    plane = {int(z): i for i, z in enumerate(slices)}
+    out, offset = np.zeros(labels.shape, np.int64), 0
+    for start, stop in consecutive_runs(slices):
+        planes = [plane[z] for z in range(start, stop)]
+        run = labels[planes].astype(np.int64)
+        out[planes] = np.where(run > 0, run + offset, 0)
+        offset += int(run.max(initial=0))
+    return out
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The :data:`ROWS` that some set of ``results`` (or the paper) has a value of."""
+    return [
+        row
+        for row in ROWS
+        if row[0] in PAPER["isbi2012"]
+        or any(
+            entry[who].get(row[0]) is not None
+            for entry in results.values()
+            for who in ("unet", "baseline")
+        )
+    ]
 
 
 def table2_dataset(attrs: dict[str, Any]) -> str | None:
@@ -296,6 +342,9 @@ def evaluate_run(
                 **score_instances(base_instances, truth, params["thinning"], known),
             },
         }
+        if segmentation.attrs.get("segment", {}).get("mode") == "3d":
+            results[name]["unet"].update(score_volume(instances, truth, slices))
+            results[name]["baseline"].update(score_volume(base_instances, truth, slices))
         if name == "val" and "frames" in group.attrs:
             results[name]["sequences"] = score_sequences(
                 instances,
@@ -355,7 +404,7 @@ def format_table(results: dict[str, Any]) -> str:
         header += [f"{name} u-net", f"{name} baseline"]
     header.append("paper u-net")
     lines = [header]
-    for key, label, _ in ROWS:
+    for key, label, _ in rows(results):
         row = [label]
         for entry in results.values():
             row += [format_value(key, entry[who].get(key)) for who in ("unet", "baseline")]

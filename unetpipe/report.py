@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from unetpipe.config import section_params
-from unetpipe.evaluate import PAPER, ROWS, format_table, format_value
+from unetpipe.evaluate import PAPER, format_table, format_value, rows
 from unetpipe.io import atomic_path, check_disjoint, open_data
 from unetpipe.ngff import open_image, open_labels
 from unetpipe.segment import cell_probability
@@ -91,8 +91,8 @@ def metrics_figure(report: dict[str, Any], path: Path, dpi: int) -> None:
     """The metrics table as a figure; the better of u-net and baseline in bold."""
     results = report["results"]
     columns = [f"{n}\n{who}" for n in results for who in ("u-net", "baseline")] + ["paper\nu-net"]
-    cells, bold = [], []
-    for key, _, lower in ROWS:
+    cells, bold, shown = [], [], rows(results)
+    for key, _, lower in shown:
         row, flags = [], []
         for entry in results.values():
             pair = [entry[who].get(key) for who in ("unet", "baseline")]
@@ -102,12 +102,12 @@ def metrics_figure(report: dict[str, Any], path: Path, dpi: int) -> None:
         paper = PAPER["isbi2012"].get(key)
         cells.append(row + [format_value(key, paper)])
         bold.append(flags + [False])
-    fig = Figure(figsize=(2.2 + 1.3 * len(columns), 0.45 * len(ROWS) + 1.4), dpi=dpi)
+    fig = Figure(figsize=(2.2 + 1.3 * len(columns), 0.45 * len(shown) + 1.4), dpi=dpi)
     ax = fig.subplots()
     ax.axis("off")
     table = ax.table(
         cellText=cells,
-        rowLabels=[label for _, label, _ in ROWS],
+        rowLabels=[label for _, label, _ in shown],
         colLabels=columns,
         loc="center",
         cellLoc="center",

@@ -34,20 +34,34 @@ def volume_config(folder: Path) -> Path:
     return path
 
 
+ANISOTROPIC = {"pool": [[1, 2, 2]], "kernel": [[1, 3, 3], [3, 3, 3]]}
+"""z at full resolution, convolved only at the bottom: tiles of (8, 44, 44) predict (4, 28, 28)."""
+
+
 @pytest.mark.slow
-def test_a_3d_net_trains_predicts_segments_and_scores_a_volume(tmp_path):
-    check(snakemake(tmp_path, "--cores", "2", configfile=volume_config(tmp_path)))
+@pytest.mark.parametrize("anisotropic", [False, True], ids=["isotropic", "anisotropic"])
+def test_a_3d_net_trains_predicts_segments_and_scores_a_volume(tmp_path, anisotropic):
+    path = volume_config(tmp_path)
+    if anisotropic:
+        config = yaml.safe_load(path.read_text())
+        config["model"].update(ANISOTROPIC)
+        config["augment"]["tile"] = [8, 44, 44]
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    check(snakemake(tmp_path, "--cores", "2", configfile=path))
     run = tmp_path / "results" / "tiny3d" / "vol"
     with (run / "train" / "log.csv").open() as log:
         assert [int(row["iteration"]) for row in csv.DictReader(log)] == list(range(1, 13))
-    assert load_model(run / "model.pt")[0].config["dims"] == 3
+    net, metadata = load_model(run / "model.pt")
+    assert net.config["dims"] == 3
+    if anisotropic:
+        assert net.config["pool"] == ANISOTROPIC["pool"] and metadata["output_size"] == (4, 28, 28)
     predictions = zarr.open_group(str(run / "predictions" / "raw.zarr"), mode="r")
     assert predictions.attrs["model_config"]["dims"] == 3
     assert predictions["0"].shape == (2, 8, 96, 96)
     unet = json.loads((run / "metrics.json").read_text())["results"]["val"]["unet"]
     assert unet["instances"] > 0
-    for name in ("instances_v_rand", "v_rand", "pixel_error"):
-        assert 0 < unet[name] <= 1, name
+    for name in ("instances_v_rand", "v_rand", "pixel_error", "seg_3d", "instances_v_rand_3d"):
+        assert 0 < unet[name] <= 1, name  # segmented in 3D: objects also scored as volumes
 
 
 @pytest.mark.slow
@@ -83,7 +97,7 @@ def test_real_nuclei_volume_end_to_end(shared_dir, tmp_path):
         57,
     )
     unet = json.loads((run / "metrics.json").read_text())["results"]["val"]["unet"]
-    assert unet["instances"] > 0 and 0 <= unet["seg"] <= 1
+    assert unet["instances"] > 0 and 0 <= unet["seg"] <= 1 and 0 <= unet["seg_3d"] <= 1
 
 
 def test_a_3d_net_refuses_the_2d_bank(tmp_path):
