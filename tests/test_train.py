@@ -24,6 +24,7 @@ from unetpipe.precision import MEMORY_FORMATS
 from unetpipe.synthetic import write_synthetic
 from unetpipe.tiles import IterationSampler, TileDataset
 from unetpipe.train import lr_factor, train
+from unetpipe.weights import write_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 44  # depth 2: 44 -> 28 px output
@@ -365,6 +366,31 @@ def test_3d_tiles_are_mirrored_crops_of_a_run_of_training_slices(tmp_path):
         assert len(set(found)) == 1, found
         runs[found[0]] += 1
     assert all(runs.values())  # both runs drawn
+
+
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_3d_tiles_read_box_by_box_equal_those_of_runs_in_memory(tmp_path, monkeypatch, mode):
+    """Runs larger than tiles.CACHED_RUN_BYTES are read per tile box (a volume larger than a
+    worker's memory): every augmented tile, target and weight map is the same, with the
+    separation gap of the weight maps (2D or 3D) and every augmentation on."""
+    from unetpipe import tiles
+
+    path = tmp_path / "data.zarr"
+    write_synthetic(path, 7, (40, 40), 0, (40, 40), cell_size=10.0, membrane_width=1.0)
+    write_weights(path, {"mode": mode, "separation_gap": 2})
+    group = zarr.open_group(path, mode="r")
+    slices = [0, 1, 2, 4, 5, 6]
+    stats = dataset_statistics(group["raw"], slices)
+    augment = load_config(None)["augment"]
+    args = (path, slices, stats, (6, TILE, TILE), (2, 28, 28), augment)
+    model = dict(seed=3, dims=3, spacing=(3.0, 1.0, 1.0))
+    in_memory = [TileDataset(*args, **model)[i] for i in range(6)]
+    monkeypatch.setattr(tiles, "CACHED_RUN_BYTES", 0)
+    dataset = TileDataset(*args, **model)
+    for index, expected in enumerate(in_memory):
+        for got, want in zip(dataset[index], expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not dataset._volumes  # nothing held
 
 
 def test_bank_tiles_must_match_the_network(data, tmp_path):

@@ -15,6 +15,7 @@ from unetpipe.weights import (
     class_weight_map,
     separate_instances,
     training_labels,
+    training_labels_box,
     training_volume_labels,
     weight_map,
     write_weights,
@@ -247,3 +248,24 @@ def test_real_isbi_labels_match_the_reference(isbi_dir):
     labels, _ = ndimage.label(np.asarray(Image.open(png))[:256, :256] == 255)
     reference = 1.0 + naive_border(labels, 10.0, 5.0)
     assert np.abs(weight_map(labels, class_weights=None) - reference).max() <= 1e-3
+
+
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_training_labels_of_any_box_equal_that_crop_of_the_whole_stack(tmp_path, mode):
+    """A 3D net reading a volume box by box sees the same training labels as one holding the
+    whole stack: the separation gap reads the pixels it reaches around the box."""
+    labels = voronoi((6, 30, 30), cells=8, seed=7, membrane=False)
+    path = make_group(tmp_path / "data.zarr", labels)
+    write_weights(path, {"mode": mode, "separation_gap": 3, "class_weights": None})
+    group = zarr.open_group(path, mode="r")
+    whole = training_volume_labels(group, 0, 6)
+    planes = [separate_instances(plane, 3) for plane in labels]
+    np.testing.assert_array_equal(
+        whole, separate_instances(labels, 3) if mode == "3d" else np.stack(planes)
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        start = [int(rng.integers(0, n)) for n in labels.shape]
+        stop = [int(rng.integers(a + 1, n + 1)) for a, n in zip(start, labels.shape, strict=True)]
+        box = tuple(map(slice, start, stop))
+        np.testing.assert_array_equal(training_labels_box(group, start, stop), whole[box])

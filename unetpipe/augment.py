@@ -70,17 +70,33 @@ def checked_sample(
 ) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
     """The tile and output extents and the arrays of one ``dims``-D sample, checked: the output
     centred in the tile, image (float32), labels and weights (float32) of one shape."""
+    image = np.asarray(image, dtype=np.float32)
+    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
+    tile, out = checked_sizes(image, labels, weights, input_size, output_size, dims)
+    return tile, out, image, labels, weights
+
+
+def checked_sizes(
+    image: Any,
+    labels: Any,
+    weights: Any,
+    input_size: int | Sequence[int],
+    output_size: int | Sequence[int],
+    dims: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tile and output extents of one ``dims``-D sample, checked against the shapes of its
+    arrays (any with a ``shape``: nothing is read): the output centred in the tile, image,
+    labels and weights of one shape."""
     tile, out = sizes(input_size, dims, "input_size"), sizes(output_size, dims, "output_size")
     if any(o > t or (t - o) % 2 for t, o in zip(tile, out, strict=True)):
         raise ValueError(f"output_size {out} must fit centred in input_size {tile}")
-    image = np.asarray(image, dtype=np.float32)
-    labels, weights = np.asarray(labels), np.asarray(weights, dtype=np.float32)
-    if image.ndim != dims or labels.shape != image.shape or weights.shape != image.shape:
+    shape = tuple(image.shape)
+    if len(shape) != dims or tuple(labels.shape) != shape or tuple(weights.shape) != shape:
         raise ValueError(
-            f"need {dims}D image, labels and weights of one shape, got {image.shape}, "
-            f"{labels.shape}, {weights.shape}"
+            f"need {dims}D image, labels and weights of one shape, got {shape}, "
+            f"{tuple(labels.shape)}, {tuple(weights.shape)}"
         )
-    return tile, out, image, labels, weights
+    return tile, out
 
 
 def _keys(t: np.ndarray, a: float = -0.5) -> list[np.ndarray]:

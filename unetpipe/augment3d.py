@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from unetpipe.augment import (
-    checked_sample,
+    checked_sizes,
     gray_variation,
     random_origin,
     resolve_params,
@@ -106,22 +106,21 @@ def augment_volume(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented 3D training sample from a volume (z, y, x) with its labels and weight map.
 
-    As :func:`unetpipe.augment.augment_sample` in 3D: ``image`` is normalised float32, ``params``
+    As :func:`unetpipe.augment.augment_sample` in 3D: ``image`` is the normalised volume (numpy,
+    or any array that reads the box it is sliced with: only the tile's box is read), ``params``
     the ``augment`` config section, ``origin`` the (z, y, x) input-tile corner (by default a
     random one whose output crop lies in the volume), ``spacing`` the voxel size (z, y, x).
     Returns ``(image_tile, label_tile, weight_tile)``: float32 of ``input_size``, the labels'
     dtype and float32 of ``output_size``; all randomness from ``rng``.
     """
     params = resolve_params(params)
-    tile, out, image, labels, weights = checked_sample(
-        image, labels, weights, input_size, output_size, 3
-    )
+    tile, out = checked_sizes(image, labels, weights, input_size, output_size, 3)
     if origin is None:
         origin = random_origin(rng, image.shape, tile, out)
     coords = sampling_map(tile, origin, params, rng, spacing)
     crop = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
     inner = (slice(None), *crop)
-    image_tile = interpolate(image, coords, params["interpolation"])
+    image_tile = interpolate(image, coords, params["interpolation"]).astype(np.float32)
     label_tile = interpolate(labels, coords[inner], "nearest")
     weight_tile = interpolate(weights, coords[inner], "linear")
     if params["gray"]["enabled"]:

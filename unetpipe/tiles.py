@@ -16,6 +16,7 @@ sees the same tiles. Iteration ``t`` takes samples ``t * batch .. (t + 1) * batc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from unetpipe.augment3d import augment_volume
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
 from unetpipe.splits import consecutive_runs
-from unetpipe.weights import training_labels, training_volume_labels
+from unetpipe.weights import training_labels, training_labels_box
 
 
 class TileDataset(Dataset):
@@ -136,28 +137,61 @@ class TileDataset(Dataset):
             torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
         )
 
-    def _run(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _run(self, start: int, stop: int) -> tuple[Any, Any, Any]:
         """Image, training labels (unknown truth as :data:`_UNKNOWN`) and weights of the slices
-        ``start:stop``, read once per worker process."""
+        ``start:stop``: read once per worker process when they take at most
+        :data:`CACHED_RUN_BYTES`, else :class:`_Boxes` that read each tile's box (the same
+        values, from the store)."""
         if (start, stop) not in self._volumes:
-            labels = training_volume_labels(self._source, start, stop)
-            if self.offsets is not None and "mask" in self._source:
-                known = np.asarray(self._source["mask"][start:stop]) > 0
-                labels = np.where(known, labels, _UNKNOWN)
-            self._volumes[start, stop] = (
-                normalize(self._source["raw"][start:stop], self.stats),
-                labels,
-                np.asarray(self._source["weights"][start:stop]),
-            )
+            shape = (stop - start, *self._source["raw"].shape[1:])
+            parts = (self._image, self._training_labels, self._weights)
+            if _BYTES_PER_VOXEL * math.prod(shape) > CACHED_RUN_BYTES:
+                return tuple(_Boxes(read, shape, start) for read in parts)
+            whole = ((start, 0, 0), (stop, *shape[1:]))
+            self._volumes[start, stop] = tuple(read(*whole) for read in parts)
         return self._volumes[start, stop]
+
+    def _image(self, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+        """The normalised image of the box ``[start, stop)`` (z, y, x)."""
+        return normalize(self._source["raw"][tuple(map(slice, start, stop))], self.stats)
+
+    def _training_labels(self, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+        """The training labels of the box (:meth:`_labels` of a 3D box)."""
+        box = tuple(map(slice, start, stop))
+        return self._mark_unknown(training_labels_box(self._source, start, stop), box)
+
+    def _weights(self, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+        return np.asarray(self._source["weights"][tuple(map(slice, start, stop))])
 
     def _labels(self, z: int) -> np.ndarray:
         """The training labels of slice ``z``; for affinities, unknown truth (the group's mask)
         as :data:`_UNKNOWN`, which the nearest-neighbour warp carries exactly."""
-        labels = training_labels(self._source, z)
+        return self._mark_unknown(training_labels(self._source, z), z)
+
+    def _mark_unknown(self, labels: np.ndarray, where: Any) -> np.ndarray:
+        """``labels`` of the group's labels at ``where``, with an affinity net's unknown truth
+        (the group's mask there) as :data:`_UNKNOWN`."""
         if self.offsets is None or "mask" not in self._source:
             return labels
-        return np.where(np.asarray(self._source["mask"][z]) > 0, labels, _UNKNOWN)
+        return np.where(np.asarray(self._source["mask"][where]) > 0, labels, _UNKNOWN)
+
+
+CACHED_RUN_BYTES = 2**30
+"""A DataLoader worker keeps a run of training slices in memory up to this size (image, labels
+and weights: :data:`_BYTES_PER_VOXEL` a voxel); a larger run is read box by box per tile."""
+_BYTES_PER_VOXEL = 12
+
+
+class _Boxes:
+    """The image, labels or weights of a run of slices from ``z0`` on, as an array that reads
+    only the box it is sliced with (all :func:`unetpipe.tiling.read_mirrored` asks of one)."""
+
+    def __init__(self, read: Any, shape: tuple[int, ...], z0: int) -> None:
+        self.read, self.shape, self.z0 = read, shape, z0
+
+    def __getitem__(self, box: tuple[slice, ...]) -> np.ndarray:
+        start, stop = [s.start for s in box], [s.stop for s in box]
+        return self.read([start[0] + self.z0, *start[1:]], [stop[0] + self.z0, *stop[1:]])
 
 
 _UNKNOWN = np.iinfo(np.uint32).max

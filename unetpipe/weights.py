@@ -188,13 +188,31 @@ def training_volume_labels(group: Any, start: int, stop: int) -> np.ndarray:
     """Slices ``start:stop`` of the labels as the weight maps saw them (:func:`training_labels`):
     with ``weights.mode: 3d`` the separation gap is put in 3D, reading the slices it reaches
     beyond the range, else slice by slice."""
+    height, width = group["labels"].shape[1:]
+    return training_labels_box(group, (start, 0, 0), (stop, height, width))
+
+
+def training_labels_box(group: Any, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
+    """The labels of the box ``[start, stop)`` (z, y, x) as the weight maps saw them: the
+    separation gap computed on the box and the pixels it reaches around it (in 3D with
+    ``weights.mode: 3d``, else slice by slice), so that any box equals that crop of the whole
+    stack's training labels."""
     attrs = group["weights"].attrs
     gap = int(attrs.get("separation_gap", 0))
-    if attrs.get("mode") != "3d":
-        return np.stack([training_labels(group, z) for z in range(start, stop)])
-    reach = (gap + 1) // 2
-    low, high = max(0, start - reach), min(group["labels"].shape[0], stop + reach)
-    return separate_instances(np.asarray(group["labels"][low:high]), gap)[start - low : stop - low]
+    in_3d = attrs.get("mode") == "3d"
+    reach = (gap + 1) // 2  # the wider of the two filters of separate_instances
+    margins = (reach if in_3d else 0, reach, reach)
+    shape = group["labels"].shape
+    low = [max(0, a - m) for a, m in zip(start, margins, strict=True)]
+    high = [min(n, b + m) for b, m, n in zip(stop, margins, shape, strict=True)]
+    labels = np.asarray(group["labels"][tuple(map(slice, low, high))])
+    if in_3d:
+        separated = separate_instances(labels, gap)
+    else:
+        separated = np.stack([separate_instances(plane, gap) for plane in labels])
+    return separated[
+        tuple(slice(a - lo, b - lo) for a, b, lo in zip(start, stop, low, strict=True))
+    ]
 
 
 def _weights_of(
