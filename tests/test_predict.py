@@ -134,6 +134,8 @@ def test_anisotropic_3d_net_tiled_equals_one_pass(padding: str) -> None:
         np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="along axis 0"):
         model.output_size((smallest[0] + 1, smallest[1], smallest[2]))
+    with pytest.raises(ValueError, match=r"nearest valid tiles: \[18, 20\] \(axis z of tile"):
+        predict_image(model, volume, tile=(19, smallest[1], smallest[2]))
 
 
 def _dihedral(image: np.ndarray, k: int, flip: bool) -> tuple:

@@ -183,9 +183,16 @@ class Geometry:
         return tuple(a.smallest_tile(m) for a, m in zip(self.axes, min_output, strict=True))
 
     def tile_output(self, tile: Sequence[int]) -> tuple[int, ...]:
-        """Per axis, the output extent kept from an input tile (ValueError naming the nearest
-        valid tiles along the first invalid axis)."""
-        return tuple(a.tile_output(t) for a, t in zip(self.axes, tile, strict=True))
+        """Per axis, the output extent kept from an input tile (ValueError naming the axis and
+        its nearest valid tiles where one is invalid)."""
+        outputs = []
+        for index, (axis, extent) in enumerate(zip(self.axes, tile, strict=True)):
+            try:
+                outputs.append(axis.tile_output(extent))
+            except ValueError as err:
+                name = "zyx"[3 - self.dims + index]
+                raise ValueError(f"{err} (axis {name} of tile {tuple(tile)})") from None
+        return tuple(outputs)
 
 
 @dataclass(frozen=True)
