@@ -97,8 +97,10 @@ def make_job(folder: Path, p: dict[str, Any]) -> predict._Job:
         False,
         "float16",
         "auto",
+        "float32",  # precision and memory format: the plan depends on neither
+        "contiguous",
     )
-    predict._open_partial(Path(job.target), {"plan": "only"}, 2, p["shape"], job)
+    predict._create_partial(Path(job.target), {"plan": "only"}, 2, p["shape"], job)
     return job
 
 
