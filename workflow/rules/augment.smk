@@ -26,7 +26,8 @@ rule augment:
         model={
             key: value
             for key, value in config["model"].items()
-            if key in ("depth", "padding") or (key in ("pool", "kernel") and value is not None)
+            if key in ("depth", "padding")
+            or (key in ("pool", "kernel") and value is not None)
         },
         upstream=upstream(*DATA_SECTIONS, "weights"),
     script:
