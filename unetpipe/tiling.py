@@ -86,7 +86,7 @@ class AxisGeometry:
         layout)."""
         return math.prod(self.pools)
 
-    @property
+    @functools.cached_property  # planning asks for it once per candidate tile of every block
     def halo(self) -> int:
         """Context pixels per side that a tile needs for exact outputs.
 
