@@ -84,7 +84,7 @@ def main() -> None:
         )
         model, _ = load_model(folder / "model.pt", str(device))
         shape = (args.slices, args.size, args.size)
-        max_tile = predict._max_tile(model, None, args.batch_size, args.memory_gb)  # the budget's
+        max_tile = predict._max_tile(model, None, args.batch_size, args.memory_gb, shape[1:])
         tiles = tiles_of_run(model, (1, *shape[1:]), max_tile) * args.slices
         network = bare(model, tiles, args.batch_size)
         volume = make_input(folder / "in.zarr", args.slices, args.size)

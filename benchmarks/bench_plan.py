@@ -59,7 +59,7 @@ def plan(net: dict[str, Any], size: int, memory_gb: float) -> dict[str, Any]:
         model = UNet(**net)
     geometry = Geometry.of(model)
     shape = (size,) * 3
-    max_tile = predict._max_tile(model, None, 1, memory_gb)
+    max_tile = predict._max_tile(model, None, 1, memory_gb, shape)
     block = predict._block_shape(shape, geometry.dims, max_tile, geometry)
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
     batch = predict._batch_shape(grid)

@@ -147,7 +147,7 @@ def predicted(
     model = UNet(base_channels=base, depth=depth).eval()
     save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
-    cap = _max_tile(model, None, 1, memory_gb)
+    cap = _max_tile(model, None, 1, memory_gb, (size, size))
     geometry = Geometry.of(model)
     covering = tuple(plan_axis(size, t, a).tile for t, a in zip(cap, geometry.axes, strict=True))
     started = time.perf_counter()

@@ -162,6 +162,39 @@ def test_memory_budget_picks_the_largest_fitting_tile() -> None:
     assert max_tile_for_budget(config, geometry, budget, batch_size=4)[0] < tile
 
 
+def test_the_budget_grows_only_the_axes_that_still_need_tiles() -> None:
+    """A thin anisotropic stack (issue 34): one cube limit for every axis gave (234, 220, 220)
+    tiles predicting 36 x 36 px in the plane for a 30-section stack; with the extent to predict,
+    z stops at the tile covering 30 sections and the budget widens the plane."""
+    config = UNet(
+        dims=3,
+        depth=5,
+        base_channels=16,
+        pool=[[1, 2, 2]] * 3 + [[2, 2, 2]],
+        kernel=[[1, 3, 3]] * 3 + [[3, 3, 3]] * 2,
+    ).config
+    geometry, budget = Geometry.of(config), 4 * 2**30
+    z, y, x = geometry.axes
+    assert max_tile_for_budget(config, geometry, budget) == (234, 220, 220)
+    tile = max_tile_for_budget(config, geometry, budget, extent=(30, 512, 512))
+    assert tile[0] == z.smallest_tile(30) == 46 and tile[1] == tile[2]
+    assert geometry.tile_output(tile)[0] == 30
+    assert activation_bytes(config, tile) <= budget
+    assert activation_bytes(config, (46, tile[1] + 16, tile[2] + 16)) > budget
+    # A plane the budget covers: every axis stops at its covering tile.
+    small = max_tile_for_budget(config, geometry, budget, extent=(30, 100, 100))
+    assert small == (46, y.smallest_tile(100), x.smallest_tile(100))
+
+
+def test_activation_memory_follows_the_pooling_of_each_axis() -> None:
+    """Level l holds 2**l x base channels on the tile shrunk by the poolings above it: 4x per
+    in-plane pooling of an anisotropic net, 8x per cubic one."""
+    poolings = [[1, 2, 2], [2, 2, 2]]
+    config = UNet(dims=3, depth=3, base_channels=8, pool=poolings).config
+    skips = 1 + 2 / 4 + 4 / (4 * 8)
+    assert activation_bytes(config, (10, 20, 20)) == int(4 * 8 * 4000 * (skips + 4))
+
+
 def test_a_budget_too_small_for_sensible_tiles_is_refused_naming_the_least() -> None:
     """Issue 29: 1e-6 GiB planned 65,536 blocks of 4 x 4 px without a word."""
     from unetpipe.tiling import MIN_BUDGET_OUTPUT

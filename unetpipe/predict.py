@@ -104,7 +104,7 @@ def predict_image(
     geometry = Geometry.of(model)
     image = np.asarray(image, dtype=np.float32)
     _check_image(image, geometry.dims, "image")
-    max_tile = _max_tile(model, tile, batch_size, memory_gb)
+    max_tile = _max_tile(model, tile, batch_size, memory_gb, image.shape)
     precision = resolve_precision(precision, next(model.parameters()).device)
     region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, tta)
     data = read_mirrored(image, region.start, region.stop, mirror)
@@ -143,8 +143,14 @@ def _check_image(image: np.ndarray, dims: int, name: str) -> None:
 
 
 def _max_tile(
-    model: UNet, tile: int | Sequence[int] | None, batch_size: int, memory_gb: float
+    model: UNet,
+    tile: int | Sequence[int] | None,
+    batch_size: int,
+    memory_gb: float,
+    extent: Sequence[int],
 ) -> tuple[int, ...]:
+    """The configured tile per axis (checked), or the largest that fits the memory budget while
+    ``extent`` (output px per axis) still needs it."""
     geometry = Geometry.of(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
@@ -156,7 +162,7 @@ def _max_tile(
             f"got {memory_gb!r}"
         )
     if tile is None:
-        return max_tile_for_budget(model.config, geometry, memory_gb * 2**30, batch_size)
+        return max_tile_for_budget(model.config, geometry, memory_gb * 2**30, batch_size, extent)
     tiles = (tile,) * geometry.dims if isinstance(tile, int) else tuple(tile)
     if len(tiles) != geometry.dims:
         raise ValueError(f"tile needs {geometry.dims} extents, got {tiles}")
@@ -712,7 +718,6 @@ def predict_zarr(
     if 0 in source.shape:
         raise ValueError(f"input array is empty (shape {source.shape})")
     geometry = Geometry.of(model)
-    cap = _max_tile(model, tile, batch_size, memory_gb)
     given = None if block is None else tuple(int(b) for b in block)
     if given is not None:
         if len(given) != 3 or (dims == 2 and given[0] != 1) or min(given) < 1:
@@ -727,6 +732,7 @@ def predict_zarr(
         min(b, n)
         for b, n in zip((given or source.shape)[3 - dims :], source.shape[3 - dims :], strict=True)
     )
+    cap = _max_tile(model, tile, batch_size, memory_gb, region)
     covering = tuple(
         plan_axis(n, c, a).tile for n, c, a in zip(region, cap, geometry.axes, strict=True)
     )

@@ -245,39 +245,51 @@ def activation_bytes(config: dict[str, Any], tile: Sequence[int], batch_size: in
     """Estimated peak memory of one inference forward pass (float32 feature maps).
 
     At the peak the skip connections of all levels are alive (a geometric sum dominated by the
-    first level) plus about four first-level maps while the last level is decoded.
+    first level: level l has 2**l times the channels on the tile shrunk by the poolings above it)
+    plus about four first-level maps while the last level is decoded.
     """
     pixels = math.prod(tile)
-    base = config["base_channels"]
-    dims = config["dims"]
-    skips = sum(2**level / 2 ** (level * dims) for level in range(config["depth"]))
-    return int(4 * batch_size * base * pixels * (skips + 4))
+    axes, depth = layout(config), config["depth"]
+    shrink = [math.prod(pools[i] for _, pools in axes) for i in range(depth - 1)]
+    skips = sum(2**level / math.prod(shrink[:level]) for level in range(depth))
+    return int(4 * batch_size * config["base_channels"] * pixels * (skips + 4))
 
 
 def max_tile_for_budget(
-    config: dict[str, Any], geometry: Geometry, memory_bytes: float, batch_size: int = 1
+    config: dict[str, Any],
+    geometry: Geometry,
+    memory_bytes: float,
+    batch_size: int = 1,
+    extent: Sequence[int] | None = None,
 ) -> tuple[int, ...]:
     """Largest valid tile, per axis, whose forward pass fits ``memory_bytes``: the largest
-    extent n such that the largest valid tile of at most n px on every axis fits. A budget that
-    fits no tile of :data:`MIN_BUDGET_OUTPUT` output px per axis is a ValueError naming the least
-    sensible budget: smaller tiles spend nearly all their work on the overlap (Fig. 2)."""
-    floor = geometry.smallest_tile((MIN_BUDGET_OUTPUT[geometry.dims],) * geometry.dims)
+    extent n such that the largest valid tile of at most n px on every axis fits. With the
+    ``extent`` to predict (output px per axis), an axis stops growing once one tile covers it,
+    so the budget goes to the axes that still need tiles (a thin stack of sections: tiles as wide
+    as the budget allows in the plane). A budget that fits no tile of
+    :data:`MIN_BUDGET_OUTPUT` output px per axis is a ValueError naming the least sensible
+    budget: smaller tiles spend nearly all their work on the overlap (Fig. 2)."""
+    least = MIN_BUDGET_OUTPUT[geometry.dims]
+    cover = extent or (1 << 16,) * geometry.dims
+    floor = geometry.smallest_tile([min(least, c) for c in cover])
+    whole = geometry.smallest_tile(cover)
 
     def tile(limit: int) -> tuple[int, ...]:
         return tuple(
-            max(a.largest_tile(limit), f) for a, f in zip(geometry.axes, floor, strict=True)
+            min(max(a.largest_tile(limit), f), w)
+            for a, f, w in zip(geometry.axes, floor, whole, strict=True)
         )
 
     need = activation_bytes(config, floor, batch_size)
     if need > memory_bytes:
         raise ValueError(
             f"a memory budget of {memory_bytes / 2**30:.3g} GiB fits no tile with "
-            f"{MIN_BUDGET_OUTPUT[geometry.dims]} output px per axis; give at least "
+            f"{least} output px per axis; give at least "
             f"{math.ceil(need / 2**30 * 1000) / 1000:g} GiB (memory_gb, --memory-gb) or a tile"
         )
     step = min(geometry.align)
     best, limit = floor, max(floor)
-    while limit < 1 << 16:
+    while limit < max(whole):
         limit += step
         candidate = tile(limit)
         if activation_bytes(config, candidate, batch_size) > memory_bytes:
