@@ -615,6 +615,21 @@ def test_command_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert tree(tmp_path / "p.zarr") == before
 
 
+def test_command_line_takes_a_tile_per_axis(tmp_path: Path) -> None:
+    """An anisotropic net has no single valid extent for every axis: ``--tile z y x``."""
+    torch.manual_seed(5)
+    model = UNet(base_channels=4, depth=3, dims=3, **ANISOTROPIC).eval()
+    save_model(tmp_path / "m.pt", model, normalization=STATS)
+    raw = make_volume(tmp_path / "raw.zarr", (9, 30, 26))
+    tile = [str(t + s) for t, s in zip(Geometry.of(model).smallest_tile((1, 1, 1)), (2, 8, 4))]
+    args = ["predict", str(tmp_path / "m.pt"), str(tmp_path / "raw.zarr"), str(tmp_path / "p.zarr")]
+    assert main([*args, "--tile", *tile, "--precision", "float32", "--no-progress"]) == 0
+    expected = predict_image(model, normalize(raw[:], STATS))
+    probs = open_image(tmp_path / "p.zarr", "czyx")[:].astype(np.float32)
+    np.testing.assert_allclose(probs, expected, atol=1e-3, rtol=0)
+    assert open_image(tmp_path / "p.zarr", "czyx").attrs["tile"] == [int(t) for t in tile]
+
+
 def test_every_predict_option_has_help() -> None:
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="OME-Zarr image to write (classes, z, y, x), e.g. out.ome.zarr; outside the input",
     )
     parser.add_argument(
-        "--tile", type=int, help="largest input tile, a valid extent (default: fit --memory-gb)"
+        "--tile",
+        type=int,
+        nargs="+",
+        help="largest input tile, a valid extent or one per axis (default: fit --memory-gb)",
     )
     parser.add_argument(
         "--memory-gb",
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.input,
         args.output,
-        tile=args.tile,
+        tile=args.tile[0] if args.tile and len(args.tile) == 1 else args.tile,
         memory_gb=args.memory_gb,
         block=args.block,
         batch_size=args.batch_size,
