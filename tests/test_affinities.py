@@ -6,10 +6,12 @@ import pytest
 from unetpipe.affinities import (
     OFFSETS_2D,
     OFFSETS_3D,
+    affinities_of_view,
     affinity_targets,
     cell_map,
     check_offsets,
     default_offsets,
+    dihedral_channels,
     is_attractive,
     network_config,
 )
@@ -90,3 +92,55 @@ def test_network_config_of_the_model_section():
         network_config(section | {"offsets": [[-1, 0]]})
     with pytest.raises(ValueError, match="3 axes"):
         network_config(section | {"target": "affinities", "dims": 3, "offsets": [[-1, 0]]})
+
+
+DIAGONALS = [[-1, 0], [0, -1], [-9, -9], [9, -9]]
+
+
+def test_dihedral_channels_by_hand():
+    """A view flipped in y maps [-1, 0] to [1, 0] (the first channel, reversed) and swaps the two
+    diagonals; a transposed view swaps y and x and reverses the [9, -9] diagonal."""
+    assert dihedral_channels(DIAGONALS, (0, 0), False) == [(k, False) for k in range(4)]
+    assert dihedral_channels(DIAGONALS, (1, 0), False) == [
+        (0, True),
+        (1, False),
+        (3, False),
+        (2, False),
+    ]
+    assert dihedral_channels(DIAGONALS, (0, 0), True) == [
+        (1, False),
+        (0, False),
+        (2, False),
+        (3, True),
+    ]
+    assert dihedral_channels(DIAGONALS, (1, 1), False) == [
+        (0, True),
+        (1, True),
+        (2, True),
+        (3, True),
+    ]
+    with pytest.raises(ValueError, match=r"offset \[4, -7\] to one that model.offsets"):
+        dihedral_channels([[-1, 0], [0, -1], [4, -7]], (0, 0), True)
+
+
+@pytest.mark.parametrize("offsets", [OFFSETS_2D, OFFSETS_3D], ids=["2d", "3d"])
+def test_every_view_of_perfect_affinities_gives_the_image_affinities(offsets):
+    """The affinities of each flipped/transposed view of a label image, mapped back, are the
+    image's own affinities (``affinity_targets`` as the independent reference)."""
+    dims = len(offsets[0])
+    margin = [max(abs(o[a]) for o in offsets) for a in range(dims)]
+    size = (3, 20, 17)[3 - dims :]
+    grown = [n + 2 * m for n, m in zip(size, margin, strict=True)]
+    labels = np.random.default_rng(2).integers(0, 4, size=grown)
+    inner = tuple(slice(m, m + n) for m, n in zip(margin, size, strict=True))
+    expected = affinity_targets(labels, offsets)[0][(slice(None), *inner)]
+    for flips in itertools.product((0, 1), repeat=2):
+        for swap in (False, True):
+            axes = [dims - 2 + i for i, f in enumerate(flips) if f]
+            view = np.flip(labels, axes) if axes else labels
+            view = np.swapaxes(view, -1, -2) if swap else view
+            back = affinity_targets(view, offsets)[0]
+            back = np.swapaxes(back, -1, -2) if swap else back
+            back = np.flip(back, [a + 1 for a in axes]) if axes else back
+            got = affinities_of_view(back, offsets, flips, swap, margin, size)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{flips} {swap}")

@@ -120,6 +120,60 @@ def affinity_targets(
     return targets, valid
 
 
+def dihedral_channels(
+    offsets: Sequence[Sequence[int]], flips: Sequence[int], swap: bool
+) -> list[tuple[int, bool]]:
+    """Test-time augmentation of an affinity net: a view of the (y, x) plane flipped (``flips``,
+    per axis) and then transposed (``swap``) predicts channel ``k`` between ``v`` and ``v +
+    offsets[k]`` in the view, i.e. between ``x`` and ``x + d_k`` once mapped back, ``d_k`` the
+    offset transposed and flipped back. For each offset ``o_j``, the channel ``k`` and whether
+    ``d_k = -o_j`` (the pair reversed: the affinity of ``x`` is the channel at ``x + o_j``).
+    ValueError when an offset has neither: TTA needs offsets closed, up to sign, under the flips
+    and rotations of the plane (as the defaults are)."""
+    mapped = []
+    for offset in offsets:
+        d = [int(v) for v in offset]
+        if swap:
+            d[-2], d[-1] = d[-1], d[-2]
+        for axis, flip in zip((-2, -1), flips, strict=True):
+            d[axis] = -d[axis] if flip else d[axis]
+        mapped.append(tuple(d))
+    channels = []
+    for offset in offsets:
+        o = tuple(int(v) for v in offset)
+        if o in mapped:
+            channels.append((mapped.index(o), False))
+        elif tuple(-v for v in o) in mapped:
+            channels.append((mapped.index(tuple(-v for v in o)), True))
+        else:
+            raise ValueError(
+                f"tta flips and rotates the (y, x) plane, which takes offset {list(o)} to one "
+                f"that model.offsets {[list(map(int, x)) for x in offsets]} lack (up to sign): "
+                "add its mirror images or predict with tta off"
+            )
+    return channels
+
+
+def affinities_of_view(
+    probs: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    flips: Sequence[int],
+    swap: bool,
+    margin: Sequence[int],
+    size: Sequence[int],
+) -> np.ndarray:
+    """A TTA view's affinities as the channels of ``offsets`` over a region of ``size`` px:
+    ``probs`` is the view flipped and transposed back, over the region grown by ``margin`` px
+    before it (and at least as much after it), margin >= every offset's reach; reversed channels
+    are read ``o_j`` further (:func:`dihedral_channels`)."""
+    out = np.empty((len(offsets), *size), dtype=probs.dtype)
+    for j, (k, reverse) in enumerate(dihedral_channels(offsets, flips, swap)):
+        shift = [int(v) for v in offsets[j]] if reverse else [0] * len(size)
+        box = tuple(slice(m + s, m + s + n) for m, s, n in zip(margin, shift, size, strict=True))
+        out[j] = probs[k][box]
+    return out
+
+
 def cell_map(probs: np.ndarray, config: dict[str, Any]) -> np.ndarray:
     """The cell probability map of a network's output (C, *spatial): channel 1 (cell) of a
     boundary net; of an affinity net the mean of its nearest-neighbour channels (the probability

@@ -33,7 +33,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from unetpipe.affinities import channel_names
+from unetpipe.affinities import affinities_of_view, channel_names, dihedral_channels
 from unetpipe.intensity import normalize
 from unetpipe.io import (
     PROVENANCE,
@@ -106,7 +106,8 @@ def predict_image(
     _check_image(image, geometry.dims, "image")
     max_tile = _max_tile(model, tile, batch_size, memory_gb, image.shape)
     precision = resolve_precision(precision, next(model.parameters()).device)
-    region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, tta)
+    views = _Views(tta, _tta_reach(model.config, tta), image.shape)
+    region = _plan_region(geometry, (0,) * geometry.dims, image.shape, max_tile, views)
     data = read_mirrored(image, region.start, region.stop, mirror)
     largest = tuple(p.tile for p in region.plans)
     fmt, _ = choose_memory_format(
@@ -119,10 +120,8 @@ def predict_image(
 
 def _check_tta(model: UNet, tta: bool) -> None:
     if tta and "offsets" in model.config:
-        raise ValueError(
-            "tta averages channels over flips and rotations, which move an affinity's offset to "
-            "another channel: predict an affinity network with tta off"
-        )
+        for flips, swap in _DIHEDRAL:  # ValueError unless every view's channels map back
+            dihedral_channels(model.config["offsets"], flips, swap)
     axes = Geometry.of(model).axes
     if tta and axes[-1] != axes[-2]:
         raise ValueError(
@@ -287,7 +286,9 @@ def _untransform(array: np.ndarray, flips: Sequence[int], swap: bool) -> np.ndar
 @dataclass(frozen=True)
 class _Region:
     """Output pixels ``[origin, origin + size)``, the tiles covering them per axis (and with TTA
-    those of the views transposed in (y, x)), and the input box ``[start, stop)`` they read."""
+    those of the views transposed in (y, x)), and the input box ``[start, stop)`` they read. With
+    TTA the tiles cover more: ``margin`` px before the region (and as many after it, plus what
+    puts its end where the image's end lies on the pooling grid, :func:`_plan_region`)."""
 
     origin: tuple[int, ...]
     size: tuple[int, ...]
@@ -295,6 +296,26 @@ class _Region:
     swapped: tuple[AxisPlan, ...]  # empty without TTA
     start: tuple[int, ...]
     stop: tuple[int, ...]
+    margin: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Views:
+    """Test-time augmentation of a prediction: on or off, the reach of an affinity net's offsets
+    per axis (:func:`_tta_reach`), and the extent of the whole image or volume (its end fixes the
+    pooling grid of the flipped views)."""
+
+    tta: bool
+    reach: tuple[int, ...]
+    extent: tuple[int, ...]
+
+
+def _tta_reach(config: dict[str, Any], tta: bool) -> tuple[int, ...]:
+    """Per axis, how far a TTA view of an affinity net's region must extend: a channel that a
+    view reverses is read one offset away (:func:`unetpipe.affinities.affinities_of_view`)."""
+    if not tta or "offsets" not in config:
+        return ()
+    return tuple(max(abs(int(o[a])) for o in config["offsets"]) for a in range(config["dims"]))
 
 
 def _plan_region(
@@ -302,27 +323,39 @@ def _plan_region(
     origin: Sequence[int],
     size: Sequence[int],
     max_tile: Sequence[int],
-    tta: bool,
+    views: _Views,
 ) -> _Region:
-    """Tiles of an output region; ``origin`` must lie on the pooling grid."""
+    """Tiles of an output region; ``origin`` must lie on the pooling grid.
+
+    With TTA the tiles cover the region grown by the reach of an affinity net's offsets (rounded
+    up to the pooling grid) on each side, and at its end by what puts the end where the image's
+    end lies on the pooling grid: a flipped view sees the grid of the whole flipped image, so
+    blocks give the whole image's TTA exactly."""
     halo, axes = geometry.halo, geometry.axes
-    plans = tuple(plan_axis(s, t, a) for s, t, a in zip(size, max_tile, axes, strict=True))
-    if not tta:
+    if not views.tta:
+        plans = tuple(plan_axis(s, t, a) for s, t, a in zip(size, max_tile, axes, strict=True))
         start = tuple(o - h for o, h in zip(origin, halo, strict=True))
         stop = tuple(a + p.read_length for a, p in zip(start, plans, strict=True))
         return _Region(tuple(origin), tuple(size), plans, (), start, stop)
+    reach = views.reach or (0,) * len(size)
+    margin = tuple(math.ceil(r / a) * a for r, a in zip(reach, geometry.align, strict=True))
+    grown = tuple(
+        s + 2 * m + (n - o - s) % a
+        for o, s, m, n, a in zip(origin, size, margin, views.extent, geometry.align, strict=True)
+    )
+    plans = tuple(plan_axis(s, t, a) for s, t, a in zip(grown, max_tile, axes, strict=True))
     # Transposed views swap the last two axes (with their tile limits); TTA needs the same
     # geometry on both (checked by _check_tta).
     swapped = plans[:-2] + (
-        plan_axis(size[-1], max_tile[-1], axes[-1]),
-        plan_axis(size[-2], max_tile[-2], axes[-2]),
+        plan_axis(grown[-1], max_tile[-1], axes[-1]),
+        plan_axis(grown[-2], max_tile[-2], axes[-2]),
     )
     extra = max(
         p.read_length - p.size - 2 * h for p, h in zip(plans + swapped, halo + halo, strict=True)
     )
-    start = tuple(o - h - extra for o, h in zip(origin, halo, strict=True))
-    stop = tuple(o + s + h + extra for o, s, h in zip(origin, size, halo, strict=True))
-    return _Region(tuple(origin), tuple(size), plans, swapped, start, stop)
+    start = tuple(o - m - h - extra for o, m, h in zip(origin, margin, halo, strict=True))
+    stop = tuple(a + g + 2 * (h + extra) for a, g, h in zip(start, grown, halo, strict=True))
+    return _Region(tuple(origin), tuple(size), plans, swapped, start, stop, margin)
 
 
 def _predict_region(model: UNet, data: np.ndarray, region: _Region, run: _Pass) -> np.ndarray:
@@ -330,13 +363,23 @@ def _predict_region(model: UNet, data: np.ndarray, region: _Region, run: _Pass) 
     input box ``[region.start, region.stop)``."""
     if not region.swapped:
         return _run_tiles(model, data, region.plans, run)
-    extra = region.origin[0] - region.start[0] - Geometry.of(model).halo[0]
+    extra = region.origin[0] - region.margin[0] - region.start[0] - Geometry.of(model).halo[0]
+    offsets = model.config.get("offsets")
     total = np.zeros((model.config["n_classes"], *region.size), dtype=np.float32)
     for flips, swap in _DIHEDRAL:
         view = _transform(data, flips, swap)
         axis_plans = region.swapped if swap else region.plans
         view = view[tuple(slice(extra, extra + p.read_length) for p in axis_plans)]
-        total += _untransform(_run_tiles(model, view, axis_plans, run), flips, swap)
+        probs = _untransform(_run_tiles(model, view, axis_plans, run), flips, swap)
+        if offsets is not None:  # channels to the image's offsets, the margin cropped
+            total += affinities_of_view(probs, offsets, flips, swap, region.margin, region.size)
+        else:
+            total += probs[
+                (
+                    slice(None),
+                    *(slice(m, m + n) for m, n in zip(region.margin, region.size, strict=True)),
+                )
+            ]
     return total / len(_DIHEDRAL)
 
 
@@ -432,6 +475,7 @@ class _Job:
     device: str
     precision: str  # resolved
     memory_format: str
+    reach: tuple[int, ...] = ()  # TTA of an affinity net: offsets' reach per axis
 
     @property
     def run(self) -> _Pass:
@@ -532,7 +576,8 @@ def _read_block(
     started = time.perf_counter()
     origin, size = _block_box(job, index)
     lead = 3 - job.geometry.dims  # a 2D net: the block's z range, each slice on its own
-    region = _plan_region(job.geometry, origin[lead:], size[lead:], job.max_tile, job.tta)
+    views = _Views(job.tta, job.reach, job.source.shape[lead:])
+    region = _plan_region(job.geometry, origin[lead:], size[lead:], job.max_tile, views)
     start = (*origin[:lead], *region.start)
     stop = (*(o + s for o, s in zip(origin[:lead], size[:lead], strict=True)), *region.stop)
     source = _CheckedSource(job.source)
@@ -806,6 +851,7 @@ def predict_zarr(
         device,
         precision,
         fmt,
+        reach=_tta_reach(model.config, tta),
     )
     if not resumed:
         attrs = {**attrs, "memory_format": fmt, "fingerprint": fingerprint}
