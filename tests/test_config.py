@@ -64,7 +64,10 @@ def test_run_and_result_settings_split_every_section():
         if not isinstance(values, dict) or section == "resources":
             continue
         run, result = config.run_settings(section, values), config.result_settings(section, values)
-        assert set(run) | set(result) == set(values), section
+        later = {
+            k for k, v in values.items() if v is None and _node(section, k).get("params_when_set")
+        }
+        assert set(run) | set(result) | later == set(values), section
         for key in set(run) & set(result):  # only a nested section can have both kinds
             assert isinstance(values[key], dict), (section, key)
     assert set(config.run_settings("train", full["train"])) == {
@@ -83,6 +86,28 @@ def test_run_and_result_settings_split_every_section():
         "dtype",
         "precision",
     }
+
+
+def _node(section: str, key: str) -> dict:
+    return config._schema()["properties"][section]["properties"][key]
+
+
+def test_a_later_setting_at_its_default_leaves_the_params_of_existing_runs() -> None:
+    """model.pool and model.kernel came after runs existed: at null they stay out of the train
+    rule's params (and every later rule's upstream digest), which therefore read as before them
+    (a stop shipped them as kernel: None, pool: None, rerunning every trained run)."""
+    model = config.load_config(None)["model"]
+    assert set(config.result_settings("model", model)) == {
+        "base_channels",
+        "depth",
+        "dims",
+        "dropout",
+        "offsets",
+        "padding",
+        "target",
+    }
+    layout = {**model, "pool": [[2, 2]] * 4}
+    assert config.result_settings("model", layout)["pool"] == [[2, 2]] * 4
 
 
 def _parameters(function) -> dict:

@@ -142,6 +142,8 @@ def _split(section: str, values: Mapping[str, Any], run: bool) -> dict[str, Any]
         if sub.get("run_setting", False):
             if run:
                 out[key] = value
+        elif sub.get("params_when_set", False) and value is None:
+            continue  # a later-added setting at its default: existing runs' params as they were
         elif isinstance(value, Mapping) and "properties" in sub:
             part = _split(f"{section}.{key}", value, run)
             if part or not run:

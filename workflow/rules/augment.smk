@@ -22,12 +22,11 @@ rule augment:
         **rule_resources("augment", mem_mb=4000, runtime=60),
     params:
         cfg=section("augment"),
-        # The tile geometry; pool and kernel only when set (params of existing runs unchanged).
+        # The tile geometry (pool and kernel only when set: schema params_when_set).
         model={
             key: value
-            for key, value in config["model"].items()
-            if key in ("depth", "padding")
-            or (key in ("pool", "kernel") and value is not None)
+            for key, value in section("model").items()
+            if key in ("depth", "padding", "pool", "kernel")
         },
         upstream=upstream(*DATA_SECTIONS, "weights"),
     script:
