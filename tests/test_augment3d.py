@@ -1,6 +1,8 @@
 """3D augmentation (issue 34): the tile, the labels that follow the image, the coarse lattice of
 the elastic field in physical units, reproducibility."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,56 @@ def test_bad_tiles_are_refused():
             params=None,
             rng=sample_rng(0, 0),
         )
+
+
+def test_swap_axes_draws_every_permutation_of_an_isotropic_cube_and_labels_follow():
+    """``rotation.swap_axes``: a rotation across z for isotropic voxels; each tile is the crop with
+    its axes permuted (angle 0, no flips: exactly a transposition), the labels permuted alike."""
+    image, labels, weights = volume((16, 16, 16), seed=2)
+    crop = (slice(3, 13),) * 3
+    params = {**OFF, "rotation": {"enabled": True, "max_degrees": 0.0, "swap_axes": True}}
+    seen = set()
+    for index in range(40):
+        tile, label, _ = augment_volume(
+            image,
+            labels,
+            weights,
+            input_size=10,
+            output_size=10,
+            params=params,
+            rng=sample_rng(0, index),
+            origin=(3, 3, 3),
+        )
+        perms = [
+            p
+            for p in itertools.permutations(range(3))
+            if np.allclose(tile, np.transpose(image[crop], p), atol=1e-5)
+        ]
+        assert len(perms) == 1, index
+        np.testing.assert_array_equal(label, np.transpose(labels[crop], perms[0]))
+        seen.add(perms[0])
+    assert len(seen) == 6
+    default = {**OFF, "rotation": {"enabled": True, "max_degrees": 0.0}}
+    tile, _, _ = augment_volume(
+        image,
+        labels,
+        weights,
+        input_size=10,
+        output_size=10,
+        params=default,
+        rng=sample_rng(0, 1),
+        origin=(3, 3, 3),
+    )
+    np.testing.assert_allclose(tile, image[crop], atol=1e-5)  # unset: z stays z
+    for size, spacing in (((8, 10, 10), (1.0, 1.0, 1.0)), ((10, 10, 10), (2.0, 1.0, 1.0))):
+        with pytest.raises(ValueError, match="cubic tile of equal voxel sizes"):
+            augment_volume(
+                image,
+                labels,
+                weights,
+                input_size=size,
+                output_size=size,
+                params=params,
+                rng=sample_rng(0, 0),
+                spacing=spacing,
+            )

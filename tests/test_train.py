@@ -294,6 +294,16 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(data, tmp_path, 
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
+def test_swap_axes_of_a_2d_net_is_refused_before_training(data, tmp_path):
+    """``augment.rotation.swap_axes`` permutes the axes of isotropic 3D tiles: a 2D net stops at
+    the start with the line that says so, and writes no checkpoint."""
+    train_cfg, model_cfg, augment_cfg = sections(iterations=2)
+    augment_cfg["rotation"]["swap_axes"] = True
+    with pytest.raises(ValueError, match="swap_axes permutes the axes of 3D tiles"):
+        train(data, tmp_path / "run", train_cfg, model_cfg, augment_cfg)
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
+
+
 def test_iteration_sampler_shares_each_global_batch_between_processes():
     one = list(IterationSampler(3, 6, batch=4))
     assert one == list(range(12, 24))

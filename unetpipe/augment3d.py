@@ -5,9 +5,10 @@ on both data and ground truth labels. For this, we sample random vectors from a 
 with standard deviation of 4 in a grid with a spacing of 32 voxels in each direction and then apply
 a B-spline interpolation." Here, as in 2D (:mod:`unetpipe.augment`): N(0, sigma^2) displacements
 on a ``grid`` x ``grid`` x ``grid`` lattice spanning the tile, upsampled bicubically per axis;
-flips of every axis, a rotation in the (y, x) plane only and shifts, in physical units so that an
+flips of every axis, a rotation in the (y, x) plane and shifts, in physical units so that an
 anisotropic stack (``spacing`` (z, y, x), e.g. 50 nm sections of 4 nm pixels) is displaced less
-along z in voxels. Never a rotation across z (its resolution differs).
+along z in voxels. A rotation across z only for isotropic voxels and cubic tiles, where it is asked
+for (``rotation.swap_axes``: a random permutation of the axes).
 
 The image is interpolated with a cubic B-spline (``scipy.ndimage.map_coordinates``, order 3; linear
 or nearest by ``interpolation``), the labels nearest (no new values), the weights linearly, the
@@ -46,14 +47,18 @@ def sampling_map(
 ) -> np.ndarray:
     """Source coordinates (3, z, y, x) of every voxel of an input tile whose corner is ``origin``.
 
-    Flips, a rotation about the z axis and a shift (``max_px`` in-plane pixels, the same physical
-    length along z), then the elastic displacement: ``sigma`` in-plane pixels (the same physical
-    length along z) on the coarse lattice, upsampled bicubically along each axis.
+    Flips, a permutation of the axes (``rotation.swap_axes``), a rotation about the z axis and a
+    shift (``max_px`` in-plane pixels, the same physical length along z), then the elastic
+    displacement: ``sigma`` in-plane pixels (the same physical length along z) on the coarse
+    lattice, upsampled bicubically along each axis.
     """
     scale = np.array([spacing[1] / spacing[0], 1.0, 1.0])  # in-plane pixels -> voxels per axis
     matrix = np.eye(3)
     if params["flip"]["enabled"]:
         matrix = matrix * rng.choice([-1.0, 1.0], size=3)
+    if params["rotation"]["enabled"] and params["rotation"]["swap_axes"]:
+        check_swap_axes(tile, spacing)
+        matrix = np.eye(3)[rng.permutation(3)] @ matrix
     if params["rotation"]["enabled"]:
         angle = math.radians(rng.uniform(-1, 1) * params["rotation"]["max_degrees"])
         turn = np.eye(3)
@@ -75,6 +80,17 @@ def sampling_map(
         up = [upsampling_matrix(t, points) for t in tile]
         coords += np.einsum("ia,jb,kc,dabc->dijk", *up, coarse, optimize=True)
     return coords
+
+
+def check_swap_axes(tile: Sequence[int], spacing: Sequence[float]) -> None:
+    """ValueError unless a permutation of the axes maps a tile onto itself in physical space:
+    three equal voxel sizes and a cubic tile (``augment.rotation.swap_axes``)."""
+    if len(tile) != 3 or len(set(tile)) != 1 or len({float(v) for v in spacing}) != 1:
+        raise ValueError(
+            f"augment.rotation.swap_axes permutes the axes of 3D tiles of isotropic voxels, but "
+            f"the tile is {list(tile)} and dataset.voxel_size {list(spacing)}: use a cubic tile "
+            "of equal voxel sizes, or leave swap_axes unset"
+        )
 
 
 def interpolate(volume: np.ndarray, coords: np.ndarray, order: str) -> np.ndarray:

@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetpipe.affinities import cell_map, network_config
-from unetpipe.augment import resolve_params
+from unetpipe.augment import resolve_params, sizes
+from unetpipe.augment3d import check_swap_axes
 from unetpipe.config import defaults, result_settings
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
@@ -469,6 +470,9 @@ def _train(
         trainer = _Trainer(cfg, model_cfg, device, rank, world)
         augment_cfg = resolve_params(augment_cfg)
         tile = _tile(augment_cfg["tile"], trainer.model)
+        voxel_size = group.attrs.get("voxel_size", (1.0, 1.0, 1.0))
+        if augment_cfg["rotation"]["swap_axes"]:  # before any work: the tile and voxels allow it
+            check_swap_axes(sizes(tile, trainer.dims, "augment.tile"), voxel_size)
         meta = {
             "tile": tile,
             "output_size": trainer.model.output_size(tile),
@@ -520,7 +524,7 @@ def _train(
             bank,
             trainer.offsets,
             trainer.dims,
-            group.attrs.get("voxel_size", (1.0, 1.0, 1.0)),
+            voxel_size,
         )
         loader = DataLoader(
             dataset,
