@@ -14,7 +14,7 @@ import zarr
 
 from unetpipe.model import load_model
 
-from .conftest import TINY, check, snakemake
+from .conftest import REPO, TINY, check, snakemake
 
 
 def volume_config(folder: Path) -> Path:
@@ -65,9 +65,11 @@ def test_a_3d_net_trains_predicts_segments_and_scores_a_volume(tmp_path, anisotr
 
 
 @pytest.mark.slow
-def test_real_nuclei_volume_end_to_end(shared_dir, tmp_path):
-    """The stardist 3D sample (31 x 61 x 57, 51 nuclei; ../shared) as an own-data TIFF stack:
-    trained a few 3D steps, predicted, segmented in 3D, scored on its last 6 slices."""
+def test_the_gpu_volume_recipe_runs_shrunk_on_a_real_nuclei_volume(shared_dir, tmp_path):
+    """config/volume-3d-gpu.yaml with the stardist 3D sample (31 x 61 x 57, 51 nuclei; ../shared)
+    as its TIFF folder, shrunk to a CPU and a few steps (net, tile, steps, device; everything else
+    as shipped: 3D weights, axis permutations, TTA, agglomeration in 3D tuned for SEG): trained,
+    predicted, segmented in 3D, scored on its last 6 slices."""
     samples = shared_dir / "data" / "stardist-samples"
     if not samples.is_dir():
         pytest.skip(f"{samples} is absent")
@@ -75,21 +77,19 @@ def test_real_nuclei_volume_end_to_end(shared_dir, tmp_path):
     stack.mkdir()
     shutil.copy(samples / "img3d.tif", stack / "train-volume.tif")
     shutil.copy(samples / "mask3d.tif", stack / "train-labels.tif")
-    config = yaml.safe_load(volume_config(tmp_path).read_text())
-    config["run"] = "nuclei"
-    config["dataset"] = {
-        "name": "nuclei",
-        "source": "local",
-        "local_dir": str(stack),
-        "labels": "instances",
-        "val_slices": list(range(25, 31)),
-    }
-    del config["synth"]
-    config["segment"]["tune"] = {"enabled": True, "measure": "seg"}
+    config = yaml.safe_load((REPO / "config" / "volume-3d-gpu.yaml").read_text())
+    assert config["augment"]["rotation"] == {"swap_axes": True}
+    config["dataset"].update(local_dir=str(stack), val_slices=list(range(25, 31)))
+    config["augment"]["tile"] = 44
+    config["model"].update(depth=2, base_channels=4)
+    config["train"].update(
+        iterations=12, val_every=6, checkpoint_every=6, device="cpu", gpus=1, workers=0
+    )
+    config["predict"]["arrays"] = ["raw"]
     path = tmp_path / "nuclei.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     check(snakemake(tmp_path, "--cores", "2", configfile=path))
-    run = tmp_path / "results" / "nuclei" / "nuclei"
+    run = tmp_path / "results" / "volume-3d" / "gpu-3d"
     assert zarr.open_group(str(run / "predictions" / "raw.zarr"), mode="r")["0"].shape == (
         2,
         31,
