@@ -39,7 +39,7 @@ from unetpipe import agglomerate as agg
 from unetpipe import metrics
 from unetpipe.affinities import is_attractive
 from unetpipe.config import defaults, section_params
-from unetpipe.io import STORE_EVERY_CHUNK, relative_to_output, writes_output
+from unetpipe.io import STORE_EVERY_CHUNK, open_data, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
     blockwise,
@@ -50,6 +50,7 @@ from unetpipe.mutex import (
     plan_blocks,
 )
 from unetpipe.ngff import ImageArray, label_image, labelled_image, open_image, require_grid
+from unetpipe.splits import Split, resolve, tuning
 
 log = logging.getLogger(__name__)
 
@@ -604,6 +605,46 @@ def segment_zarr(
         else:
             count = _slices_zarr(source, target, params, threads)
     log.info("%s: %d instances in %d slices", output, count, source.shape[1])
+
+
+def segment_stage(
+    predictions: str | Path,
+    output: str | Path,
+    cfg: Mapping[str, Any] | None = None,
+    threads: int = 1,
+    data: str | Path | None = None,
+    split: Split | None = None,
+    tune_slices: Sequence[int] | None = None,
+    tune_predictions: str | Path | None = None,
+    image: str | Path | None = None,
+    overwrite: bool = True,
+) -> None:
+    """The segment stage, as rule ``segment`` and ``unetpipe segment`` run it:
+    :func:`segment_zarr`, with ``tune.enabled`` tuned first against the labels of the dataset
+    group ``data`` (scored where its ``mask`` says the truth is known) on ``tune_slices``, else on
+    the tuning slices (:func:`unetpipe.splits.tuning`, by ``tune.silver_truth``) among the
+    training slices of ``split`` (None: the group's own)."""
+    params = section_params("segment", cfg)
+    truth = known = None
+    if params["tune"]["enabled"] and data is not None:
+        group = open_data(data)
+        truth = group["labels"]
+        known = group["mask"] if "mask" in group else None
+        if tune_slices is None:
+            train = (split or resolve(group))["train"]
+            tune_slices = tuning(group.attrs, train, params["tune"]["silver_truth"])
+    segment_zarr(
+        predictions,
+        output,
+        params,
+        threads,
+        truth,
+        tune_slices,
+        tune_predictions,
+        known,
+        overwrite=overwrite,
+        image=image,
+    )
 
 
 def _check_mutex_source(
