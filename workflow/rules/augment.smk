@@ -29,6 +29,6 @@ rule augment:
             if key in ("depth", "padding")
             or (key in ("pool", "kernel") and value is not None)
         },
-        upstream=upstream(*DATA_SECTIONS, "weights"),
+        upstream=upstream("augment"),
     script:
         "../scripts/augment.py"
