@@ -31,8 +31,8 @@ import zarr
 from unetpipe.affinities import cell_map
 from unetpipe.metrics import v_rand
 from unetpipe.mutex import MAX_3D_VOXELS
-from unetpipe.ngff import open_image
-from unetpipe.segment import affinity_offsets, segment_volume
+from unetpipe.ngff import affinity_offsets, open_image
+from unetpipe.segment import segment_volume
 
 Z_STEPS = (1, 2, 3)
 

@@ -32,12 +32,11 @@ from unetpipe.cli.evaluate import parse_grid
 from unetpipe.datasets import binary_to_instances
 from unetpipe.io import open_data, read_splits, read_stack
 from unetpipe.metrics import thinned_v_rand
-from unetpipe.ngff import open_image
+from unetpipe.ngff import cell_probability, open_image
 from unetpipe.segment import (
     DEFAULTS,
     GRIDS,
     MEASURES,
-    cell_probability,
     score,
     segment_volume,
     segment_zarr,

@@ -32,8 +32,7 @@ from unetpipe.metrics import (
     pixel_errors_by_distance,
     pixel_fscores,
 )
-from unetpipe.ngff import open_image
-from unetpipe.segment import cell_probability
+from unetpipe.ngff import cell_probability, open_image
 
 FINE = np.round(np.arange(1, 100) * 0.01, 2)  # a finer threshold grid than the ISBI script's
 GOAL, PAPER = 0.045, 0.0611  # issue 18's goal; the paper's Table 1 (ISBI test set)

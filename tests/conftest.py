@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import runpy
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,3 +182,10 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_rule_script(stage: str, **snakemake: Any) -> None:
+    """Run ``workflow/scripts/<stage>.py`` as its rule does, with a stand-in for the ``snakemake``
+    object holding ``snakemake`` (input, output, params, config, threads, log, wildcards)."""
+    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / f"{stage}.py"
+    runpy.run_path(str(script), init_globals={"snakemake": SimpleNamespace(**snakemake)})

@@ -200,6 +200,7 @@ def test_cli_download(server, isbi, tmp_path):
 def test_registry_overrides():
     entry = get_dataset("dic-c2dh-hela", url="http://mirror/x.zip", sha256="A" * 64)
     assert entry.url == "http://mirror/x.zip" and entry.sha256 == "a" * 64
+    assert entry.tags == ("transmission-light-microscopy", "cells")  # bioimage.io tags kept
     assert get_dataset("phc-c2dh-u373").sha256.startswith("b18185c1")
     assert get_dataset("isbi2012").sha256 is None
     with pytest.raises(ValueError, match="unknown dataset"):

@@ -3,7 +3,8 @@
 import numpy as np
 
 from unetpipe.evaluate import summary
-from unetpipe.report import curves_figure, log_columns, read_log, write_report
+from unetpipe.io import read_log
+from unetpipe.report import curves_figure, log_columns, write_report
 
 
 def test_report_and_summary(evaluated_run):

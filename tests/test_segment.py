@@ -1,11 +1,16 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import zarr
+from conftest import run_rule_script
 
 from unetpipe import segment
 from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
+from unetpipe.cli import main
+from unetpipe.config import load_config, rule_params
 from unetpipe.evaluate import score_instances
-from unetpipe.ngff import open_image
+from unetpipe.ngff import open_image, open_labels
 from unetpipe.segment import (
     score,
     segment_slice,
@@ -288,6 +293,69 @@ def test_segment_zarr_tunes_on_training_slices(tmp_path, caplog):
     with pytest.raises(ValueError, match="labels and the training slices"):
         segment_zarr(tmp_path / "pred.zarr", tmp_path / "x.zarr", cfg)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def ctc_ridges(path):
+    """A CTC-like group of four slices, each two regions of cell probability 0.9 split by a ridge
+    of 0.5: slice 0 trains with gold truth (two cells), slices 1 and 2 with silver truth (one
+    cell across the ridge), slice 3 is validation. Thresholds above the ridge suit the gold truth,
+    below it the silver."""
+    prob = np.full((4, 20, 30), 0.9, np.float32)
+    prob[:, :, 15] = 0.5
+    truth = np.ones((4, 20, 30), np.uint32)
+    truth[[0, 3], :, 16:] = 2
+    truth[[0, 3], :, 15] = 0
+    group = zarr.open_group(str(path / "data.zarr"), mode="w")
+    group.attrs.update(
+        splits={"train": [0, 1, 2], "val": [3]},
+        frames=[
+            {"sequence": "01", "frame": z, "truth": "silver" if z in (1, 2) else "gold"}
+            for z in range(4)
+        ],
+    )
+    for name, array in [("raw", (prob * 200).astype(np.uint8)), ("labels", truth)]:
+        group.create_array(
+            name, data=array, chunks=(1, 20, 30), config={"write_empty_chunks": True}
+        )
+    write_predictions(path / "p.zarr", prob, (1, 20, 30))
+
+
+def test_cli_and_rule_segment_alike(tmp_path):
+    """``unetpipe segment --tune`` and rule segment (its script) run one stage: the same tuning
+    slices (the gold training slices), choice and labels."""
+    ctc_ridges(tmp_path)
+    data, grid = tmp_path / "data.zarr", {"threshold": [0.3, 0.6], "min_size": [0]}
+    config = load_config(
+        {"segment": {"method": "components", "tune": {"enabled": True, "grid": grid}}}
+    )
+    run_rule_script(
+        "segment",
+        input=SimpleNamespace(
+            predictions=str(tmp_path / "p.zarr"),
+            group=str(data / "zarr.json"),
+            labels=str(data / "labels"),
+            raw_predictions=str(tmp_path / "p.zarr"),
+        ),
+        output=[str(tmp_path / "rule" / "seg.zarr")],
+        params=SimpleNamespace(cfg=rule_params("segment", config["segment"]), split={}),
+        config=config,
+        threads=1,
+        log=[str(tmp_path / "segment.log")],
+        wildcards=SimpleNamespace(array="raw"),
+    )
+    args = ["segment", str(tmp_path / "p.zarr"), str(tmp_path / "cli" / "seg.zarr")]
+    args += ["--image", str(data / "raw"), "--method", "components", "--tune", "--data", str(data)]
+    args += ["--grid", "threshold=0.3,0.6", "--grid", "min_size=0"]
+    every = [*args[:2], str(tmp_path / "all" / "seg.zarr"), *args[3:], "--tune-slices", "0-2"]
+    assert main(args) == 0 and main(every) == 0  # every: the silver training slices too
+    rule, cli, silver = (open_labels(tmp_path / n / "seg.zarr") for n in ("rule", "cli", "all"))
+    np.testing.assert_array_equal(cli[:], rule[:])
+    tuning = {k: v for k, v in rule.attrs["tuning"].items() if k != "seconds"}
+    assert {k: v for k, v in cli.attrs["tuning"].items() if k != "seconds"} == tuning
+    assert cli.attrs["segment"] == rule.attrs["segment"]
+    assert tuning["slices"] == [0] and tuning["chosen"] == {"threshold": 0.6, "min_size": 0}
+    assert rule[:].max() == 8  # every slice split by the ridge, as the gold truth is
+    assert silver.attrs["tuning"]["chosen"]["threshold"] == 0.3  # one cell across the ridge
 
 
 def test_bad_agglomerate_and_tuning_parameters(tmp_path):

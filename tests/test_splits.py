@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
+import zarr
 
-from unetpipe.splits import consecutive_runs, gold, tuning
+from unetpipe.splits import consecutive_runs, gold, rule_split, tuning
 
 # a Cell Tracking Challenge group's frames with dataset.silver_truth: gold truth on 1 and 3 only
 FRAMES = [{"sequence": "01", "frame": t, "truth": "gold" if t % 2 else "silver"} for t in range(5)]
@@ -22,3 +24,13 @@ def test_data_without_frames_is_all_gold():
 def test_consecutive_runs_of_slices():
     assert consecutive_runs([5, 0, 1, 2, 7, 6, 9]) == [(0, 3), (5, 8), (9, 10)]
     assert consecutive_runs([]) == []
+
+
+def test_rule_split_is_none_for_the_group_split_else_the_fold(tmp_path):
+    group = zarr.open_group(str(tmp_path), mode="w")
+    group.attrs["splits"] = {"train": [1, 2, 3], "val": [0]}
+    labels = np.ones((4, 2, 2), np.uint32)
+    group.create_array("labels", data=labels, chunks=(1, 2, 2), config={"write_empty_chunks": True})
+    assert rule_split(tmp_path, {}) is None
+    fold = {"crossval": {"k": 2, "sequences": []}, "fold": "fold-2"}
+    assert rule_split(tmp_path, fold) == {"train": [0, 1], "val": [2, 3]}

@@ -672,3 +672,16 @@ def test_an_affinity_network_trains_and_exports_its_offsets(data, tmp_path, loss
     losses = [float(r["loss"]) for r in rows]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert 0 <= float(rows[-1]["val_vrand"]) <= 1
+
+
+def test_importing_train_pulls_neither_matplotlib_nor_dask():
+    """The training stage is the pure core plus torch: plotting and Dask come in at the edges."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = "import json, sys, unetpipe.train; print(json.dumps(sorted(sys.modules)))"
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    loaded = {name.split(".")[0] for name in json.loads(child.stdout)}
+    assert "unetpipe" in loaded and not {"matplotlib", "dask"} & loaded

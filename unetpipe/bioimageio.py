@@ -66,12 +66,6 @@ CITATION = (
     "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241 (arXiv:1505.04597)"
 )
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
-# bioimage.io tag categories (modality, content) of the datasets of unetpipe's registry.
-DATASET_TAGS = {
-    "isbi2012": ["electron-microscopy", "cell-membrane"],
-    "phc-c2dh-u373": ["transmission-light-microscopy", "cells"],
-    "dic-c2dh-hela": ["transmission-light-microscopy", "cells"],
-}
 # Which tools run a bioimage.io model package, and with which of its weights (from their
 # documentation and source; only bioimageio.core is run here).
 TOOLS = [
@@ -263,7 +257,8 @@ def _describe(
     classes = ["background", "cell"] if config["n_classes"] == 2 else None
     pytorch_version = v0_5.Version(torch.__version__.split("+")[0])
     tags = ["unet", f"{config['dims']}d", "pytorch", "semantic-segmentation", "unetpipe"]
-    tags += DATASET_TAGS.get(_registry_name(attrs, dataset), []) + list(params["tags"])
+    registered = REGISTRY.get(_registry_name(attrs, dataset))
+    tags += [*(registered.tags if registered else ()), *params["tags"]]
     stamp = datetime.datetime.fromtimestamp(model_path.stat().st_mtime, datetime.timezone.utc)
     return v0_5.ModelDescr(
         name=name,

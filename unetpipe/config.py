@@ -171,3 +171,28 @@ def rule_params(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
     if section == "train" and values.get("export") == "best":
         params["val_every"] = values["val_every"]
     return params
+
+
+STAGES: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "synth"),
+    "weights": ("weights",),
+    "augment": ("augment", "model"),  # the tile geometry of model
+    "train": ("augment", "model", "train", "crossval"),  # crossval: the run's split
+    "predict": ("predict",),
+    "segment": ("segment",),
+    "evaluate": ("evaluate",),
+    "crossval": (),
+    "report": ("report",),
+    "export": ("export",),
+}
+"""The workflow's stage graph: its stages in the order they run, each with the config sections
+whose result settings its rule's params hold. A stage builds on every stage before it."""
+
+
+def upstream_sections(stage: str, synthetic: bool) -> list[str]:
+    """The sections of the stages before ``stage`` that are not its own (those its rule's
+    ``upstream`` digest covers: a change of one reruns the rule); ``synth`` only for synthetic
+    data."""
+    stages = list(STAGES)
+    before = {name for earlier in stages[: stages.index(stage)] for name in STAGES[earlier]}
+    return sorted(before - set(STAGES[stage]) - (set() if synthetic else {"synth"}))

@@ -46,12 +46,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
-    """A downloadable dataset: where it lives and the sha256 of the archive (None: unpublished)."""
+    """A downloadable dataset: where it lives, the sha256 of the archive (None: unpublished) and
+    its bioimage.io tags (modality, content) for an exported model."""
 
     name: str
     url: str
     sha256: str | None
     description: str
+    tags: tuple[str, ...]
 
 
 CTC = "https://data.celltrackingchallenge.net/training-datasets"
@@ -61,18 +63,21 @@ REGISTRY: dict[str, Dataset] = {
         "https://downloads.imagej.net/ISBI-2012-challenge.zip",
         None,
         "ISBI 2012 EM segmentation challenge: train-volume.tif, train-labels.tif, test-volume.tif",
+        ("electron-microscopy", "cell-membrane"),
     ),
     "phc-c2dh-u373": Dataset(
         "phc-c2dh-u373",
         f"{CTC}/PhC-C2DH-U373.zip",
         "b18185c18fce54e8eeb93e4bbb9b201d757add9409bbf2283b8114185a11bc9e",
         "Cell Tracking Challenge: glioblastoma-astrocytoma U373 cells, phase contrast",
+        ("transmission-light-microscopy", "cells"),
     ),
     "dic-c2dh-hela": Dataset(
         "dic-c2dh-hela",
         f"{CTC}/DIC-C2DH-HeLa.zip",
         "832fed2d05bb7488cf9c51a2994b75f8f3f53b3c3098856211f2d39023c34e1a",
         "Cell Tracking Challenge: HeLa cells, differential interference contrast",
+        ("transmission-light-microscopy", "cells"),
     ),
 }
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}

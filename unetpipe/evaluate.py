@@ -11,7 +11,7 @@ measure; measures and choices use gold-truth frames only.
 
 An affinity network (``model.target: affinities``) has no cell-probability channel: its map
 measures (pixel error, V_rand and warping error of the thresholded map) score the mean of its
-nearest-neighbour affinities (:func:`unetpipe.segment.cell_region`), a cell map that is low on
+nearest-neighbour affinities (:func:`unetpipe.ngff.cell_region`), a cell map that is low on
 membranes; its instance scores are those of its segmentation (e.g. the Mutex Watershed), the
 measures to compare with a boundary network's.
 """
@@ -31,8 +31,7 @@ from scipy import ndimage
 from unetpipe import metrics
 from unetpipe.config import section_params
 from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data, stored_digest
-from unetpipe.ngff import ImageArray, open_image, open_labels, require_grid
-from unetpipe.segment import cell_probability
+from unetpipe.ngff import ImageArray, cell_probability, open_image, open_labels, require_grid
 from unetpipe.splits import Split, consecutive_runs, gold, resolve
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ chunk that cannot be decoded, instead of reading zeros or failing with a codec's
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import functools
 import hashlib
@@ -400,6 +401,15 @@ def read_splits(data: str | Path | DataGroup) -> dict[str, list[int]]:
     if not isinstance(splits, dict) or "train" not in splits or "val" not in splits:
         raise ValueError(f"{group.store}: no group attribute 'splits' with 'train' and 'val'")
     return {"train": [int(i) for i in splits["train"]], "val": [int(i) for i in splits["val"]]}
+
+
+def read_log(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a training log (``log.csv``, written by :mod:`unetpipe.train`) as text."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def make_splits(

@@ -27,6 +27,7 @@ import tifffile
 import zarr
 from zarr.storage import LocalStore
 
+from unetpipe.affinities import is_attractive
 from unetpipe.io import (
     PROVENANCE,
     STORE_EVERY_CHUNK,
@@ -690,6 +691,47 @@ def open_labels(path: str | Path) -> ImageArray:
 
 
 # --- TIFF out ------------------------------------------------------------------------------------
+
+
+def cell_probability(predictions: zarr.Array | ImageArray, z: int) -> np.ndarray:
+    """Slice ``z`` of channel 1 (cell) of a (classes, z, y, x) prediction, as float32 in [0, 1]
+    (integer predictions are scaled by their dtype's maximum)."""
+    return cell_region(predictions, (z, 0, 0), (z + 1, *predictions.shape[2:]))[0]
+
+
+def cell_region(predictions: zarr.Array, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """Channel 1 (cell) of a (classes, z, y, x) prediction over the (z, y, x) box [lo, hi), as
+    float32 in [0, 1] (integer predictions are scaled by their dtype's maximum). Of an affinity
+    map (``offsets`` in its attributes) the mean of its nearest-neighbour channels: the
+    probability that a pixel is in one instance with its neighbours, low on membranes and
+    background, the map that pixel measures, the other methods and the report read."""
+    offsets = affinity_offsets(predictions)
+    if offsets is None:
+        return scaled_probability(predictions[(1, *map(slice, lo, hi))])
+    nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
+    box = tuple(map(slice, lo, hi))
+    return np.mean(
+        [scaled_probability(predictions[(k, *box)]) for k in nearest], axis=0, dtype=np.float32
+    )
+
+
+def scaled_probability(prob: Any) -> np.ndarray:
+    """Stored probabilities as float32 in [0, 1] (integers scaled by their dtype's maximum)."""
+    prob = np.asarray(prob)
+    if np.issubdtype(prob.dtype, np.integer):
+        return prob.astype(np.float32) / np.iinfo(prob.dtype).max
+    return prob.astype(np.float32)
+
+
+def affinity_offsets(predictions: Any) -> list[list[int]] | None:
+    """The offsets of an affinity map (its ``offsets`` attribute), None for class probabilities."""
+    offsets = getattr(predictions, "attrs", {}).get("offsets")  # plain arrays: probabilities
+    return None if offsets is None else [list(map(int, o)) for o in offsets]
+
+
+def affinity_slice(predictions: Any, z: int) -> np.ndarray:
+    """Slice ``z`` of every channel of a (K, z, y, x) affinity map, float32 in [0, 1]."""
+    return scaled_probability(predictions[:, z])
 
 
 def _imagej_dtype(image: ImageArray) -> np.dtype:

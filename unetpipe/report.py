@@ -8,7 +8,6 @@ process-wide (the pyplot backend, its figure registry) is touched by importing o
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Sequence
@@ -20,21 +19,11 @@ from matplotlib.figure import Figure
 
 from unetpipe.config import section_params
 from unetpipe.evaluate import PAPER, format_table, format_value, rows
-from unetpipe.io import atomic_path, check_disjoint, open_data
-from unetpipe.ngff import open_image, open_labels
-from unetpipe.segment import cell_probability
+from unetpipe.io import atomic_path, check_disjoint, open_data, read_log
+from unetpipe.ngff import cell_probability, open_image, open_labels
 from unetpipe.splits import Split, resolve
 
 log = logging.getLogger(__name__)
-
-
-def read_log(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a training log (``log.csv``, written by :mod:`unetpipe.train`) as text."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def log_columns(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -37,9 +37,8 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
-from unetpipe.affinities import is_attractive
 from unetpipe.config import defaults, section_params
-from unetpipe.io import STORE_EVERY_CHUNK, relative_to_output, writes_output
+from unetpipe.io import STORE_EVERY_CHUNK, open_data, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
     blockwise,
@@ -49,7 +48,19 @@ from unetpipe.mutex import (
     nearest_mean,
     plan_blocks,
 )
-from unetpipe.ngff import ImageArray, label_image, labelled_image, open_image, require_grid
+from unetpipe.ngff import (
+    ImageArray,
+    affinity_offsets,
+    affinity_slice,
+    cell_probability,
+    cell_region,
+    label_image,
+    labelled_image,
+    open_image,
+    require_grid,
+    scaled_probability,
+)
+from unetpipe.splits import Split, resolve, tuning
 
 log = logging.getLogger(__name__)
 
@@ -410,45 +421,6 @@ def tune_segmentation(
     return base | {k: rows[best][k] for k in grid}, rows
 
 
-def cell_probability(predictions: zarr.Array | ImageArray, z: int) -> np.ndarray:
-    """Slice ``z`` of channel 1 (cell) of a (classes, z, y, x) prediction, as float32 in [0, 1]
-    (integer predictions are scaled by their dtype's maximum)."""
-    return cell_region(predictions, (z, 0, 0), (z + 1, *predictions.shape[2:]))[0]
-
-
-def cell_region(predictions: zarr.Array, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-    """Channel 1 (cell) of a (classes, z, y, x) prediction over the (z, y, x) box [lo, hi), as
-    float32 in [0, 1] (integer predictions are scaled by their dtype's maximum). Of an affinity
-    map (``offsets`` in its attributes) the mean of its nearest-neighbour channels: the
-    probability that a pixel is in one instance with its neighbours, low on membranes and
-    background, the map that pixel measures, the other methods and the report read."""
-    offsets = affinity_offsets(predictions)
-    if offsets is None:
-        return _scaled(predictions[(1, *map(slice, lo, hi))])
-    nearest = [k for k, o in enumerate(offsets) if is_attractive(o)]
-    box = tuple(map(slice, lo, hi))
-    return np.mean([_scaled(predictions[(k, *box)]) for k in nearest], axis=0, dtype=np.float32)
-
-
-def _scaled(prob: Any) -> np.ndarray:
-    """Stored probabilities as float32 in [0, 1] (integers scaled by their dtype's maximum)."""
-    prob = np.asarray(prob)
-    if np.issubdtype(prob.dtype, np.integer):
-        return prob.astype(np.float32) / np.iinfo(prob.dtype).max
-    return prob.astype(np.float32)
-
-
-def affinity_offsets(predictions: Any) -> list[list[int]] | None:
-    """The offsets of an affinity map (its ``offsets`` attribute), None for class probabilities."""
-    offsets = getattr(predictions, "attrs", {}).get("offsets")  # plain arrays: probabilities
-    return None if offsets is None else [list(map(int, o)) for o in offsets]
-
-
-def affinity_slice(predictions: Any, z: int) -> np.ndarray:
-    """Slice ``z`` of every channel of a (K, z, y, x) affinity map, float32 in [0, 1]."""
-    return _scaled(predictions[:, z])
-
-
 def _open_predictions(path: str | Path) -> ImageArray:
     source = open_image(path, "czyx")
     least = 1 if affinity_offsets(source) is not None else 2
@@ -598,12 +570,54 @@ def segment_zarr(
             if params["mutex_block"]:
                 count = _mutex_blocks_zarr(source, target, level0.parent, params, threads)
             else:
-                labels = segment_volume(_scaled(source[:]), affinity_offsets(source), **params)
+                labels = segment_volume(
+                    scaled_probability(source[:]), affinity_offsets(source), **params
+                )
                 target[:] = labels
                 count = int(labels.max())
         else:
             count = _slices_zarr(source, target, params, threads)
     log.info("%s: %d instances in %d slices", output, count, source.shape[1])
+
+
+def segment_stage(
+    predictions: str | Path,
+    output: str | Path,
+    cfg: Mapping[str, Any] | None = None,
+    threads: int = 1,
+    data: str | Path | None = None,
+    split: Split | None = None,
+    tune_slices: Sequence[int] | None = None,
+    tune_predictions: str | Path | None = None,
+    image: str | Path | None = None,
+    overwrite: bool = True,
+) -> None:
+    """The segment stage, as rule ``segment`` and ``unetpipe segment`` run it:
+    :func:`segment_zarr`, with ``tune.enabled`` tuned first against the labels of the dataset
+    group ``data`` (scored where its ``mask`` says the truth is known) on ``tune_slices``, else on
+    the tuning slices (:func:`unetpipe.splits.tuning`, by ``tune.silver_truth``) among the
+    training slices of ``split`` (None: the group's own)."""
+    params = section_params("segment", cfg)
+    truth = known = None
+    if params["tune"]["enabled"] and data is not None:
+        group = open_data(data)
+        truth = group["labels"]
+        known = group["mask"] if "mask" in group else None
+        if tune_slices is None:
+            train = (split or resolve(group))["train"]
+            tune_slices = tuning(group.attrs, train, params["tune"]["silver_truth"])
+    segment_zarr(
+        predictions,
+        output,
+        params,
+        threads,
+        truth,
+        tune_slices,
+        tune_predictions,
+        known,
+        overwrite=overwrite,
+        image=image,
+    )
 
 
 def _check_mutex_source(
@@ -643,7 +657,7 @@ def _mutex_blocks_zarr(
         config=STORE_EVERY_CHUNK,
     )
     count, write = blockwise(
-        lambda lo, hi: _scaled(source[(slice(None), *map(slice, lo, hi))]),
+        lambda lo, hi: scaled_probability(source[(slice(None), *map(slice, lo, hi))]),
         plan,
         offsets,
         scratch,

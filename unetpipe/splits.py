@@ -11,11 +11,12 @@ look alike, never sit on both sides).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unetpipe.io import DataGroup, make_splits, read_splits
+from unetpipe.io import DataGroup, make_splits, open_data, read_splits
 
 Split = dict[str, list[int]]
 
@@ -74,6 +75,12 @@ def run_split(group: DataGroup, config: Mapping[str, Any], fold: str | None = No
     if val_slices:
         return make_splits(group["labels"].shape[0], val_slices)
     return None
+
+
+def rule_split(data: str | Path, split: Mapping[str, Any]) -> Split | None:
+    """The split a rule's ``params.split`` names for the dataset group ``data``: None for ``{}``
+    (the group's own ``splits``), else fold ``fold`` of ``crossval`` (:func:`resolve`)."""
+    return resolve(open_data(data), **split) if split else None
 
 
 def resolve(

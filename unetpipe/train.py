@@ -42,7 +42,7 @@ from unetpipe.augment import resolve_params, sizes
 from unetpipe.augment3d import check_swap_axes
 from unetpipe.config import defaults, result_settings
 from unetpipe.intensity import dataset_statistics, normalize
-from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data
+from unetpipe.io import atomic_path, check_disjoint, claim_folder, open_data, read_log
 from unetpipe.losses import AFFINITY_LOSSES, weighted_cross_entropy
 from unetpipe.metrics import components, pixel_error, v_rand
 from unetpipe.model import UNet, save_file, save_model
@@ -56,7 +56,6 @@ from unetpipe.precision import (
     torch_threads,
 )
 from unetpipe.predict import predict_image
-from unetpipe.report import curves_figure, read_log
 from unetpipe.splits import Split, consecutive_runs, resolve
 from unetpipe.tiles import IterationSampler, TileDataset
 
@@ -557,6 +556,8 @@ def _train(
                 run, best if cfg["export"] == "best" and best.is_file() else ckpt_dir / "last.pt"
             )
             _write_log(run / "train" / "log.csv", rows)
+            from unetpipe.report import curves_figure  # matplotlib: only to draw the curves
+
             curves_figure(rows, run / "train" / "curves.png", baseline=meta.get("baseline_vrand"))
         if world > 1:
             dist.barrier()

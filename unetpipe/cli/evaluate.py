@@ -11,9 +11,9 @@ import yaml
 from unetpipe.cli import add_overwrite
 from unetpipe.config import load_config
 from unetpipe.evaluate import evaluate_run, summary
-from unetpipe.io import open_data, read_splits
+from unetpipe.io import open_data
 from unetpipe.report import write_report
-from unetpipe.segment import MEASURES, METHODS, RELIEFS, segment_zarr
+from unetpipe.segment import MEASURES, METHODS, RELIEFS, segment_stage
 from unetpipe.splits import run_split
 
 
@@ -21,27 +21,21 @@ def _segment(args: argparse.Namespace) -> int:
     keys = ["threshold", "method", "relief", "min_distance", "min_size", "mode", "sigma"]
     keys += ["max_distance", "mask", "merge_threshold", "block", "bias", "stride", "mutex_block"]
     cfg = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    truth = slices = known = None
     if args.tune:
         if not args.data:
             raise ValueError("--tune needs --data, the dataset's data.zarr (labels, splits)")
-        group = open_data(args.data)
-        truth = group["labels"]
-        known = group["mask"] if "mask" in group else None
-        slices = _slices(args.tune_slices) if args.tune_slices else read_splits(group)["train"]
         grid = dict(parse_grid(text) for text in args.grid or [])
         cfg["tune"] = {"enabled": True, "measure": args.measure, "grid": grid}
-    segment_zarr(
+    segment_stage(
         args.predictions,
         args.output,
         cfg,
         args.threads,
-        truth,
-        slices,
-        args.tune_predictions,
-        known,
-        overwrite=args.overwrite,
+        args.data,
+        tune_slices=_slices(args.tune_slices) if args.tune_slices else None,
+        tune_predictions=args.tune_predictions,
         image=args.image,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -155,7 +149,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tune", action="store_true", help="fix parameters on training slices first")
     p.add_argument("--data", help="--tune: the dataset's data.zarr (labels, splits, mask)")
-    p.add_argument("--tune-slices", help="--tune: slices such as 0-24 (default: the train split)")
+    p.add_argument(
+        "--tune-slices",
+        help="--tune: slices such as 0-24 (default: the train split's gold-truth slices)",
+    )
     p.add_argument("--tune-predictions", help="--tune: predictions of raw, if PREDICTIONS is not")
     p.add_argument(
         "--measure", choices=list(MEASURES), default="v_rand", help="--tune: score to maximise"

@@ -28,6 +28,6 @@ rule augment:
             for key, value in section("model").items()
             if key in ("depth", "padding", "pool", "kernel")
         },
-        upstream=upstream(*DATA_SECTIONS, "weights"),
+        upstream=upstream("augment"),
     script:
         "../scripts/augment.py"

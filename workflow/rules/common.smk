@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from unetpipe.config import rule_params
+from unetpipe.config import rule_params, upstream_sections
 from unetpipe.splits import fold_names
 
 DATASET = config["dataset"]["name"]
@@ -50,20 +50,16 @@ def section(name):
     return _sorted(rule_params(name, config[name]))
 
 
-# The sections whose result settings a trained network builds on (synth only for synthetic data).
-DATA_SECTIONS = (
-    ["dataset", "synth"] if config["dataset"]["source"] == "synthetic" else ["dataset"]
-)
-TRAINED = [*DATA_SECTIONS, "weights", "augment", "model", "train", "crossval"]
-
-
-def upstream(*names):
-    """A digest of the result settings of the stages a rule builds on (the sections ``names``,
-    besides its own), as one of its params. Snakemake reruns a rule whose own params changed and
-    then what follows by file times; but an output that a failed rerun removed is not rebuilt
-    while what follows it exists, which would keep the old settings' results. With the digest a
-    changed setting reruns every later rule by its own params, whatever is left in between.
+def upstream(stage):
+    """A digest of the result settings of the stages a rule builds on (those before ``stage`` in
+    unetpipe.config.STAGES, less its own sections), as one of its params. Snakemake reruns a rule
+    whose own params changed and then what follows by file times; but an output that a failed
+    rerun removed is not rebuilt while what follows it exists, which would keep the old settings'
+    results. With the digest a changed setting reruns every later rule by its own params,
+    whatever is left in between.
     """
+    synthetic = config["dataset"]["source"] == "synthetic"
+    names = upstream_sections(stage, synthetic)
     text = json.dumps({name: section(name) for name in names}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

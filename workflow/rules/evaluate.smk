@@ -22,7 +22,7 @@ rule segment:
     params:
         cfg=section("segment"),
         split=split,
-        upstream=upstream(*TRAINED, "predict"),
+        upstream=upstream("segment"),
     script:
         "../scripts/segment.py"
 
@@ -52,7 +52,7 @@ rule evaluate:
         cfg=section("evaluate"),
         arrays=EVALUATED,
         split=split,
-        upstream=upstream(*TRAINED, "predict", "segment"),
+        upstream=upstream("evaluate"),
     script:
         "../scripts/evaluate.py"
 
@@ -82,7 +82,7 @@ rule report:
     params:
         cfg=section("report"),
         split=split,
-        upstream=upstream(*TRAINED, "predict", "segment", "evaluate"),
+        upstream=upstream("report"),
     script:
         "../scripts/report.py"
 
@@ -103,6 +103,6 @@ rule crossval:
         **rule_resources("crossval", mem_mb=1000, runtime=10),
     params:
         folds=FOLDS,
-        upstream=upstream(*TRAINED, "predict", "segment", "evaluate"),
+        upstream=upstream("crossval"),
     script:
         "../scripts/crossval.py"

@@ -22,6 +22,6 @@ rule export_bioimageio:
         **rule_resources("export_bioimageio", mem_mb=4000, runtime=30),
     params:
         cfg=section("export"),
-        upstream=upstream(*TRAINED, "predict", "segment", "evaluate", "report"),
+        upstream=upstream("export"),
     script:
         "../scripts/export.py"

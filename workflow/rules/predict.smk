@@ -23,6 +23,6 @@ rule predict:
         **rule_resources("predict", mem_mb=8000, runtime=120),
     params:
         cfg=section("predict"),
-        upstream=upstream(*TRAINED),
+        upstream=upstream("predict"),
     script:
         "../scripts/predict.py"

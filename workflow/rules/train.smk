@@ -32,6 +32,6 @@ rule train:
         model=section("model"),
         augment=section("augment"),
         split=split,
-        upstream=upstream(*DATA_SECTIONS, "weights"),
+        upstream=upstream("train"),
     script:
         "../scripts/train.py"

@@ -18,6 +18,6 @@ rule weights:
         **rule_resources("weights", mem_mb=4000, runtime=60),
     params:
         cfg=section("weights"),
-        upstream=upstream(*DATA_SECTIONS),
+        upstream=upstream("weights"),
     script:
         "../scripts/weights.py"

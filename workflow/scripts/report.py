@@ -2,15 +2,13 @@
 
 from pathlib import Path
 
-from unetpipe.io import open_data
 from unetpipe.log import logged
 from unetpipe.report import write_report
-from unetpipe.splits import resolve
+from unetpipe.splits import rule_split
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule report"):
     data = Path(snakemake.input.group).parent
-    split = snakemake.params.split
     write_report(
         snakemake.input.metrics,
         data,
@@ -19,5 +17,5 @@ with logged(snakemake.log[0], "rule report"):
         snakemake.input.log,
         snakemake.output[0],
         snakemake.params.cfg,
-        resolve(open_data(data), **split) if split else None,
+        rule_split(data, snakemake.params.split),
     )

@@ -3,15 +3,13 @@
 from pathlib import Path
 
 from unetpipe.config import run_settings
-from unetpipe.io import open_data
 from unetpipe.log import logged
-from unetpipe.splits import resolve
+from unetpipe.splits import rule_split
 from unetpipe.train import train
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule train"):
     data = Path(snakemake.input.raw).parent
-    split = snakemake.params.split
     bank = snakemake.input.bank  # one shard comes as a str, several or none as a list
     train(
         data,
@@ -21,5 +19,5 @@ with logged(snakemake.log[0], "rule train"):
         snakemake.params.augment,
         bank=[bank] if isinstance(bank, str) else list(bank),
         threads=snakemake.threads,
-        split=resolve(open_data(data), **split) if split else None,
+        split=rule_split(data, snakemake.params.split),
     )
