@@ -165,7 +165,7 @@ def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precis
 # None): from the paper's 388 px (Cicek et al.'s 44 voxels in 3D) up, about 1.4x apart.
 TILE_LADDER = {2: (388, 548, 776, 1096, 1552, 2192, 3104, 4384), 3: (44, 64, 88, 124, 176, 248)}
 WORSE = 1.15  # stop measuring larger tiles once one costs this much more than the best
-MEASURED_TILES: dict[tuple, tuple[int, ...]] = {}
+MEASURED_TILES: dict[tuple, tuple[int, ...]] = {}  # pass_tile's choices in this process
 
 
 def pass_tile(
