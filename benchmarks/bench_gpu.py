@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from bench_predict import STATS, make_input, tiles_of_run  # a sibling script
 
-from unetpipe import predict
 from unetpipe.model import UNet, load_model, save_model
-from unetpipe.predict import predict_zarr
+from unetpipe.predict import DEFAULT_MEMORY_GB, plan, predict_zarr
+from unetpipe.predict.tiles import largest_tile
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8, help="slices of the volume")
     parser.add_argument("--size", type=int, default=4096, help="slice edge (pixels)")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    parser.add_argument("--memory-gb", type=float, default=predict.DEFAULT_MEMORY_GB)
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB)
     parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's)")
     args = parser.parse_args()
     if args.threads:
@@ -84,11 +84,11 @@ def main() -> None:
         )
         model, _ = load_model(folder / "model.pt", str(device))
         shape = (args.slices, args.size, args.size)
-        max_tile = predict._max_tile(model, None, args.batch_size, args.memory_gb, shape[1:])
+        max_tile = largest_tile(model, None, args.batch_size, args.memory_gb, shape[1:])
         tiles = tiles_of_run(model, (1, *shape[1:]), max_tile) * args.slices
         network = bare(model, tiles, args.batch_size)
         volume = make_input(folder / "in.zarr", args.slices, args.size)
-        predict.MIN_TASKS = 1  # all blocks in one task: its reader and writer beside the network
+        plan.MIN_TASKS = 1  # all blocks in one task: its reader and writer beside the network
         options = dict(device=str(device), batch_size=args.batch_size, tile=max_tile[0])
         predict_zarr(folder / "model.pt", volume, folder / "warm.zarr", progress=False, **options)
         result = predict_zarr(

@@ -43,8 +43,12 @@ import torch
 import zarr
 from distributed import Client, LocalCluster
 
-from unetpipe import predict
 from unetpipe.model import UNet
+from unetpipe.predict import DEFAULT_MEMORY_GB
+from unetpipe.predict.blocks import create_partial
+from unetpipe.predict.executors import run_batches
+from unetpipe.predict.plan import BlockPlan, Job, block_shape
+from unetpipe.predict.tiles import Pass, Views, largest_tile
 from unetpipe.tiling import Geometry
 
 NETS = {
@@ -59,10 +63,10 @@ def plan(net: dict[str, Any], size: int, memory_gb: float) -> dict[str, Any]:
         model = UNet(**net)
     geometry = Geometry.of(model)
     shape = (size,) * 3
-    max_tile = predict._max_tile(model, None, 1, memory_gb, shape)
-    block = predict._block_shape(shape, geometry.dims, max_tile, geometry)
-    grid = tuple(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
-    batch = predict._batch_shape(grid)
+    max_tile = largest_tile(model, None, 1, memory_gb, shape)
+    block = block_shape(shape, geometry.dims, max_tile, geometry)
+    blocks = BlockPlan.of(shape, block)
+    grid, batch = blocks.grid, blocks.batch
     tasks = math.prod(math.ceil(g / b) for g, b in zip(grid, batch, strict=True))
     return {
         "model": model,
@@ -71,43 +75,40 @@ def plan(net: dict[str, Any], size: int, memory_gb: float) -> dict[str, Any]:
         "block": block,
         "grid": grid,
         "batch": batch,
-        "blocks": math.prod(grid),
+        "blocks": blocks.blocks,
         "tasks": tasks,
         "input_chunks": size * math.ceil(size / 1024) ** 2,
     }
 
 
-def make_job(folder: Path, p: dict[str, Any]) -> predict._Job:
+def make_job(folder: Path, p: dict[str, Any]) -> Job:
     """The volume (metadata only), the partial output and its marker store, as predict_zarr
     makes them; returns the job its tasks would get."""
     source = zarr.create_array(
         str(folder / "raw.zarr"), shape=p["shape"], chunks=(1, 1024, 1024), dtype="uint8"
     )
-    job = predict._Job(
-        str(folder / "model.pt"),
-        source,
-        str(folder / "out.zarr.partial"),
-        Geometry.of(p["model"]),
-        p["block"],
-        p["grid"],
-        p["batch"],
-        p["tile"],
-        1,
-        "reflect",
-        False,
-        "float16",
-        "auto",
-        "float32",  # precision and memory format: the plan depends on neither
-        "contiguous",
+    job = Job(
+        model_path=str(folder / "model.pt"),
+        source=source,
+        target=str(folder / "out.zarr.partial"),
+        geometry=Geometry.of(p["model"]),
+        plan=BlockPlan.of(p["shape"], p["block"]),
+        max_tile=p["tile"],
+        mirror="reflect",
+        views=Views(False, (), p["shape"]),
+        dtype="float16",
+        device="auto",
+        run=Pass(1, "float32", "contiguous"),  # precision and format: the plan depends on neither
     )
-    predict._create_partial(Path(job.target), {"plan": "only"}, 2, p["shape"], job)
+    create_partial(Path(job.target), {"plan": "only"}, 2, job)
     return job
 
 
-def returns_at_once(job: predict._Job, batch: tuple[int, int, int]) -> dict[str, Any]:
-    """A task of the plan that computes nothing: its block count, as _predict_batch reports."""
+def returns_at_once(job: Job, batch: tuple[int, int, int]) -> dict[str, Any]:
+    """A task of the plan that computes nothing: its block count, as predict_batch reports."""
     spans = [
-        min((i + 1) * b, g) - i * b for i, b, g in zip(batch, job.batch, job.grid, strict=True)
+        min((i + 1) * b, g) - i * b
+        for i, b, g in zip(batch, job.plan.batch, job.plan.grid, strict=True)
     ]
     return {"blocks": math.prod(spans), "computed": 0, "worker": "plan"}
 
@@ -147,15 +148,13 @@ def measure_batched(folder: Path, p: dict[str, Any], part: int) -> dict[str, Any
     """The design of predict_zarr: every batch through its submission loop."""
     figures: dict[str, Any] = {}
     figures["partial_s"], job = timed(lambda: make_job(folder, p))
-    figures["batches_s"], _ = timed(lambda: sum(1 for _ in predict._batches(job)))
+    figures["batches_s"], _ = timed(lambda: sum(1 for _ in job.plan.batches()))
     with cluster() as (client, scheduler):
         executor = client.get_executor(pure=False)
         slots = sum(client.nthreads().values())
         with Peak(scheduler) as peak:
             seconds, totals = timed(
-                lambda: predict._run_batches(
-                    executor, returns_at_once, job, predict._batches(job), slots, False
-                )
+                lambda: run_batches(executor, returns_at_once, job, slots, False)
             )
     assert totals["blocks"] == p["blocks"], totals
     return {**figures, "submit_s": seconds, "submit_rss": peak.rss, "submit_tasks": peak.tasks}
@@ -209,12 +208,12 @@ def child(name: str, design: str, size: int, memory_gb: float, part: int) -> Non
         print(json.dumps(measure(Path(tmp), plan(NETS[name], size, memory_gb), part)))
 
 
-def returns_one(job: predict._Job, index: tuple[int, int, int]) -> tuple[int, int, int]:
+def returns_one(job: Job, index: tuple[int, int, int]) -> tuple[int, int, int]:
     """The former design's task of one block, computing nothing."""
     return index
 
 
-def delayed_block(job: predict._Job, index: tuple[int, int, int]) -> Any:
+def delayed_block(job: Job, index: tuple[int, int, int]) -> Any:
     """The former design's graph node of one block (``dask.delayed(_predict_block)(job, i)``)."""
     return dask.delayed(returns_one, pure=False)(job, index)
 
@@ -285,7 +284,7 @@ def table(p: dict[str, Any], big: dict[str, Any], f: dict[str, Any]) -> list[tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000, help="volume edge (voxels)")
-    parser.add_argument("--memory-gb", type=float, default=predict.DEFAULT_MEMORY_GB)
+    parser.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB)
     parser.add_argument("--part", type=int, default=5_000, help="blocks of the former design")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -38,14 +38,9 @@ from peak import conv_peak, exact_flops
 from unetpipe.model import UNet, save_model
 from unetpipe.ngff import open_image
 from unetpipe.precision import autocast, model_in_format, torch_memory_format
-from unetpipe.predict import (
-    DEFAULT_MEMORY_GB,
-    _block_shape,
-    _max_tile,
-    pass_memory_format,
-    pass_tile,
-    predict_zarr,
-)
+from unetpipe.predict import DEFAULT_MEMORY_GB, pass_memory_format, pass_tile, predict_zarr
+from unetpipe.predict.plan import block_shape
+from unetpipe.predict.tiles import largest_tile
 from unetpipe.tiling import Geometry, plan_axis
 
 STATS = {"mean": 128.0, "std": 50.0}
@@ -87,7 +82,7 @@ def tiles_of_run(
     """The tile shapes ``predict_zarr`` runs over a (1, y, x) volume with tiles of at most
     ``max_tile`` (same planning code)."""
     geometry = Geometry.of(model)
-    block = _block_shape(shape, 2, max_tile, geometry)[1:]
+    block = block_shape(shape, 2, max_tile, geometry)[1:]
     tiles = []
     for origin_y in range(0, shape[1], block[0]):
         for origin_x in range(0, shape[2], block[1]):
@@ -147,7 +142,7 @@ def predicted(
     model = UNet(base_channels=base, depth=depth).eval()
     save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
-    cap = _max_tile(model, None, 1, memory_gb, (size, size))
+    cap = largest_tile(model, None, 1, memory_gb, (size, size))
     geometry = Geometry.of(model)
     covering = tuple(plan_axis(size, t, a).tile for t, a in zip(cap, geometry.axes, strict=True))
     started = time.perf_counter()

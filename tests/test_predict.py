@@ -20,13 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unetpipe
-from unetpipe import predict
 from unetpipe.cli import build_parser, main
 from unetpipe.intensity import normalize
 from unetpipe.model import UNet, probabilities, save_model
 from unetpipe.ngff import open_image
 from unetpipe.precision import autocast
-from unetpipe.predict import predict_image, predict_zarr, slurm_cluster_options
+from unetpipe.predict import plan, predict_image, predict_zarr, slurm_cluster_options, tiles
+from unetpipe.predict.executors import resolve_device
+from unetpipe.predict.plan import batch_shape
 from unetpipe.tiling import Geometry
 
 
@@ -372,7 +373,7 @@ def test_blocks_batched_into_tasks_give_the_same_output(
     raw = make_volume(tmp_path / "raw.zarr", (3, 90, 130))
     one = predict_zarr(model_file, raw, tmp_path / "one.zarr", tile=76, progress=False)
     assert one["batch"] == (1, 1, 1) and one["blocks"] == 36
-    monkeypatch.setattr(predict, "MIN_TASKS", 4)  # 36 blocks: 9 per task, filled along x first
+    monkeypatch.setattr(plan, "MIN_TASKS", 4)  # 36 blocks: 9 per task, filled along x first
     batched = predict_zarr(
         model_file, raw, tmp_path / "batched.zarr", tile=76, n_workers=2, progress=False
     )
@@ -385,10 +386,10 @@ def test_blocks_batched_into_tasks_give_the_same_output(
 
 
 def test_batch_shape_scales_to_a_teravoxel_grid() -> None:
-    assert predict._batch_shape((24, 3, 3)) == (1, 1, 1)  # under MIN_TASKS blocks: one each
-    assert predict._batch_shape((10_000, 12, 12)) == (1, 12, 12)  # one slice of 144 per task
-    assert predict._batch_shape((10_000, 40, 40)) == (1, 6, 40)  # at most 256 blocks
-    assert predict._batch_shape((3, 40, 40)) == (1, 1, 4)
+    assert batch_shape((24, 3, 3)) == (1, 1, 1)  # under MIN_TASKS blocks: one each
+    assert batch_shape((10_000, 12, 12)) == (1, 12, 12)  # one slice of 144 per task
+    assert batch_shape((10_000, 40, 40)) == (1, 6, 40)  # at most 256 blocks
+    assert batch_shape((3, 40, 40)) == (1, 1, 4)
 
 
 def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> None:
@@ -576,11 +577,11 @@ def test_auto_device_gives_each_local_worker_its_own_gpu(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert predict._resolve_device("auto") == "cuda"  # not in a Dask worker
+    assert resolve_device("auto") == "cuda"  # not in a Dask worker
     for name, device in [(0, "cuda:0"), (5, "cuda:1"), ("SLURMCluster-3", "cuda")]:
         monkeypatch.setattr(distributed, "get_worker", lambda name=name: SimpleNamespace(name=name))
-        assert predict._resolve_device("auto") == device
-    assert predict._resolve_device("cpu") == "cpu"
+        assert resolve_device("auto") == device
+    assert resolve_device("cpu") == "cpu"
 
 
 def test_slurm_options_make_a_job_script() -> None:
@@ -769,17 +770,17 @@ def test_the_tile_is_measured_cheapest_first_and_stops_once_worse(
         timed.append(tile)
         return tile**2 * (3.0 if tile >= model.valid_input_size(776) else 1.0)
 
-    monkeypatch.setattr(predict, "best_seconds", seconds)
-    monkeypatch.setattr(predict, "_TILES", {})
+    monkeypatch.setattr(tiles, "best_seconds", seconds)
+    monkeypatch.setattr(tiles, "MEASURED_TILES", {})
     region, cap = (2048, 2048), (4000, 4000)
-    tile = predict.pass_tile(model, region, cap, 1, "float32", "contiguous")
+    tile = tiles.pass_tile(model, region, cap, 1, "float32", "contiguous")
     # The ladder's tiles fitted to 2048 px: 6, 4, 3 and 2 per axis of 540, 700, 876 and 1212 px;
     # cost 36 x 540^2 > 16 x 700^2 > 9 x 876^2, then 4 x 3 x 1212^2 is worse: not tried further.
     assert timed == [540, 700, 876, 1212] and tile == (876, 876)
     # Within the budget only, and a region one small tile covers is not measured at all.
     timed.clear()
-    assert predict.pass_tile(model, region, (572, 572), 1, "float32", "contiguous") == (540, 540)
-    assert predict.pass_tile(model, (100, 100), cap, 1, "float32", "contiguous") == (284, 284)
+    assert tiles.pass_tile(model, region, (572, 572), 1, "float32", "contiguous") == (540, 540)
+    assert tiles.pass_tile(model, (100, 100), cap, 1, "float32", "contiguous") == (284, 284)
     assert timed == []
 
 
@@ -794,7 +795,7 @@ def test_a_measured_tile_is_recorded_and_kept_on_resume(
         measured.append(tuple(region))
         return (44, 44)
 
-    monkeypatch.setattr(predict, "pass_tile", measure)
+    monkeypatch.setattr("unetpipe.predict.pass_tile", measure)  # the name predict_zarr calls
     output, partial = tmp_path / "p.zarr", tmp_path / "p.zarr.partial"
     bf16 = {"precision": "bfloat16", "progress": False}
     with pytest.raises(ValueError, match="NaN"):
