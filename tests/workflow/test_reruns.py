@@ -70,7 +70,9 @@ def other_value(node: dict[str, Any], value: Any) -> Any:
     kinds = kinds if isinstance(kinds, list) else [kinds]
     if value is None:
         kinds = [k for k in kinds if k != "null"]
-        return {"integer": 4, "number": 0.5, "string": "x", "array": [1, 1, 1]}[kinds[0]]
+        return {"integer": 4, "number": 0.5, "string": "x", "array": [1, 1, 1], "boolean": True}[
+            kinds[0]
+        ]
     if isinstance(value, bool):
         return not value
     if isinstance(value, int) and "integer" in kinds:
