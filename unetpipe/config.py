@@ -122,6 +122,22 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[st
     return _validated(values, _schema(), where)
 
 
+def choices(section: str, key: str) -> tuple[Any, ...]:
+    """The allowed values of ``section.key`` (a dotted section: ``segment.tune``): its schema
+    ``enum``, or of a key of several forms those of its forms that are enums (``oneOf``). The
+    one list of them the package and the command line offer."""
+    node = _node(f"{section}.{key}")
+    values = tuple(v for form in [node, *node.get("oneOf", [])] for v in form.get("enum", ()))
+    if not values:
+        raise ValueError(f"{section}.{key} has no enum of allowed values in the schema")
+    return values
+
+
+def section_keys(section: str) -> tuple[str, ...]:
+    """The keys of a section (or a dotted sub-section: ``predict.slurm``), in schema order."""
+    return tuple(_node(section).get("properties", {}))
+
+
 def defaults(section: str) -> dict[str, Any]:
     """Every default of a section (or a dotted sub-section), nested sections filled in."""
     return section_params(section, None)
