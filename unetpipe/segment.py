@@ -193,6 +193,13 @@ def segment_volume(
     """
     params = section_params("segment", params)
     _check(params)
+    return _segment(probability, offsets, params)
+
+
+def _segment(
+    probability: np.ndarray, offsets: Sequence[Sequence[int]] | None, params: Mapping[str, Any]
+) -> np.ndarray:
+    """:func:`segment_volume` with ``params`` a validated and checked segment section."""
     prob = np.asarray(probability, dtype=np.float32)
     if params["method"] == "mutex_watershed":
         volume = _affinity_volume(prob, offsets, params["mode"])
@@ -518,7 +525,7 @@ def segment_zarr(
         tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
         require_grid(tuning_source, truth.shape, "the labels")
         chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune, known)
-        params = params | chosen
+        params = section_params("segment", params | chosen)  # the grid's values, validated
         best = max(row[tune["measure"]] for row in table)
         attributes["tuning"] = {
             "measure": tune["measure"],
@@ -570,9 +577,7 @@ def segment_zarr(
             if params["mutex_block"]:
                 count = _mutex_blocks_zarr(source, target, level0.parent, params, threads)
             else:
-                labels = segment_volume(
-                    scaled_probability(source[:]), affinity_offsets(source), **params
-                )
+                labels = _segment(scaled_probability(source[:]), affinity_offsets(source), params)
                 target[:] = labels
                 count = int(labels.max())
         else:
@@ -699,9 +704,9 @@ def _slices_zarr(
 
     def label(z: int) -> int:
         if params["method"] == "mutex_watershed":
-            labels = segment_volume(affinity_slice(source, z), offsets, **params)
+            labels = _segment(affinity_slice(source, z), offsets, params)
         else:
-            labels = segment_volume(cell_probability(source, z), **params)
+            labels = _segment(cell_probability(source, z), None, params)
         target[z] = labels
         return int(labels.max())
 
