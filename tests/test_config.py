@@ -259,3 +259,26 @@ def test_a_bioimageio_package_needs_its_authors():
     with pytest.raises(ValueError, match=r"export.authors: \[\] should be non-empty"):
         load_config({"export": {"bioimageio": True, "authors": []}})
     assert load_config({"export": {"bioimageio": True, "authors": [{"name": "A. Tester"}]}})
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"crossval": {"k": 3, "sequences": ["01"]}}, "crossval: set either k"),
+        ({"crossval": {"k": 1}}, "crossval.k must be at least 2"),
+        ({"crossval": {"k": 2}, "train": {"data": "bank"}}, "crossval: the augmented bank"),
+        ({"model": {"dims": 3}}, "model.dims 3: the augmented bank holds 2D tiles"),
+        ({"segment": {"mode": "3d"}}, r"mode 3d needs method agglomerate \(components"),
+        ({"segment": {"mutex_block": [8, 8, 8]}}, "segment.mutex_block is for method mutex"),
+        ({"segment": {"small_objects": "merge"}}, "small_objects merge needs method agglomerate"),
+    ],
+)
+def test_cross_field_rules_refuse_a_combination_in_one_line(given, message):
+    with pytest.raises(ValueError, match=f"^{message}") as err:
+        config.load_config(given)
+    assert "\n" not in str(err.value)
+
+
+def test_the_config_files_keep_the_cross_field_rules():
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        config.load_config(path)

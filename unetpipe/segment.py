@@ -37,7 +37,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
-from unetpipe.config import choices, defaults, section_params
+from unetpipe.config import check_segment, choices, defaults, section_params
 from unetpipe.io import STORE_EVERY_CHUNK, open_data, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
@@ -111,16 +111,11 @@ def _check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"relief must be one of {RELIEFS}, got {params['relief']!r}")
     if params["mode"] not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {params['mode']!r}")
-    if params["mode"] == "3d" and params["method"] not in ("agglomerate", "mutex_watershed"):
-        raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
-    if params["mutex_block"] and (params["method"], params["mode"]) != ("mutex_watershed", "3d"):
-        raise ValueError("segment.mutex_block is for method mutex_watershed in mode 3d")
     if int(params["stride"]) < 1:
         raise ValueError(f"segment.stride must be at least 1, got {params['stride']}")
     if params["small_objects"] not in SMALL:
         raise ValueError(f"small_objects must be one of {SMALL}, got {params['small_objects']!r}")
-    if params["small_objects"] == "merge" and params["method"] != "agglomerate":
-        raise ValueError("small_objects merge needs method agglomerate (its region graph)")
+    check_segment(params)
     if params["method"] == "agglomerate":
         _settings(params)  # checks mode, sigma, max_distance
 
