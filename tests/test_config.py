@@ -9,8 +9,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli_options
 
-from unetpipe import augment, config, datasets, predict, synthetic, weights
+from unetpipe import (
+    agglomerate,
+    augment,
+    config,
+    datasets,
+    precision,
+    predict,
+    segment,
+    synthetic,
+    tiling,
+    weights,
+)
 from unetpipe.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,6 +170,62 @@ def test_cli_defaults_are_the_schemas():
             assert actions[name].default == defaults[name], (command, name)
 
 
+CLI_CHOICES = {  # option: (section, key), its choices the key's allowed values
+    "convert --unlabelled": ("dataset", "unlabelled"),
+    "segment --method": ("segment", "method"),
+    "segment --relief": ("segment", "relief"),
+    "segment --mode": ("segment", "mode"),
+    "segment --measure": ("segment.tune", "measure"),
+    "predict --mirror": ("predict", "mirror"),
+    "predict --dtype": ("predict", "dtype"),
+    "predict --precision": ("predict", "precision"),
+    "weights --mode": ("weights", "mode"),
+    "augment --padding": ("model", "padding"),
+}
+CLI_BEYOND = {  # option: what its choices add to (+) or leave out of (-) the key's allowed values
+    "predict --scheduler": ("predict", "scheduler", set(), {"slurm"}),  # SLURM: the workflow's
+    "weights --class-weights": ("weights", "class_weights", {"none"}, set()),  # none = null
+}
+REGISTRY_OPTIONS = {"download dataset", "convert source"}  # the registry's datasets
+
+
+def test_cli_choices_are_the_schemas():
+    """Every option with choices offers the allowed values of its config key (one source)."""
+    options = {name: a for name, a in cli_options(build_parser()) if a.choices is not None}
+    options = {n: a for n, a in options.items() if not isinstance(a.choices, dict)}  # commands
+    assert set(options) == set(CLI_CHOICES) | set(CLI_BEYOND) | REGISTRY_OPTIONS
+    for name, (section, key) in CLI_CHOICES.items():
+        assert list(options[name].choices) == list(config.choices(section, key)), name
+    for name, (section, key, added, left_out) in CLI_BEYOND.items():
+        expected = set(config.choices(section, key)) - left_out | added
+        assert set(options[name].choices) == expected, name
+    sources = set(config.choices("dataset", "source")) - {"synthetic"}
+    assert set(options["convert source"].choices) == sources
+    assert set(options["download dataset"].choices) == sources - {"local"}
+
+
+def test_allowed_values_of_the_library_are_the_schemas():
+    """Modules that never read the config (the pure core) keep their own lists: the schema's."""
+    assert agglomerate.MODES == config.choices("segment", "mode")
+    assert agglomerate.RELIEFS == config.choices("segment", "relief")
+    assert agglomerate.SMALL == config.choices("segment", "small_objects")
+    assert tiling.MIRROR_MODES == config.choices("predict", "mirror")
+    for section in ("train", "predict"):
+        assert precision.PRECISIONS == config.choices(section, "precision")
+        assert ("auto", *precision.MEMORY_FORMATS) == config.choices(section, "memory_format")
+    assert tuple(segment.MEASURES) == config.choices("segment.tune", "measure")
+    assert tuple(segment.GRIDS) == segment.METHODS
+
+
+def test_choices_name_a_key_with_allowed_values():
+    assert config.choices("weights", "class_weights") == ("balanced",)  # of its forms
+    assert config.choices("model", "dims") == (2, 3)
+    with pytest.raises(ValueError, match="model.depth has no enum"):
+        config.choices("model", "depth")
+    with pytest.raises(ValueError, match="no section 'model.typo'"):
+        config.choices("model", "typo")
+
+
 def test_malformed_yaml_is_one_line_naming_the_file(tmp_path, capsys):
     from unetpipe.cli import main
 
@@ -191,3 +259,26 @@ def test_a_bioimageio_package_needs_its_authors():
     with pytest.raises(ValueError, match=r"export.authors: \[\] should be non-empty"):
         load_config({"export": {"bioimageio": True, "authors": []}})
     assert load_config({"export": {"bioimageio": True, "authors": [{"name": "A. Tester"}]}})
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"crossval": {"k": 3, "sequences": ["01"]}}, "crossval: set either k"),
+        ({"crossval": {"k": 1}}, "crossval.k must be at least 2"),
+        ({"crossval": {"k": 2}, "train": {"data": "bank"}}, "crossval: the augmented bank"),
+        ({"model": {"dims": 3}}, "model.dims 3: the augmented bank holds 2D tiles"),
+        ({"segment": {"mode": "3d"}}, r"mode 3d needs method agglomerate \(components"),
+        ({"segment": {"mutex_block": [8, 8, 8]}}, "segment.mutex_block is for method mutex"),
+        ({"segment": {"small_objects": "merge"}}, "small_objects merge needs method agglomerate"),
+    ],
+)
+def test_cross_field_rules_refuse_a_combination_in_one_line(given, message):
+    with pytest.raises(ValueError, match=f"^{message}") as err:
+        config.load_config(given)
+    assert "\n" not in str(err.value)
+
+
+def test_the_config_files_keep_the_cross_field_rules():
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        config.load_config(path)

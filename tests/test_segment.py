@@ -83,6 +83,19 @@ def test_segment_zarr_multi_chunk_slices(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_segment_zarr_checks_its_settings_once_not_per_slice(tmp_path, monkeypatch):
+    calls = []
+    validated = segment.section_params
+    monkeypatch.setattr(segment, "section_params", lambda *a: calls.append(a) or validated(*a))
+    pred = zarr.create_array(
+        str(tmp_path / "pred.zarr"), shape=(2, 6, 8, 8), chunks=(2, 1, 8, 8), dtype=np.float32
+    )
+    pred[:] = np.stack([np.full((6, 8, 8), 0.2), np.full((6, 8, 8), 0.8)])
+    segment_zarr(pred.store.root, tmp_path / "seg.zarr", {"min_size": 0})
+    assert calls == [("segment", {"min_size": 0})]
+    assert (open_image(tmp_path / "seg.zarr")[:] == np.arange(1, 7)[:, None, None]).all()
+
+
 def test_segment_zarr_rejects_bad_input(tmp_path):
     pred = zarr.create_array(str(tmp_path / "p.zarr"), shape=(2, 1, 8, 8), dtype=np.float32)
     with pytest.raises(ValueError, match="unknown segment parameters"):

@@ -119,7 +119,68 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[st
             ) from None
         if not isinstance(values, dict):
             raise ValueError(f"{config}: not a mapping of sections")
-    return _validated(values, _schema(), where)
+    values = _validated(values, _schema(), where)
+    check_cross_fields(values)
+    return values
+
+
+def check_cross_fields(config: Mapping[str, Any]) -> None:
+    """The rules between keys of a configuration (validated, defaults filled in) that need no
+    data, a one-line ValueError each: the command line (:func:`load_config`) and the workflow
+    (``common.smk``) refuse the same combinations alike."""
+    crossval, train = config["crossval"], config["train"]
+    check_crossval(crossval)
+    if (crossval["k"] or crossval["sequences"]) and train["data"] == "bank":
+        raise ValueError(
+            "crossval: the augmented bank holds tiles of one split's training slices; set "
+            "train.data: on_the_fly (and augment.bank_size: 0) for cross-validation"
+        )
+    if config["model"]["dims"] == 3 and (train["data"] == "bank" or config["augment"]["bank_size"]):
+        raise ValueError(
+            "model.dims 3: the augmented bank holds 2D tiles; set train.data: on_the_fly and "
+            "augment.bank_size: 0 (3D tiles are deformed on the fly)"
+        )
+    check_segment(config["segment"])
+
+
+def check_crossval(crossval: Mapping[str, Any] | None) -> None:
+    """The rules of a ``crossval`` section (``{"k": int, "sequences": [str]}``, possibly partial):
+    folds of slices or held-out sequences, not both; at least 2 folds; no sequence twice."""
+    k, sequences = int((crossval or {}).get("k", 0)), list((crossval or {}).get("sequences", []))
+    if k and sequences:
+        raise ValueError("crossval: set either k (folds of slices) or sequences, not both")
+    if k == 1:
+        raise ValueError("crossval.k must be at least 2 (or 0: no cross-validation)")
+    if len(set(sequences)) != len(sequences):
+        raise ValueError(f"crossval.sequences lists a sequence twice: {sequences}")
+
+
+def check_segment(params: Mapping[str, Any]) -> None:
+    """The rules between keys of a ``segment`` section (complete): which methods a mode, a
+    ``mutex_block`` and ``small_objects`` merge work with."""
+    method, mode = params["method"], params["mode"]
+    if mode == "3d" and method not in ("agglomerate", "mutex_watershed"):
+        raise ValueError(f"mode 3d needs method agglomerate ({method} is slice-wise)")
+    if params["mutex_block"] and (method, mode) != ("mutex_watershed", "3d"):
+        raise ValueError("segment.mutex_block is for method mutex_watershed in mode 3d")
+    if params["small_objects"] == "merge" and method != "agglomerate":
+        raise ValueError("small_objects merge needs method agglomerate (its region graph)")
+
+
+def choices(section: str, key: str) -> tuple[Any, ...]:
+    """The allowed values of ``section.key`` (a dotted section: ``segment.tune``): its schema
+    ``enum``, or of a key of several forms those of its forms that are enums (``oneOf``). The
+    one list of them the package and the command line offer."""
+    node = _node(f"{section}.{key}")
+    values = tuple(v for form in [node, *node.get("oneOf", [])] for v in form.get("enum", ()))
+    if not values:
+        raise ValueError(f"{section}.{key} has no enum of allowed values in the schema")
+    return values
+
+
+def section_keys(section: str) -> tuple[str, ...]:
+    """The keys of a section (or a dotted sub-section: ``predict.slurm``), in schema order."""
+    return tuple(_node(section).get("properties", {}))
 
 
 def defaults(section: str) -> dict[str, Any]:

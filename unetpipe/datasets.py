@@ -31,6 +31,7 @@ from scipy import ndimage
 from skimage import measure
 from tqdm import tqdm
 
+from unetpipe.config import choices
 from unetpipe.io import (
     atomic_path,
     make_splits,
@@ -436,7 +437,7 @@ def _read_isbi(
     return data
 
 
-UNLABELLED = ("ignore", "background")
+UNLABELLED = choices("dataset", "unlabelled")
 UNLABELLED_MARGIN = 2
 """Pixels by which an unlabelled cell's ignored region is grown (silver outlines are not exact)."""
 

@@ -37,7 +37,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
-from unetpipe.config import defaults, section_params
+from unetpipe.config import check_segment, choices, defaults, section_params
 from unetpipe.io import STORE_EVERY_CHUNK, open_data, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
@@ -64,9 +64,11 @@ from unetpipe.splits import Split, resolve, tuning
 
 log = logging.getLogger(__name__)
 
-METHODS = ("components", "watershed", "agglomerate", "mutex_watershed")
-RELIEFS = agg.RELIEFS
-MEASURES = {  # the tuner's scores, from a contingency table of (truth, labels)
+METHODS = choices("segment", "method")
+RELIEFS = choices("segment", "relief")
+MODES = choices("segment", "mode")
+SMALL = choices("segment", "small_objects")
+MEASURES = {  # segment.tune.measure: the scores, from a contingency table of (truth, labels)
     "v_rand": metrics.v_rand_of_table,
     "seg": metrics.seg_score_of_table,
     "det": metrics.det_score_of_table,
@@ -107,20 +109,13 @@ def _check(params: Mapping[str, Any]) -> None:
         raise ValueError(f"method must be one of {METHODS}, got {params['method']!r}")
     if params["relief"] not in RELIEFS:
         raise ValueError(f"relief must be one of {RELIEFS}, got {params['relief']!r}")
-    if params["mode"] not in agg.MODES:
-        raise ValueError(f"mode must be one of {agg.MODES}, got {params['mode']!r}")
-    if params["mode"] == "3d" and params["method"] not in ("agglomerate", "mutex_watershed"):
-        raise ValueError(f"mode 3d needs method agglomerate ({params['method']} is slice-wise)")
-    if params["mutex_block"] and (params["method"], params["mode"]) != ("mutex_watershed", "3d"):
-        raise ValueError("segment.mutex_block is for method mutex_watershed in mode 3d")
+    if params["mode"] not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {params['mode']!r}")
     if int(params["stride"]) < 1:
         raise ValueError(f"segment.stride must be at least 1, got {params['stride']}")
-    if params["small_objects"] not in agg.SMALL:
-        raise ValueError(
-            f"small_objects must be one of {agg.SMALL}, got {params['small_objects']!r}"
-        )
-    if params["small_objects"] == "merge" and params["method"] != "agglomerate":
-        raise ValueError("small_objects merge needs method agglomerate (its region graph)")
+    if params["small_objects"] not in SMALL:
+        raise ValueError(f"small_objects must be one of {SMALL}, got {params['small_objects']!r}")
+    check_segment(params)
     if params["method"] == "agglomerate":
         _settings(params)  # checks mode, sigma, max_distance
 
@@ -193,6 +188,13 @@ def segment_volume(
     """
     params = section_params("segment", params)
     _check(params)
+    return _segment(probability, offsets, params)
+
+
+def _segment(
+    probability: np.ndarray, offsets: Sequence[Sequence[int]] | None, params: Mapping[str, Any]
+) -> np.ndarray:
+    """:func:`segment_volume` with ``params`` a validated and checked segment section."""
     prob = np.asarray(probability, dtype=np.float32)
     if params["method"] == "mutex_watershed":
         volume = _affinity_volume(prob, offsets, params["mode"])
@@ -518,7 +520,7 @@ def segment_zarr(
         tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
         require_grid(tuning_source, truth.shape, "the labels")
         chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune, known)
-        params = params | chosen
+        params = section_params("segment", params | chosen)  # the grid's values, validated
         best = max(row[tune["measure"]] for row in table)
         attributes["tuning"] = {
             "measure": tune["measure"],
@@ -570,9 +572,7 @@ def segment_zarr(
             if params["mutex_block"]:
                 count = _mutex_blocks_zarr(source, target, level0.parent, params, threads)
             else:
-                labels = segment_volume(
-                    scaled_probability(source[:]), affinity_offsets(source), **params
-                )
+                labels = _segment(scaled_probability(source[:]), affinity_offsets(source), params)
                 target[:] = labels
                 count = int(labels.max())
         else:
@@ -699,9 +699,9 @@ def _slices_zarr(
 
     def label(z: int) -> int:
         if params["method"] == "mutex_watershed":
-            labels = segment_volume(affinity_slice(source, z), offsets, **params)
+            labels = _segment(affinity_slice(source, z), offsets, params)
         else:
-            labels = segment_volume(cell_probability(source, z), **params)
+            labels = _segment(cell_probability(source, z), None, params)
         target[z] = labels
         return int(labels.max())
 

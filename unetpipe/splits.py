@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from unetpipe.config import check_crossval
 from unetpipe.io import DataGroup, make_splits, open_data, read_splits
 
 Split = dict[str, list[int]]
@@ -34,14 +35,10 @@ def consecutive_runs(slices: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def fold_names(crossval: Mapping[str, Any] | None) -> list[str]:
-    """The folds of a ``crossval`` section (``{"k": int, "sequences": [str]}``); [] when off."""
+    """The folds of a ``crossval`` section (``{"k": int, "sequences": [str]}``, checked by
+    :func:`unetpipe.config.check_crossval`); [] when off."""
+    check_crossval(crossval)
     k, sequences = int((crossval or {}).get("k", 0)), list((crossval or {}).get("sequences", []))
-    if k and sequences:
-        raise ValueError("crossval: set either k (folds of slices) or sequences, not both")
-    if k == 1:
-        raise ValueError("crossval.k must be at least 2 (or 0: no cross-validation)")
-    if len(set(sequences)) != len(sequences):
-        raise ValueError(f"crossval.sequences lists a sequence twice: {sequences}")
     return [f"fold-{i}" for i in range(1, k + 1)] if k else [f"val-{s}" for s in sequences]
 
 

@@ -35,6 +35,7 @@ from unetpipe.augment import (
 )
 from unetpipe.augment import sizes as tile_sizes
 from unetpipe.augment3d import augment_volume
+from unetpipe.config import choices
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
 from unetpipe.splits import consecutive_runs
@@ -66,7 +67,7 @@ class TileDataset(Dataset):
         dims: int = 2,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> None:
-        if mode not in ("on_the_fly", "none", "bank"):
+        if mode not in choices("train", "data"):
             raise ValueError(f"train.data must be on_the_fly, bank or none, got {mode!r}")
         if dims == 3 and mode == "bank":
             raise ValueError(

@@ -9,6 +9,11 @@ import jsonschema
 import pytest
 import yaml
 
+from unetpipe.cli import main
+from unetpipe.config import load_config
+
+from .conftest import TINY, snakemake
+
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "unetpipe" / "config.schema.yaml").read_text())
 
@@ -75,3 +80,26 @@ def test_readme_rendering():
     ]
     with pytest.raises(ValueError, match="markers"):
         doc.updated("no markers", schema)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{"crossval": {"k": 2}}, {"segment": {"method": "watershed", "mode": "3d"}}],
+    ids=["crossval-bank", "segment-3d"],
+)
+def test_the_cli_and_the_workflow_refuse_a_combination_alike(tmp_path, capsys, given):
+    """The cross-field rules (unetpipe.config.check_cross_fields): one message at both doors."""
+    config = yaml.safe_load(TINY.read_text())  # train.data bank
+    for section, values in given.items():
+        config.setdefault(section, {}).update(values)
+    path = tmp_path / "refused.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert main(["train", str(tmp_path / "d.zarr"), str(tmp_path / "run"), "--config", str(path)])
+    cli = capsys.readouterr().err.strip().splitlines()
+    assert len(cli) == 1 and cli[0].endswith(f"ERROR unetpipe: {message}")
+    result = snakemake(tmp_path, "-n", configfile=path)
+    assert result.returncode != 0
+    assert message in (result.stdout + result.stderr).splitlines()

@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 
 from unetpipe.cli import add_overwrite
-from unetpipe.config import load_config
+from unetpipe.config import choices, load_config
 from unetpipe.evaluate import evaluate_run, summary
 from unetpipe.io import open_data
 from unetpipe.report import write_report
-from unetpipe.segment import MEASURES, METHODS, RELIEFS, segment_stage
+from unetpipe.segment import METHODS, MODES, RELIEFS, segment_stage
 from unetpipe.splits import run_split
 
 
@@ -128,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, help="smallest instance in pixels")
     p.add_argument("--relief", choices=RELIEFS, help="watershed relief: distance or probability")
     p.add_argument("--min-distance", type=int, help="watershed: least distance between seeds")
-    p.add_argument("--mode", choices=["2d", "3d"], help="agglomerate: slice by slice or in 3D")
+    p.add_argument("--mode", choices=MODES, help="agglomerate: slice by slice or in 3D")
     p.add_argument("--sigma", type=float, help="agglomerate: smoothing of the boundary map (px)")
     p.add_argument("--max-distance", type=int, help="agglomerate: cap of the distance relief")
     p.add_argument(
@@ -155,7 +155,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tune-predictions", help="--tune: predictions of raw, if PREDICTIONS is not")
     p.add_argument(
-        "--measure", choices=list(MEASURES), default="v_rand", help="--tune: score to maximise"
+        "--measure",
+        choices=choices("segment.tune", "measure"),
+        default="v_rand",
+        help="--tune: score to maximise",
     )
     p.add_argument(
         "--grid",

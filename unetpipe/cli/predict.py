@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from unetpipe.cli import add_overwrite
-from unetpipe.precision import PRECISIONS
+from unetpipe.config import choices
 from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predict_zarr
 
 
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--mirror",
-        choices=["reflect", "symmetric"],
+        choices=choices("predict", "mirror"),
         default="reflect",
         help="context past the border, numpy's pad mode (default: %(default)s)",
     )
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=choices("predict", "precision"),
         default="auto",
         help="the network's precision: auto = bfloat16 on a GPU or a CPU with native bfloat16 "
         "(AMX, AVX512-BF16), else float32 (float16 where a GPU lacks bfloat16); float16 only on "
@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--scheduler",
-        choices=SCHEDULERS[:3],
+        choices=[s for s in SCHEDULERS if s != "slurm"],  # SLURM workers: the workflow's
         default="threads",
         help="threads in this process, a local Dask cluster, or an existing scheduler "
         "(--address); SLURM workers: the workflow's predict.scheduler (default: %(default)s)",

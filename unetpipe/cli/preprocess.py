@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from unetpipe.cli import add_overwrite
-from unetpipe.config import defaults, load_config
+from unetpipe.config import choices, defaults, load_config
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--class-weights",
-        choices=["balanced", "none"],
+        choices=[*choices("weights", "class_weights"), "none"],
         default=weights["class_weights"] or "none",
         help="w_c of Eq. 2: inverse class frequency (balanced) or 1 everywhere (none)",
     )
@@ -78,7 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="accuracy of the border term, relative to w0",
     )
     p.add_argument(
-        "--mode", choices=["2d", "3d"], default=weights["mode"], help="slice by slice or 3D"
+        "--mode",
+        choices=choices("weights", "mode"),
+        default=weights["mode"],
+        help="slice by slice or 3D",
     )
     p.add_argument("--threads", type=int, default=1, help="processes computing slices")
     p.set_defaults(func=_weights)
@@ -103,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--padding",
-        choices=["valid", "same"],
+        choices=choices("model", "padding"),
         help=f"U-Net padding (default {model['padding']})",
     )
     add_overwrite(p)

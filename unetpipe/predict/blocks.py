@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import zarr
 
+from unetpipe.config import choices
 from unetpipe.intensity import normalize
 from unetpipe.io import PROVENANCE, STORE_EVERY_CHUNK, location, refuse_foreign, stored_digest
 from unetpipe.model import UNet
@@ -36,7 +37,7 @@ from unetpipe.tiling import MIRROR_MODES, read_mirrored
 if TYPE_CHECKING:
     from unetpipe.ngff import ImageArray
 
-OUTPUT_DTYPES = ("float16", "uint8")
+OUTPUT_DTYPES = choices("predict", "dtype")
 
 
 def marker_store(target: str | Path) -> Path:

@@ -17,23 +17,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from unetpipe.config import choices, section_keys
 from unetpipe.model import UNet, load_model
 from unetpipe.precision import torch_memory_format, torch_threads
 from unetpipe.predict.plan import Job
 
-SCHEDULERS = ("threads", "local", "address", "slurm")
+SCHEDULERS = choices("predict", "scheduler")
 WINDOW_PER_SLOT = 4  # tasks in flight per worker thread (at least MIN_WINDOW)
 MIN_WINDOW = 64
-SLURM_KEYS = (
-    "queue",
-    "account",
-    "cores",
-    "memory",
-    "walltime",
-    "job_extra_directives",
-    "log_directory",
-    "interface",
-)
+SLURM_KEYS = section_keys("predict.slurm")
 
 _MODELS: dict[tuple[str, int, str, str], tuple[UNet, dict[str, Any]]] = {}
 _MODELS_LOCK = threading.Lock()

@@ -4,9 +4,11 @@ import json
 import re
 from pathlib import Path
 
-from unetpipe.config import rule_params, upstream_sections
+from unetpipe.config import check_cross_fields, rule_params, upstream_sections
 from unetpipe.splits import fold_names
 
+# The rules between config keys that need no data, as the `unetpipe` commands apply them.
+check_cross_fields(config)
 DATASET = config["dataset"]["name"]
 RUN = config["run"]
 RESOURCES = f"resources/{DATASET}"
@@ -16,20 +18,6 @@ LOGS = f"logs/{DATASET}"
 # One run, results/<dataset>/<run>/, or one per cross-validation fold: <run>/<fold>/.
 FOLDS = fold_names(config["crossval"])
 RUNS = [f"{RUN}/{fold}" for fold in FOLDS] or [RUN]
-if FOLDS and config["train"]["data"] == "bank":
-    raise ValueError(
-        "crossval: the augmented bank holds tiles of one split's training slices; set "
-        "train.data: on_the_fly (and augment.bank_size: 0) for cross-validation"
-    )
-
-
-if config["model"]["dims"] == 3 and (
-    config["train"]["data"] == "bank" or config["augment"]["bank_size"]
-):
-    raise ValueError(
-        "model.dims 3: the augmented bank holds 2D tiles; set train.data: on_the_fly and "
-        "augment.bank_size: 0 (3D tiles are deformed on the fly)"
-    )
 
 
 wildcard_constraints:
