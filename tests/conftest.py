@@ -7,7 +7,7 @@ import hashlib
 import re
 import runpy
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
+
+from unetpipe.config import rule_params
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -184,8 +187,39 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def run_rule_script(stage: str, **snakemake: Any) -> None:
+def run_rule_script(
+    stage: str,
+    config: Mapping[str, Any],
+    folder: Path,
+    *,
+    input: Mapping[str, Any],
+    output: list[str],
+    params: Mapping[str, Any] | None = None,
+    threads: int = 1,
+    wildcards: Mapping[str, Any] | None = None,
+) -> None:
     """Run ``workflow/scripts/<stage>.py`` as its rule does, with a stand-in for the ``snakemake``
-    object holding ``snakemake`` (input, output, params, config, threads, log, wildcards)."""
+    object: ``config`` (validated), the rule's ``params`` (``cfg``: the result settings of the
+    config section named like the stage, as ``section()`` gives them; ``split``: ``{}``, the
+    group's own, unless given) and the log ``folder/<stage>.log``."""
     script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / f"{stage}.py"
-    runpy.run_path(str(script), init_globals={"snakemake": SimpleNamespace(**snakemake)})
+    params = {"cfg": rule_params(stage, config[stage]), "split": {}, **(params or {})}
+    snakemake = SimpleNamespace(
+        input=SimpleNamespace(
+            **{k: v if isinstance(v, list) else str(v) for k, v in input.items()}
+        ),
+        output=output,
+        params=SimpleNamespace(**params),
+        config=config,
+        threads=threads,
+        log=[str(folder / f"{stage}.log")],
+        wildcards=SimpleNamespace(**(wildcards or {})),
+    )
+    runpy.run_path(str(script), init_globals={"snakemake": snakemake})
+
+
+def config_file(folder: Path, config: Mapping[str, Any]) -> str:
+    """``config`` written as ``folder/config.yaml`` (for a command's ``--config``)."""
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(dict(config)))
+    return str(path)

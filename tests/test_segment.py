@@ -1,5 +1,3 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import zarr
@@ -8,7 +6,7 @@ from conftest import run_rule_script
 from unetpipe import segment
 from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
 from unetpipe.cli import main
-from unetpipe.config import load_config, rule_params
+from unetpipe.config import load_config
 from unetpipe.evaluate import score_instances
 from unetpipe.ngff import open_image, open_labels
 from unetpipe.segment import (
@@ -343,18 +341,16 @@ def test_cli_and_rule_segment_alike(tmp_path):
     )
     run_rule_script(
         "segment",
-        input=SimpleNamespace(
-            predictions=str(tmp_path / "p.zarr"),
-            group=str(data / "zarr.json"),
-            labels=str(data / "labels"),
-            raw_predictions=str(tmp_path / "p.zarr"),
-        ),
+        config,
+        tmp_path,
+        input={
+            "predictions": tmp_path / "p.zarr",
+            "group": data / "zarr.json",
+            "labels": data / "labels",
+            "raw_predictions": tmp_path / "p.zarr",
+        },
         output=[str(tmp_path / "rule" / "seg.zarr")],
-        params=SimpleNamespace(cfg=rule_params("segment", config["segment"]), split={}),
-        config=config,
-        threads=1,
-        log=[str(tmp_path / "segment.log")],
-        wildcards=SimpleNamespace(array="raw"),
+        wildcards={"array": "raw"},
     )
     args = ["segment", str(tmp_path / "p.zarr"), str(tmp_path / "cli" / "seg.zarr")]
     args += ["--image", str(data / "raw"), "--method", "components", "--tune", "--data", str(data)]

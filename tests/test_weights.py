@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import run_rule_script
 from scipy import ndimage
 
+from unetpipe.cli import main
+from unetpipe.config import load_config
 from unetpipe.weights import (
     border_margin,
     class_weight_map,
@@ -224,6 +227,28 @@ def test_training_labels_carry_the_weight_maps_gap(tmp_path):
     assert (separated == 0).sum() > (labels[1] == 0).sum()  # the gap is background in targets...
     gap = (separated == 0) & (labels[1] > 0)
     assert np.all(group["weights"][1][gap] > 1)  # ...where the map puts its border weight
+
+
+def test_cli_and_rule_weights_alike(tmp_path):
+    """``unetpipe weights`` and rule weights (its script) run one stage: the same map and
+    attributes for the same settings."""
+    labels = voronoi((3, 40, 36), cells=8, seed=2, membrane=False)
+    cli, rule = (make_group(tmp_path / name / "data.zarr", labels) for name in ("cli", "rule"))
+    settings = {"w0": 6.0, "sigma": 3.0, "class_weights": None, "separation_gap": 2}
+    run_rule_script(
+        "weights",
+        load_config({"weights": settings}),
+        tmp_path,
+        input={"group": rule / "zarr.json", "labels": rule / "labels"},
+        output=[str(rule / "weights")],
+        threads=2,
+    )
+    args = ["weights", str(cli), "--w0", "6", "--sigma", "3", "--class-weights", "none"]
+    assert main([*args, "--separation-gap", "2", "--threads", "2"]) == 0
+    ours, theirs = (zarr.open_array(path / "weights", mode="r") for path in (cli, rule))
+    np.testing.assert_array_equal(ours[:], theirs[:])
+    assert ours.attrs.asdict() == theirs.attrs.asdict()
+    assert theirs.attrs["separation_gap"] == 2 and theirs.attrs["class_weights"] is None
 
 
 @pytest.mark.parametrize(
