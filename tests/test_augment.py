@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import config_file, run_rule_script
 
 from unetpipe.augment import (
     augment_sample,
@@ -15,6 +16,8 @@ from unetpipe.augment import (
     sample_rng,
     write_bank,
 )
+from unetpipe.cli import main
+from unetpipe.config import load_config, rule_params
 from unetpipe.intensity import dataset_statistics, normalize
 
 PARTS = ("elastic", "rotation", "shift", "flip", "gray")
@@ -240,3 +243,31 @@ def test_bank_errors(tmp_path):
     with pytest.raises(ValueError, match="training slices"):
         write_bank(data, tmp_path / "b.zarr", shard=0, n_shards=1, **common)
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_cli_and_rule_augment_alike(tmp_path):
+    """``unetpipe augment --shard 1`` and rule augment (its script) run one stage: the same tiles
+    and attributes of shard 1 for the same config (the network's tile geometry from its model
+    section, of which the rule's params hold depth, padding, pool and kernel)."""
+    data = make_group(tmp_path / "data.zarr")
+    given = {"augment": {"tile": 44, "bank_size": 5, "shards": 2, "seed": 3}, "model": {"depth": 2}}
+    config = load_config(given)
+    geometry = ("depth", "padding", "pool", "kernel")
+    model = {k: v for k, v in rule_params("model", config["model"]).items() if k in geometry}
+    rule = tmp_path / "rule" / "shard-1.zarr"
+    run_rule_script(
+        "augment",
+        config,
+        tmp_path,
+        input={"group": data / "zarr.json", "raw": data / "raw"},
+        output=[str(rule)],
+        params={"model": model},
+        wildcards={"shard": "1"},
+    )
+    args = ["augment", str(data), str(tmp_path / "cli"), "--config", config_file(tmp_path, given)]
+    assert main([*args, "--shard", "1"]) == 0
+    ours, theirs = (zarr.open_group(p, mode="r") for p in (tmp_path / "cli" / "shard-1.zarr", rule))
+    assert ours.attrs.asdict() == theirs.attrs.asdict()
+    assert theirs.attrs["output_size"] == [28, 28] and theirs.attrs["first_index"] == 2
+    for name in ("image", "labels", "weights", "slice"):
+        np.testing.assert_array_equal(ours[name][:], theirs[name][:])

@@ -25,6 +25,7 @@ import zarr
 from unetpipe.config import defaults, section_params
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, create_array, open_data, read_splits, writes_output
+from unetpipe.model import network_output_size
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
@@ -386,6 +387,32 @@ def write_bank(
                 for name, value in zip(("image", "labels", "weights"), sample, strict=True):
                     arrays[name][i - indices.start] = value
     log.info("wrote %s: samples %d..%d", out_path, indices.start, indices.stop - 1)
+
+
+def augment_stage(
+    data: str | Path,
+    output: str | Path,
+    shard: int,
+    cfg: Mapping[str, Any] | None,
+    model: Mapping[str, Any] | None,
+    overwrite: bool = True,
+) -> None:
+    """The augment stage, as rule ``augment`` and ``unetpipe augment`` run it: shard ``shard`` of
+    the bank (:func:`write_bank`) of the augment section ``cfg`` (``shards`` shards, input tiles
+    of ``tile`` px), its label and weight tiles the output of the network of the model section
+    ``model`` (its tile geometry)."""
+    params = resolve_params(cfg)
+    out = network_output_size(section_params("model", model), params["tile"])
+    write_bank(
+        data,
+        output,
+        shard=shard,
+        n_shards=params["shards"],
+        params=params,
+        input_size=params["tile"],
+        output_size=out,
+        overwrite=overwrite,
+    )
 
 
 class AugmentedBank(Sequence):

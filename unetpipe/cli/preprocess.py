@@ -26,8 +26,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from unetpipe.augment import write_bank
-    from unetpipe.model import network_output_size
+    from unetpipe.augment import augment_stage
 
     config = load_config(args.config)  # validated: a typo in any section is refused
     params = config["augment"]
@@ -36,18 +35,9 @@ def _augment(args: argparse.Namespace) -> int:
             params[key] = getattr(args, key)
     model = config["model"]
     model.update({k: getattr(args, k) for k in ("depth", "padding") if getattr(args, k)})
-    out = network_output_size(model, params["tile"])
     for shard in [args.shard] if args.shard is not None else range(params["shards"]):
-        write_bank(
-            args.data,
-            Path(args.out) / f"shard-{shard}.zarr",
-            shard=shard,
-            n_shards=params["shards"],
-            params=params,
-            input_size=params["tile"],
-            output_size=out,
-            overwrite=args.overwrite,
-        )
+        out = Path(args.out) / f"shard-{shard}.zarr"
+        augment_stage(args.data, out, shard, params, model, overwrite=args.overwrite)
     return 0
 
 

@@ -1,20 +1,16 @@
-"""Rule augment: one shard of the bank of augmented tiles (unetpipe.augment)."""
+"""Rule augment: one shard of the bank of augmented tiles (unetpipe.augment.augment_stage)."""
 
 from pathlib import Path
 
-from unetpipe.augment import write_bank
+from unetpipe.augment import augment_stage
 from unetpipe.log import logged
-from unetpipe.model import network_output_size
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule augment"):
-    cfg, model = snakemake.params.cfg, snakemake.params.model
-    write_bank(
+    augment_stage(
         Path(snakemake.input.group).parent,
         snakemake.output[0],
-        shard=int(snakemake.wildcards.shard),
-        n_shards=cfg["shards"],
-        params=cfg,
-        input_size=cfg["tile"],
-        output_size=network_output_size(model, cfg["tile"]),
+        int(snakemake.wildcards.shard),
+        snakemake.params.cfg,
+        snakemake.params.model,
     )
