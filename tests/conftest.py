@@ -193,7 +193,7 @@ def run_rule_script(
     folder: Path,
     *,
     input: Mapping[str, Any],
-    output: list[str],
+    output: list[str] | Mapping[str, Any],
     params: Mapping[str, Any] | None = None,
     threads: int = 1,
     wildcards: Mapping[str, Any] | None = None,
@@ -208,7 +208,7 @@ def run_rule_script(
         input=SimpleNamespace(
             **{k: v if isinstance(v, list) else str(v) for k, v in input.items()}
         ),
-        output=output,
+        output=SimpleNamespace(**output) if isinstance(output, Mapping) else output,
         params=SimpleNamespace(**params),
         config=config,
         threads=threads,

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import config_file, run_rule_script
 
 from unetpipe.affinities import affinity_targets
 from unetpipe.augment import augment_sample, open_bank, sample_rng, write_bank
-from unetpipe.config import load_config
+from unetpipe.cli import main
+from unetpipe.config import load_config, rule_params
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import claim_folder, write_array
 from unetpipe.losses import weighted_cross_entropy
@@ -555,6 +557,46 @@ def test_cli_config_applies_dataset_val_slices_and_refuses_what_it_cannot(data, 
     err = capsys.readouterr().err
     assert "--fold fold-1 and dataset.val_slices [0] both choose the validation" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_and_rule_train_alike(data, tmp_path):
+    """``unetpipe train`` and rule train (its script) run one stage: the same weights, metadata
+    and log after a few steps for the same config (the rule's params hold the result settings,
+    its script adds the run settings)."""
+    train_cfg = {"device": "cpu", "workers": 0, "optimizer": "adam", "lr": 1e-3, "iterations": 3}
+    given = {
+        "train": {
+            **train_cfg,
+            "val_every": 3,
+            "checkpoint_every": 2,
+            "memory_format": "contiguous",
+        },
+        "model": {"depth": 2, "base_channels": 4},
+        "augment": {"tile": TILE},
+    }
+    config = load_config(given)
+    run_rule_script(
+        "train",
+        config,
+        tmp_path,
+        input={"raw": data / "raw", "labels": data / "labels", "weights": data / "weights"}
+        | {"bank": []},
+        output={"model": str(tmp_path / "rule" / "model.pt")},
+        params={k: rule_params(k, config[k]) for k in ("model", "augment")},
+    )
+    args = ["train", str(data), str(tmp_path / "cli"), "--config", config_file(tmp_path, given)]
+    assert main([*args, "--threads", "1"]) == 0
+    (ours, ours_meta), (theirs, theirs_meta) = (
+        load_model(tmp_path / run / "model.pt") for run in ("cli", "rule")
+    )
+    assert ours.config == theirs.config and ours_meta == theirs_meta
+    for name, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, rtol=0, atol=0)
+    untimed = [
+        [{k: v for k, v in row.items() if k not in ("tiles_per_s", "seconds")} for row in rows]
+        for rows in (read_log(tmp_path / "cli"), read_log(tmp_path / "rule"))
+    ]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3
 
 
 def test_the_papers_gpu_recipe_on_a_cpu_is_said_before_training(data, tmp_path, caplog):
