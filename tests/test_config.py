@@ -155,6 +155,10 @@ def test_signature_defaults_are_the_schemas(function, section, names):
         assert (list(value) if isinstance(value, tuple) else value) == expected, name
 
 
+PREDICT_OPTIONS = ("memory_gb", "batch_size", "mirror", "tta", "dtype", "precision", "device")
+PREDICT_OPTIONS += ("scheduler", "n_workers", "threads_per_worker", "address", "progress")
+
+
 def test_cli_defaults_are_the_schemas():
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -162,6 +166,7 @@ def test_cli_defaults_are_the_schemas():
         "weights": ("weights", ["w0", "sigma", "separation_gap", "tolerance", "mode"]),
         "synth": ("synth", ["n_slices", "shape", "test_slices", "cell_size", "noise", "seed"]),
         "convert": ("dataset", ["sequences", "unlabelled", "val_slices", "voxel_size"]),
+        "predict": ("predict", [*PREDICT_OPTIONS]),
     }
     for command, (section, names) in checks.items():
         defaults = config.defaults(section)

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import run_rule_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unetpipe
 from unetpipe.cli import build_parser, main
+from unetpipe.config import load_config
 from unetpipe.intensity import normalize
 from unetpipe.model import UNet, probabilities, save_model
 from unetpipe.ngff import open_image
@@ -614,6 +616,33 @@ def test_command_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert main([*args, "--memory-gb", "0", "--overwrite", "--no-progress"]) == 1
     assert "memory_gb must be a positive number of GiB" in capsys.readouterr().err
     assert tree(tmp_path / "p.zarr") == before
+
+
+def test_cli_and_rule_predict_alike(model_file: Path, tmp_path: Path) -> None:
+    """``unetpipe predict`` and rule predict (its script) run one stage: the same probabilities
+    and attributes (but timings) for the same settings, result and run settings alike."""
+    data = tmp_path / "data.zarr"
+    zarr.open_group(str(data), mode="w")
+    make_volume(data / "raw", (2, 30, 40))
+    settings = {"tile": 60, "block": [1, 16, 24], "mirror": "symmetric", "tta": True}
+    settings |= {"dtype": "uint8", "precision": "float32", "progress": False}
+    run_rule_script(
+        "predict",
+        load_config({"predict": settings}),
+        tmp_path,
+        input={"model": model_file, "group": data / "zarr.json"},
+        output=[str(tmp_path / "rule.zarr")],
+        threads=2,
+        wildcards={"array": "raw"},
+    )
+    args = ["predict", str(model_file), str(data / "raw"), str(tmp_path / "cli.zarr")]
+    args += ["--tile", "60", "--block", "1", "16", "24", "--mirror", "symmetric", "--tta"]
+    assert main([*args, "--dtype", "uint8", "--precision", "float32", "--no-progress"]) == 0
+    ours, theirs = (open_image(tmp_path / f"{door}.zarr", "czyx") for door in ("cli", "rule"))
+    np.testing.assert_array_equal(ours[:], theirs[:])
+    untimed = [{k: v for k, v in a.attrs.items() if k != "seconds"} for a in (ours, theirs)]
+    assert untimed[0] == untimed[1]
+    assert theirs.attrs["tta"] and theirs.attrs["block"] == [1, 16, 24]
 
 
 def test_command_line_takes_a_tile_per_axis(tmp_path: Path) -> None:

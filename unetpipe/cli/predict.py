@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from unetpipe.cli import add_overwrite
-from unetpipe.config import choices
-from unetpipe.predict import DEFAULT_MEMORY_GB, OUTPUT_DTYPES, SCHEDULERS, predict_zarr
+from unetpipe.config import choices, defaults
+from unetpipe.predict import OUTPUT_DTYPES, SCHEDULERS, predict_stage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    settings = defaults("predict")
     parser = subparsers.add_parser(
         "predict",
         help="predict class probabilities of a (z, y, x) stack: TIFF, Zarr or OME-Zarr",
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--memory-gb",
         type=float,
-        default=DEFAULT_MEMORY_GB,
+        default=settings["memory_gb"],
         help="GiB for one forward pass; sets the default tile (default: %(default)s)",
     )
     parser.add_argument(
@@ -53,39 +54,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=1,
+        default=settings["batch_size"],
         help="tiles per forward pass; helps on GPU (default: %(default)s)",
     )
     parser.add_argument(
         "--mirror",
         choices=choices("predict", "mirror"),
-        default="reflect",
+        default=settings["mirror"],
         help="context past the border, numpy's pad mode (default: %(default)s)",
     )
     parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     parser.add_argument(
         "--dtype",
         choices=OUTPUT_DTYPES,
-        default="float16",
+        default=settings["dtype"],
         help="stored probabilities; uint8 stores round(255 p) (default: %(default)s)",
     )
     parser.add_argument(
         "--precision",
         choices=choices("predict", "precision"),
-        default="auto",
+        default=settings["precision"],
         help="the network's precision: auto = bfloat16 on a GPU or a CPU with native bfloat16 "
         "(AMX, AVX512-BF16), else float32 (float16 where a GPU lacks bfloat16); float16 only on "
         "CUDA (default: %(default)s)",
     )
     parser.add_argument(
         "--device",
-        default="auto",
+        default=settings["device"],
         help="auto (each worker's GPU if it has one), cpu, cuda or cuda:N (default: %(default)s)",
     )
     parser.add_argument(
         "--scheduler",
         choices=[s for s in SCHEDULERS if s != "slurm"],  # SLURM workers: the workflow's
-        default="threads",
+        default=settings["scheduler"],
         help="threads in this process, a local Dask cluster, or an existing scheduler "
         "(--address); SLURM workers: the workflow's predict.scheduler (default: %(default)s)",
     )
@@ -93,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--n-workers",
         type=int,
-        default=1,
+        default=settings["n_workers"],
         help="concurrent tasks (threads) or worker processes (local) (default: %(default)s)",
     )
     parser.add_argument(
@@ -109,24 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    predict_zarr(
-        args.model,
-        args.input,
-        args.output,
-        tile=args.tile[0] if args.tile and len(args.tile) == 1 else args.tile,
-        memory_gb=args.memory_gb,
-        block=args.block,
-        batch_size=args.batch_size,
-        mirror=args.mirror,
-        tta=args.tta,
-        dtype=args.dtype,
-        precision=args.precision,
-        device=args.device,
-        scheduler=args.scheduler,
-        address=args.address,
-        n_workers=args.n_workers,
-        threads_per_worker=args.threads_per_worker,
-        progress=args.progress,
-        overwrite=args.overwrite,
-    )
+    keys = ["memory_gb", "block", "batch_size", "mirror", "tta", "dtype", "precision", "device"]
+    keys += ["scheduler", "address", "n_workers", "threads_per_worker", "progress"]
+    cfg = {key: getattr(args, key) for key in keys}
+    cfg["tile"] = args.tile[0] if args.tile and len(args.tile) == 1 else args.tile
+    predict_stage(args.model, args.input, args.output, cfg, overwrite=args.overwrite)
     return 0

@@ -19,13 +19,14 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import zarr
 
 from unetpipe.affinities import channel_names
+from unetpipe.config import defaults
 from unetpipe.io import check_disjoint, location, relative_to_output, sha256sum, writes_output
 from unetpipe.model import UNet
 from unetpipe.ngff import ImageArray, open_image, write_image
@@ -67,6 +68,7 @@ __all__ = [
     "pass_memory_format",
     "pass_tile",
     "predict_image",
+    "predict_stage",
     "predict_zarr",
     "slurm_cluster_options",
 ]
@@ -218,6 +220,25 @@ def predict_zarr(
     )
     seconds = _finish(job, output, totals, resumed, started)
     return {**totals, "seconds": seconds, "block": plan.block, "batch": plan.batch}
+
+
+def predict_stage(
+    model_path: str | Path,
+    image: Any,
+    output: str | Path,
+    cfg: Mapping[str, Any],
+    threads: int | None = None,
+    overwrite: bool = True,
+) -> dict[str, Any]:
+    """The predict stage, as rule ``predict`` and ``unetpipe predict`` run it: :func:`predict_zarr`
+    of ``image`` with the predict section ``cfg`` (possibly partial; ``arrays``, the workflow's
+    inputs, aside); the threads scheduler's tasks run on ``threads`` torch threads unless
+    ``threads_per_worker`` is set (None: torch's choice)."""
+    options = {**defaults("predict"), **cfg}
+    del options["arrays"]
+    if options["scheduler"] == "threads" and options["threads_per_worker"] is None:
+        options["threads_per_worker"] = threads
+    return predict_zarr(model_path, image, output, **options, overwrite=overwrite)
 
 
 def _checked_inputs(

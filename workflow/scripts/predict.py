@@ -4,17 +4,14 @@ from pathlib import Path
 
 from unetpipe.config import run_settings
 from unetpipe.log import logged
-from unetpipe.predict import predict_zarr
+from unetpipe.predict import predict_stage
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule predict"):
-    cfg = {**snakemake.params.cfg, **run_settings("predict", snakemake.config["predict"])}
-    options = {key: value for key, value in cfg.items() if key != "arrays"}
-    if options["scheduler"] == "threads" and options["threads_per_worker"] is None:
-        options["threads_per_worker"] = snakemake.threads
-    predict_zarr(
+    predict_stage(
         snakemake.input.model,
         Path(snakemake.input.group).parent / snakemake.wildcards.array,
         snakemake.output[0],
-        **options,
+        {**snakemake.params.cfg, **run_settings("predict", snakemake.config["predict"])},
+        snakemake.threads,
     )
