@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 import zarr
-from conftest import make_run
+from conftest import config_file, make_run, run_rule_script
 
 from unetpipe import metrics
+from unetpipe.cli import main
+from unetpipe.config import load_config
 from unetpipe.evaluate import (
     CROSSVAL_MEASURES,
     PAPER,
@@ -400,3 +402,27 @@ def test_volume_measures_match_objects_in_3d_within_each_run():
         "seg_3d": 1.0,
         "det_3d": 1.0,
     }
+
+
+def test_cli_and_rule_evaluate_alike(tmp_path):
+    """``unetpipe evaluate`` and rule evaluate (its script) run one stage: the same metrics.json
+    for the same config (the command scores the arrays predicted in the run folder, the rule
+    those of its params)."""
+    make_run(tmp_path)
+    data, arrays = tmp_path / "data.zarr", ["raw", "test"]
+    given = {"evaluate": {"thresholds": [0.3, 0.5, 0.7], "baseline_sigma": 1.5}}
+    folders = {"predictions": "predictions", "segmentations": "segmentation"}
+    run = {k: [str(tmp_path / f / f"{a}.zarr") for a in arrays] for k, f in folders.items()}
+    run_rule_script(
+        "evaluate",
+        load_config(given),
+        tmp_path,
+        input={"group": data / "zarr.json", "raw": data / "raw", "labels": data / "labels", **run},
+        output=[str(tmp_path / "rule.json")],
+        params={"arrays": arrays},
+    )
+    args = ["evaluate", str(data), str(tmp_path), "--config", config_file(tmp_path, given)]
+    assert main(args) == 0
+    ours, theirs = (json.loads((tmp_path / n).read_text()) for n in ("metrics.json", "rule.json"))
+    assert ours == theirs and set(theirs["results"]) == {"val", "test"}
+    assert theirs["evaluate"]["thresholds"] == [0.3, 0.5, 0.7]
