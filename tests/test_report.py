@@ -1,8 +1,11 @@
 """The report of a run (unetpipe.report): figures, summary, the training log."""
 
 import numpy as np
+from conftest import config_file, make_run, run_rule_script
 
-from unetpipe.evaluate import summary
+from unetpipe.cli import main
+from unetpipe.config import load_config
+from unetpipe.evaluate import evaluate_run, summary
 from unetpipe.io import read_log
 from unetpipe.report import curves_figure, log_columns, write_report
 
@@ -56,3 +59,36 @@ def test_curves_figure_is_a_png_with_or_without_validation(tmp_path):
         curves_figure(data, tmp_path / name, dpi=50, baseline=0.4)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # nothing partial
+
+
+def test_cli_and_rule_report_alike(tmp_path):
+    """``unetpipe report`` and rule report (its script) run one stage: the same figures and
+    summary for the same config."""
+    data = tmp_path / "data.zarr"
+    predictions = make_run(tmp_path)[1]
+    segmentations = {k: tmp_path / "segmentation" / f"{k}.zarr" for k in predictions}
+    evaluate_run(data, predictions, segmentations, tmp_path / "metrics.json")
+    given = {"report": {"overlays": 1, "dpi": 50}}
+    run_files = {"metrics": "metrics.json", "log": "train/log.csv"}
+    run_files |= {"predictions": "predictions/raw.zarr", "segmentation": "segmentation/raw.zarr"}
+    run_rule_script(
+        "report",
+        load_config(given),
+        tmp_path,
+        input={"group": data / "zarr.json"}
+        | {key: tmp_path / name for key, name in run_files.items()},
+        output=[str(tmp_path / "rule")],
+    )
+    args = ["report", str(data), str(tmp_path), "--config", config_file(tmp_path, given)]
+    assert main(args) == 0
+    ours, theirs = (
+        {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()} for name in ("report", "rule")
+    )
+    assert ours == theirs
+    assert sorted(theirs) == [
+        ".unetpipe",
+        "curves.png",
+        "metrics.png",
+        "overlay_003.png",
+        "summary.txt",
+    ]
