@@ -4,6 +4,7 @@ predicts what unetpipe predicts (whole and tiled, in bioimageio.core too), bad r
 from __future__ import annotations
 
 import ast
+import io
 import json
 import math
 import sys
@@ -15,11 +16,13 @@ import pytest
 import torch
 import yaml
 import zarr
+from conftest import run_rule_script
 from PIL import Image
 
 import unetpipe.model
 from unetpipe.bioimageio import export_bioimageio, package_geometry, package_name
 from unetpipe.cli import main
+from unetpipe.config import load_config
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.model import UNet, UNetProbabilities, save_model
 from unetpipe.predict import predict_image
@@ -219,6 +222,39 @@ def test_bad_run_dirs_fail_with_one_clear_error(tmp_path: Path, run: Path) -> No
         UNetProbabilities(**anisotropic.config)
     assert main(["export", str(tmp_path), "--bioimageio", str(output)]) == 1
     assert not output.exists()
+
+
+def test_cli_and_rule_export_alike(tmp_path: Path, run: Path) -> None:
+    """``unetpipe export`` and rule export_bioimageio (its script) run one stage: packages of
+    the same files for the same export section."""
+    given = {"bioimageio": True, "name": "U-Net doors", "license": "MIT", "tags": ["demo"]}
+    given["authors"] = [{"name": "A. Tester"}, {"name": "B. Tester"}]
+    rule, cli = (tmp_path / door / "r1.bioimageio.zip" for door in ("rule", "cli"))
+    run_rule_script(
+        "export",
+        load_config({"export": given}),
+        tmp_path,
+        input={"model": run / "model.pt", "group": run.parent / "data.zarr" / "zarr.json"},
+        output=[str(rule)],
+    )
+    args = ["export", str(run), "--bioimageio", str(cli), "--name", "U-Net doors"]
+    args += ["--license", "MIT", "--tag", "demo", "--author", "A. Tester", "--author", "B. Tester"]
+    assert main(args) == 0
+    ours, theirs = (
+        {info.filename: package.read(info) for info in package.infolist()}
+        for package in map(zipfile.ZipFile, (cli, rule))
+    )
+    # TorchScript mangles the names of classes scripted twice in one process and stamps each file
+    # with a random id: the scripted networks' weights compare, and the rest of the files.
+    scripted = [
+        torch.jit.load(io.BytesIO(files.pop("weights.torchscript.pt"))) for files in (ours, theirs)
+    ]
+    rdf = [yaml.safe_load(files.pop("rdf.yaml")) for files in (ours, theirs)]
+    for description in rdf:
+        del description["weights"]["torchscript"]["sha256"]
+    assert ours == theirs and rdf[0] == rdf[1] and rdf[1]["license"] == "MIT"
+    for name, value in scripted[1].state_dict().items():
+        assert torch.equal(scripted[0].state_dict()[name], value), name
 
 
 def test_a_failed_model_test_leaves_nothing(tmp_path: Path, run: Path, monkeypatch) -> None:
