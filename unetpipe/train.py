@@ -458,6 +458,7 @@ def _train(
     threads: int | None,
     split: Split | None,
 ) -> None:
+    """One process of a training run: data, network, resume, the loop; rank 0 writes the outputs."""
     device, rank, world = _devices(cfg["device"])
     with _process_settings(threads, device.type == "cuda"):
         run = Path(run_dir)
@@ -472,41 +473,9 @@ def _train(
         voxel_size = group.attrs.get("voxel_size", (1.0, 1.0, 1.0))
         if augment_cfg["rotation"]["swap_axes"]:  # before any work: the tile and voxels allow it
             check_swap_axes(sizes(tile, trainer.dims, "augment.tile"), voxel_size)
-        meta = {
-            "tile": tile,
-            "output_size": trainer.model.output_size(tile),
-            "normalization": stats,
-            "split": split,
-            "val_every": cfg["val_every"],
-            "precision": trainer.precision,
-            "fingerprint": _fingerprint(
-                group,
-                split,
-                {**cfg, "precision": trainer.precision},
-                trainer.model.config,
-                augment_cfg,
-            ),
-        }
+        meta = _run_meta(group, split, stats, trainer, cfg, augment_cfg, tile)
         ckpt = _resume(ckpt_dir, meta, cfg["export"], device, rank)
-        # The memory format: as configured, else the one recorded in the checkpoint, else the
-        # faster one measured here.
-        meta["memory_format"], how = choose_memory_format(
-            cfg["memory_format"],
-            ckpt.get("memory_format") if ckpt is not None else None,
-            lambda: trainer.fastest_format(tile),
-        )
-        trainer.start(meta["memory_format"])
-        log.info(
-            "network in %s, memory format %s (%s)", trainer.precision, meta["memory_format"], how
-        )
-        state = {"start": 0, "best": {"iteration": 0, "val_vrand": -1.0}, "scores": {}}
-        if ckpt is not None:
-            trainer.restore(ckpt, rank)
-            state = {
-                "start": int(ckpt["iteration"]),
-                "best": ckpt["best"],
-                "scores": ckpt["scores"],
-            }
+        state = _start(trainer, ckpt, cfg["memory_format"], tile, meta, rank)
         validation = _Validation(group, split["val"], stats, trainer.precision, trainer.dims)
         if rank == 0 and validation.labels:
             meta["baseline_vrand"] = validation.baseline()
@@ -551,17 +520,73 @@ def _train(
         )
         rows = _fit(trainer, loader, validation, cfg, state, meta, ckpt_dir, rank, world)
         if rank == 0:
-            best = ckpt_dir / "best.pt"
-            _export(
-                run, best if cfg["export"] == "best" and best.is_file() else ckpt_dir / "last.pt"
-            )
-            _write_log(run / "train" / "log.csv", rows)
-            from unetpipe.report import curves_figure  # matplotlib: only to draw the curves
-
-            curves_figure(rows, run / "train" / "curves.png", baseline=meta.get("baseline_vrand"))
+            _finish(run, cfg["export"], rows, meta.get("baseline_vrand"))
         if world > 1:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _run_meta(
+    group: Any,
+    split: Split,
+    stats: dict[str, float],
+    trainer: _Trainer,
+    cfg: dict[str, Any],
+    augment_cfg: dict[str, Any],
+    tile: int | tuple[int, ...],
+) -> dict[str, Any]:
+    """What every checkpoint records of the run: tile, normalisation, split, fingerprint."""
+    return {
+        "tile": tile,
+        "output_size": trainer.model.output_size(tile),
+        "normalization": stats,
+        "split": split,
+        "val_every": cfg["val_every"],
+        "precision": trainer.precision,
+        "fingerprint": _fingerprint(
+            group,
+            split,
+            {**cfg, "precision": trainer.precision},
+            trainer.model.config,
+            augment_cfg,
+        ),
+    }
+
+
+def _start(
+    trainer: _Trainer,
+    ckpt: dict[str, Any] | None,
+    memory_format: str,
+    tile: int | tuple[int, ...],
+    meta: dict[str, Any],
+    rank: int,
+) -> dict[str, Any]:
+    """Start the trainer in its memory format (recorded in ``meta``) and restore the checkpoint,
+    if any; the loop's first iteration, best state and scores."""
+    # The memory format: as configured, else the one recorded in the checkpoint, else the
+    # faster one measured here.
+    meta["memory_format"], how = choose_memory_format(
+        memory_format,
+        ckpt.get("memory_format") if ckpt is not None else None,
+        lambda: trainer.fastest_format(tile),
+    )
+    trainer.start(meta["memory_format"])
+    log.info("network in %s, memory format %s (%s)", trainer.precision, meta["memory_format"], how)
+    if ckpt is None:
+        return {"start": 0, "best": {"iteration": 0, "val_vrand": -1.0}, "scores": {}}
+    trainer.restore(ckpt, rank)
+    return {"start": int(ckpt["iteration"]), "best": ckpt["best"], "scores": ckpt["scores"]}
+
+
+def _finish(run: Path, export: str, rows: list[dict[str, Any]], baseline: float | None) -> None:
+    """``model.pt`` from the best or the last checkpoint, the training log and its curves."""
+    ckpt_dir = run / "checkpoints"
+    best = ckpt_dir / "best.pt"
+    _export(run, best if export == "best" and best.is_file() else ckpt_dir / "last.pt")
+    _write_log(run / "train" / "log.csv", rows)
+    from unetpipe.report import curves_figure  # matplotlib: only to draw the curves
+
+    curves_figure(rows, run / "train" / "curves.png", baseline=baseline)
 
 
 def _tile(value: int | Sequence[int], model: UNet) -> int | tuple[int, ...]:
