@@ -220,150 +220,208 @@ def _describe(
     """Write the package's files into ``folder``; return their model description (spec 0.5)."""
     from bioimageio.spec.model import v0_5
 
-    config, run_dir = model.config, model_path.parent
-    net = UNetProbabilities(**config).eval()
-    net.load_state_dict(model.state_dict())
+    config, run_dir, norm = model.config, model_path.parent, metadata["normalization"]
+    net = _packaged_net(model)
     minimum, step, halo = package_geometry(net)
     attrs = dict(group.attrs) if group is not None else {}
     dataset = str(attrs.get("dataset", run_dir.parent.name))
     name = params["name"] or package_name(dataset, run_dir.name)
     space = ["z", "y", "x"][3 - config["dims"] :]
-    norm = metadata["normalization"]
 
-    # Test tensors: a tile about the training tile's size, and what the network makes of it.
-    wanted = int(metadata.get("tile") or minimum + 64)
-    tile = minimum + step * math.ceil(max(wanted - minimum, 0) / step)
+    tile = _test_tile(metadata, minimum, step)
     raw = _test_image(group, norm, config["dims"], tile)
-    x = torch.from_numpy(normalize(raw, norm))[None, None]
+    probs, traced = _run_and_trace(net, torch.from_numpy(normalize(raw, norm))[None, None])
+    _write_test_tensors(folder, raw, probs)
+    _write_weights(folder, model, traced)
+    _cover(folder / "cover.png", run_dir, raw, probs[0], halo)
+    (folder / "README.md").write_text(
+        _readme(name, model_path, net, metadata, group, params, dataset, tile)
+    )
+
+    stamp = datetime.datetime.fromtimestamp(model_path.stat().st_mtime, datetime.timezone.utc)
+    return v0_5.ModelDescr(
+        name=name,
+        description=params["description"] or _description(dataset, minimum, step, halo),
+        authors=[v0_5.Author(**author) for author in params["authors"]],
+        cite=[v0_5.CiteEntry(text=CITATION, doi=v0_5.Doi(PAPER_DOI))],
+        license=v0_5.LicenseId(params["license"]),
+        tags=_tags(config, attrs, dataset, params),
+        documentation=v0_5.FileDescr(source=folder / "README.md"),
+        covers=[v0_5.FileDescr(source=folder / "cover.png")],
+        inputs=[_input(folder, space, minimum, step, norm)],
+        outputs=[_output(folder, space, halo, config["n_classes"])],
+        weights=_weights(folder, config),
+        timestamp=v0_5.Datetime(stamp),
+        config=_config(model_path, net, metadata),
+    )
+
+
+def _packaged_net(model: UNet) -> UNetProbabilities:
+    """The same-size network of the package (Fig. 2's mirroring inside), with the run's weights."""
+    net = UNetProbabilities(**model.config).eval()
+    net.load_state_dict(model.state_dict())
+    return net
+
+
+def _test_tile(metadata: dict[str, Any], minimum: int, step: int) -> int:
+    """The test tensors' extent: the training tile's (else ``minimum + 64``), rounded up into the
+    series ``minimum + n * step``."""
+    wanted = int(metadata.get("tile") or minimum + 64)
+    return minimum + step * math.ceil(max(wanted - minimum, 0) / step)
+
+
+def _run_and_trace(net: UNetProbabilities, x: torch.Tensor) -> tuple[np.ndarray, Any]:
+    """The network's output for the test input ``x``, and the network traced on it."""
     with torch.inference_mode(), warnings.catch_warnings():
         # TorchScript is deprecated in torch 2, yet it is what the Java tools (deepImageJ, QuPath)
         # run; tracing records the sizes symbolically, so the trace serves every valid tile.
         warnings.simplefilter("ignore", DeprecationWarning)
         probs = net(x).numpy()
         traced = torch.jit.trace(net, x)
+    return probs, traced
+
+
+def _write_test_tensors(folder: Path, raw: np.ndarray, probs: np.ndarray) -> None:
+    """The test input and output (.npy), and the same as TIFF samples for people and viewers."""
     np.save(folder / "test_input.npy", raw[None, None])
     np.save(folder / "test_output.npy", probs)
-    tifffile.imwrite(folder / "sample_input.tif", raw)  # the same, for people and viewers
+    tifffile.imwrite(folder / "sample_input.tif", raw)
     tifffile.imwrite(folder / "sample_output.tif", probs[0])
+
+
+def _write_weights(folder: Path, model: UNet, traced: Any) -> None:
+    """Both weight formats: TorchScript, and the state dict with the network's source."""
     traced.save(str(folder / "weights.torchscript.pt"))
     torch.save(model.state_dict(), folder / "weights.pt")
     shutil.copyfile(model_module.__file__, folder / "unet.py")
-    _cover(folder / "cover.png", run_dir, raw, probs[0], halo)
-    (folder / "README.md").write_text(
-        _readme(name, model_path, net, metadata, group, params, dataset, tile)
+
+
+def _description(dataset: str, minimum: int, step: int, halo: int) -> str:
+    """The package's description when ``export.description`` gives none."""
+    return (
+        f"U-Net (Ronneberger et al. 2015) trained with unetpipe on {dataset}: per-pixel "
+        "class probabilities (background/membrane, cell) of grey-value images. Tiles of "
+        f"{minimum} + {step}n px per axis; crop {halo} px of each output tile's border."
     )
 
-    in_id = v0_5.TensorId("raw")
-    classes = ["background", "cell"] if config["n_classes"] == 2 else None
-    pytorch_version = v0_5.Version(torch.__version__.split("+")[0])
+
+def _tags(
+    config: dict[str, Any], attrs: dict[str, Any], dataset: str, params: dict[str, Any]
+) -> list[str]:
+    """unetpipe's tags, the registry dataset's and ``export.tags``, each once, in that order."""
     tags = ["unet", f"{config['dims']}d", "pytorch", "semantic-segmentation", "unetpipe"]
     registered = REGISTRY.get(_registry_name(attrs, dataset))
     tags += [*(registered.tags if registered else ()), *params["tags"]]
-    stamp = datetime.datetime.fromtimestamp(model_path.stat().st_mtime, datetime.timezone.utc)
-    return v0_5.ModelDescr(
-        name=name,
-        description=params["description"]
-        or (
-            f"U-Net (Ronneberger et al. 2015) trained with unetpipe on {dataset}: per-pixel "
-            "class probabilities (background/membrane, cell) of grey-value images. Tiles of "
-            f"{minimum} + {step}n px per axis; crop {halo} px of each output tile's border."
-        ),
-        authors=[v0_5.Author(**author) for author in params["authors"]],
-        cite=[v0_5.CiteEntry(text=CITATION, doi=v0_5.Doi(PAPER_DOI))],
-        license=v0_5.LicenseId(params["license"]),
-        tags=list(dict.fromkeys(tags)),
-        documentation=v0_5.FileDescr(source=folder / "README.md"),
-        covers=[v0_5.FileDescr(source=folder / "cover.png")],
-        inputs=[
-            v0_5.InputTensorDescr(
-                id=in_id,
-                description="grey values as acquired (normalised by the preprocessing)",
-                axes=[
-                    v0_5.BatchAxis(),
-                    v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
-                    *(
-                        v0_5.SpaceInputAxis(
-                            id=v0_5.AxisId(axis),
-                            size=v0_5.ParameterizedSize(min=minimum, step=step),
-                            concatenable=True,
-                        )
-                        for axis in space
-                    ),
-                ],
-                test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
-                sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
-                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                # numpy's reflect, as unetpipe mirrors (an explicit mode: a default one is
-                # left out of rdf.yaml and read back as constant padding)
-                pad=v0_5.ReflectPadding(mode="reflect"),
-                preprocessing=[
-                    v0_5.FixedZeroMeanUnitVarianceDescr(
-                        kwargs=v0_5.FixedZeroMeanUnitVarianceKwargs(
-                            mean=float(norm["mean"]), std=float(norm["std"])
-                        )
-                    )
-                ],
+    return list(dict.fromkeys(tags))
+
+
+def _input(folder: Path, space: list[str], minimum: int, step: int, norm: dict[str, float]) -> Any:
+    """The input tensor ``raw``: extents ``minimum + n * step``, reflect padding, the training
+    slices' normalisation as preprocessing."""
+    from bioimageio.spec.model import v0_5
+
+    return v0_5.InputTensorDescr(
+        id=v0_5.TensorId("raw"),
+        description="grey values as acquired (normalised by the preprocessing)",
+        axes=[
+            v0_5.BatchAxis(),
+            v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
+            *(
+                v0_5.SpaceInputAxis(
+                    id=v0_5.AxisId(axis),
+                    size=v0_5.ParameterizedSize(min=minimum, step=step),
+                    concatenable=True,
+                )
+                for axis in space
+            ),
+        ],
+        test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+        # numpy's reflect, as unetpipe mirrors (an explicit mode: a default one is left out of
+        # rdf.yaml and read back as constant padding)
+        pad=v0_5.ReflectPadding(mode="reflect"),
+        preprocessing=[
+            v0_5.FixedZeroMeanUnitVarianceDescr(
+                kwargs=v0_5.FixedZeroMeanUnitVarianceKwargs(
+                    mean=float(norm["mean"]), std=float(norm["std"])
+                )
             )
         ],
-        outputs=[
-            v0_5.OutputTensorDescr(
-                id=v0_5.TensorId("probabilities"),
-                description="class probabilities (soft-max over channels); channel 1 = cell",
-                axes=[
-                    v0_5.BatchAxis(),
-                    v0_5.ChannelAxis(
-                        channel_names=[
-                            v0_5.Identifier(c)
-                            for c in classes or [f"class{i}" for i in range(config["n_classes"])]
-                        ]
+    )
+
+
+def _output(folder: Path, space: list[str], halo: int, n_classes: int) -> Any:
+    """The output tensor ``probabilities``: the input's size, ``halo`` px per side to crop."""
+    from bioimageio.spec.model import v0_5
+
+    names = ["background", "cell"] if n_classes == 2 else [f"class{i}" for i in range(n_classes)]
+    return v0_5.OutputTensorDescr(
+        id=v0_5.TensorId("probabilities"),
+        description="class probabilities (soft-max over channels); channel 1 = cell",
+        axes=[
+            v0_5.BatchAxis(),
+            v0_5.ChannelAxis(channel_names=[v0_5.Identifier(c) for c in names]),
+            *(
+                v0_5.SpaceOutputAxisWithHalo(
+                    id=v0_5.AxisId(axis),
+                    halo=halo,
+                    size=v0_5.SizeReference(
+                        tensor_id=v0_5.TensorId("raw"), axis_id=v0_5.AxisId(axis)
                     ),
-                    *(
-                        v0_5.SpaceOutputAxisWithHalo(
-                            id=v0_5.AxisId(axis),
-                            halo=halo,
-                            size=v0_5.SizeReference(tensor_id=in_id, axis_id=v0_5.AxisId(axis)),
-                        )
-                        for axis in space
-                    ),
-                ],
-                test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
-                sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
-                data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-            )
+                )
+                for axis in space
+            ),
         ],
-        weights=v0_5.WeightsDescr(
-            pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
-                source=folder / "weights.pt",
-                architecture=v0_5.ArchitectureFromFileDescr(
-                    source=folder / "unet.py", callable="UNetProbabilities", kwargs=dict(config)
-                ),
-                pytorch_version=pytorch_version,
+        test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
+        data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+
+
+def _weights(folder: Path, config: dict[str, Any]) -> Any:
+    """The weights entries: the state dict with its architecture, and TorchScript traced from it."""
+    from bioimageio.spec.model import v0_5
+
+    pytorch_version = v0_5.Version(torch.__version__.split("+")[0])
+    return v0_5.WeightsDescr(
+        pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt",
+            architecture=v0_5.ArchitectureFromFileDescr(
+                source=folder / "unet.py", callable="UNetProbabilities", kwargs=dict(config)
             ),
-            torchscript=v0_5.TorchscriptWeightsDescr(
-                source=folder / "weights.torchscript.pt",
-                pytorch_version=pytorch_version,
-                parent="pytorch_state_dict",
-            ),
+            pytorch_version=pytorch_version,
         ),
-        timestamp=v0_5.Datetime(stamp),
-        config=v0_5.Config(
-            bioimageio=v0_5.BioimageioConfig(
-                architecture_type="U-Net",
-                architecture_description=(
-                    f"{config['dims']}D U-Net, depth {config['depth']}, "
-                    f"{config['base_channels']} base channels, {config['padding']} convolutions"
-                ),
-                task="semantic segmentation",
-            ),
-            unetpipe={
-                "version": unetpipe.__version__,
-                "model_sha256": sha256sum(model_path),
-                "model_config": dict(config),
-                "metadata": metadata,
-                "context": net.context,
-                "mirror": "reflect",
-            },
+        torchscript=v0_5.TorchscriptWeightsDescr(
+            source=folder / "weights.torchscript.pt",
+            pytorch_version=pytorch_version,
+            parent="pytorch_state_dict",
         ),
+    )
+
+
+def _config(model_path: Path, net: UNetProbabilities, metadata: dict[str, Any]) -> Any:
+    """The description's config: bioimage.io's architecture fields and unetpipe's provenance."""
+    from bioimageio.spec.model import v0_5
+
+    config = net.config
+    return v0_5.Config(
+        bioimageio=v0_5.BioimageioConfig(
+            architecture_type="U-Net",
+            architecture_description=(
+                f"{config['dims']}D U-Net, depth {config['depth']}, "
+                f"{config['base_channels']} base channels, {config['padding']} convolutions"
+            ),
+            task="semantic segmentation",
+        ),
+        unetpipe={
+            "version": unetpipe.__version__,
+            "model_sha256": sha256sum(model_path),
+            "model_config": dict(config),
+            "metadata": metadata,
+            "context": net.context,
+            "mirror": "reflect",
+        },
     )
 
 
@@ -421,12 +479,64 @@ def _readme(
 ) -> str:
     """The package's documentation (markdown): model, training data, validation scores, how to
     run it and in which tools, citation."""
+    lines = [
+        f"# {name}",
+        "",
+        "The U-Net of Ronneberger, Fischer and Brox (2015, arXiv:1505.04597), trained with "
+        f"unetpipe {unetpipe.__version__}.",
+        "",
+        "## Model",
+        "",
+        *_model(net, metadata["normalization"]),
+        "",
+        "## Training data",
+        "",
+        *_training_data(metadata, group, dataset, tile),
+        "",
+        "## Validation",
+        "",
+        *_scores(model_path.parent, metadata),
+        "",
+        "## How to run it",
+        "",
+        *_how_to_run(net),
+        "",
+        "## Citation",
+        "",
+        f"{CITATION}. doi:{PAPER_DOI}",
+        "",
+        "## Authors and license",
+        "",
+        *_provenance(params, model_path),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model(net: UNetProbabilities, norm: dict[str, float]) -> list[str]:
+    """The README's model: architecture, input and its normalisation, output, tiles, weights."""
     config = net.config
-    geometry = Geometry.of(net).axes[0]  # the same on every axis (UNetProbabilities)
-    minimum, step, halo = package_geometry(net)
-    norm = metadata["normalization"]
     n_params = sum(p.numel() for p in net.parameters())
     axes = "batch, channel, z, y, x" if config["dims"] == 3 else "batch, channel, y, x"
+    return [
+        f"- {config['dims']}D U-Net, depth {config['depth']}, {config['base_channels']} channels "
+        f"in the first level, {config['padding']} 3x3 convolutions, dropout {config['dropout']} "
+        f"(off at inference); {n_params:,} parameters.",
+        f"- Input `raw` ({axes}): grey values as acquired. Preprocessing "
+        f"`fixed_zero_mean_unit_variance` with the training slices' mean {norm['mean']:.6g} and "
+        f"std {norm['std']:.6g} (one normalisation for the dataset, never per tile).",
+        "- Output `probabilities`: soft-max class probabilities; channel 0 background "
+        "(membrane), channel 1 cell.",
+        _tiles(net),
+        "- Weights: `pytorch_state_dict` (architecture `unet.py`, unetpipe's model module, "
+        "which imports only torch; Python >= 3.10) and `torchscript` (traced from it).",
+    ]
+
+
+def _tiles(net: UNetProbabilities) -> str:
+    """The README's tiling rules (Fig. 2): the context, the tile series, the halo to crop."""
+    geometry = Geometry.of(net).axes[0]  # the same on every axis (UNetProbabilities)
+    minimum, step, halo = package_geometry(net)
     if geometry.padding == "valid":
         context = (
             f"The U-Net's valid convolutions consume {net.context} px of context per side "
@@ -446,40 +556,19 @@ def _readme(
             "output of a tile."
         )
         same_as_unetpipe = ""
-    lines = [
-        f"# {name}",
-        "",
-        "The U-Net of Ronneberger, Fischer and Brox (2015, arXiv:1505.04597), trained with "
-        f"unetpipe {unetpipe.__version__}.",
-        "",
-        "## Model",
-        "",
-        f"- {config['dims']}D U-Net, depth {config['depth']}, {config['base_channels']} channels "
-        f"in the first level, {config['padding']} 3x3 convolutions, dropout {config['dropout']} "
-        f"(off at inference); {n_params:,} parameters.",
-        f"- Input `raw` ({axes}): grey values as acquired. Preprocessing "
-        f"`fixed_zero_mean_unit_variance` with the training slices' mean {norm['mean']:.6g} and "
-        f"std {norm['std']:.6g} (one normalisation for the dataset, never per tile).",
-        "- Output `probabilities`: soft-max class probabilities; channel 0 background "
-        "(membrane), channel 1 cell.",
+    return (
         f"- Tiles: {context} Tile extents are `{minimum} + {step} n` px per axis (every 2x2 "
         f"pooling sees an even size). Crop the `halo` of {halo} px from each side of an output "
         f"tile (it saw the padding), i.e. pad the image by {halo} px and overlap tiles by "
         f"{2 * halo} px: tiles then start on multiples of {step} px, see one pooling grid and "
-        f"together equal one pass over the whole image.{same_as_unetpipe}",
-        "- Weights: `pytorch_state_dict` (architecture `unet.py`, unetpipe's model module, "
-        "which imports only torch; Python >= 3.10) and `torchscript` (traced from it).",
-        "",
-        "## Training data",
-        "",
-        *_training_data(metadata, group, dataset, tile),
-        "",
-        "## Validation",
-        "",
-        *_scores(model_path.parent, metadata),
-        "",
-        "## How to run it",
-        "",
+        f"together equal one pass over the whole image.{same_as_unetpipe}"
+    )
+
+
+def _how_to_run(net: UNetProbabilities) -> list[str]:
+    """The README's commands to test and run the package, and the tools that run it."""
+    minimum, step, _ = package_geometry(net)
+    return [
         "```",
         "pip install bioimageio.core torch",
         "bioimageio test PACKAGE.zip",
@@ -496,20 +585,17 @@ def _readme(
         "| tool | weights it runs |",
         "|---|---|",
         *(f"| {tool} | {weights} |" for tool, weights in TOOLS),
-        "",
-        "## Citation",
-        "",
-        f"{CITATION}. doi:{PAPER_DOI}",
-        "",
-        "## Authors and license",
-        "",
+    ]
+
+
+def _provenance(params: dict[str, Any], model_path: Path) -> list[str]:
+    """The README's authors, license, tags and the model file the package was made from."""
+    return [
         f"- authors: {', '.join(a['name'] for a in params['authors'])}",
         f"- license: {params['license']}",
         f"- tags: {', '.join(params['tags']) or '(automatic)'}",
         f"- made from `{model_path.name}`, sha256 `{sha256sum(model_path)}`",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _training_data(
