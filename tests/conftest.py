@@ -26,6 +26,18 @@ from unetpipe.config import rule_params
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
 
+@pytest.fixture(autouse=True)
+def measured_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Each test its own cache of measured choices (``unetpipe.measured``), in this process and
+    in the processes it starts: none reads or writes the user's ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("UNETPIPE_CACHE_DIR", str(folder))
+    monkeypatch.setattr("unetpipe.measured._CHOSEN", {})
+    return folder
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """The shared folder beside the repository (real ISBI 2012 data); skips when absent."""

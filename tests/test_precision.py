@@ -7,7 +7,6 @@ import time
 import pytest
 import torch
 
-from unetpipe import precision
 from unetpipe.model import UNet
 from unetpipe.precision import (
     autocast,
@@ -64,7 +63,6 @@ def test_autocast_computes_in_the_reduced_precision_only() -> None:
 
 
 def test_the_faster_format_is_chosen_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "_FASTEST", {})
     calls = []
 
     def run(name: str) -> None:
@@ -72,9 +70,15 @@ def test_the_faster_format_is_chosen_and_cached(monkeypatch: pytest.MonkeyPatch)
         time.sleep(0.02 if name == "contiguous" else 0.0)
 
     assert fastest_memory_format(("test",), run, "cpu") == "channels_last"
-    assert calls.count("contiguous") == calls.count("channels_last") == 3  # warm-up + 2 timed
+    assert calls.count("contiguous") == calls.count("channels_last") == 4  # warm-up + 3 timed
+    assert calls[2:] == ["contiguous", "channels_last"] * 3  # timed in turns
     assert fastest_memory_format(("test",), run, "cpu") == "channels_last"
-    assert len(calls) == 6  # cached: not measured again
+    assert len(calls) == 8  # cached: not measured again
+    monkeypatch.setattr("unetpipe.measured._CHOSEN", {})  # a later process on this machine
+    assert (
+        fastest_memory_format(("test",), lambda name: calls.append(name), "cpu") == "channels_last"
+    )
+    assert len(calls) == 8  # read from the cache file, not timed again
 
 
 def test_configured_then_recorded_then_measured() -> None:

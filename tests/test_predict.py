@@ -800,7 +800,6 @@ def test_the_tile_is_measured_cheapest_first_and_stops_once_worse(
         return tile**2 * (3.0 if tile >= model.valid_input_size(776) else 1.0)
 
     monkeypatch.setattr(tiles, "best_seconds", seconds)
-    monkeypatch.setattr(tiles, "MEASURED_TILES", {})
     region, cap = (2048, 2048), (4000, 4000)
     tile = tiles.pass_tile(model, region, cap, 1, "float32", "contiguous")
     # The ladder's tiles fitted to 2048 px: 6, 4, 3 and 2 per axis of 540, 700, 876 and 1212 px;

@@ -5,18 +5,24 @@ scaling in training); on a CPU bfloat16 where oneDNN runs it natively (AMX or AV
 torch reports them), else float32. Reduced precision means autocast: the weights stay float32,
 and callers compute losses and probabilities from float32 logits.
 
-The memory format (NCHW or channels_last) is the faster of the two measured on this process's
+The memory format (NCHW or channels_last) is the faster of the two measured on this machine's
 device for the pass at hand, not a constant: which one wins depends on the CPU, the precision
-and on forward vs backward.
+and on forward vs backward. It is measured once per machine and kept (:mod:`unetpipe.measured`):
+formats round differently, so a choice remade under load could change a result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 
 import torch
+
+from unetpipe.measured import cached_choice
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -60,34 +66,46 @@ def torch_memory_format(name: str, ndim: int = 4) -> torch.memory_format:
     return _CHANNELS_LAST[ndim] if name == "channels_last" else torch.contiguous_format
 
 
-_FASTEST: dict[tuple, str] = {}
-
-
 def best_seconds(run: Callable[[], None], device: str | torch.device, repeats: int = 2) -> float:
     """The least time of ``repeats`` calls of ``run`` (one pass) after one untimed call (oneDNN
     and cuDNN pick their kernels on first use)."""
+    return min(_timed({"run": run}, device, repeats)["run"])
+
+
+def _timed(
+    runs: dict[str, Callable[[], None]], device: str | torch.device, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` calls of each of ``runs``, interleaved (a change of load hits every
+    run alike), after one untimed call of each."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    run()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    for run in runs.values():
         run()
         sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def fastest_memory_format(
-    key: tuple, run: Callable[[str], None], device: str | torch.device, repeats: int = 2
+    key: tuple, run: Callable[[str], None], device: str | torch.device, repeats: int = 3
 ) -> str:
-    """The name of the memory format in which ``run(name)`` (one pass) takes least time
-    (:func:`best_seconds` of each). Cached per process under ``key`` (the device, precision,
-    network, input shape and pass the caller measured)."""
-    if key not in _FASTEST:
-        best = {n: best_seconds(lambda n=n: run(n), device, repeats) for n in MEMORY_FORMATS}
-        _FASTEST[key] = min(best, key=best.get)
-    return _FASTEST[key]
+    """The name of the memory format in which ``run(name)`` (one pass) takes least time (the
+    least of ``repeats`` interleaved calls of each), measured once per machine for ``key`` (the
+    device, precision, network, input shape and pass the caller measured) and kept
+    (:func:`unetpipe.measured.cached_choice`), so that load cannot make two runs choose apart."""
+
+    def measure() -> str:
+        runs = {name: (lambda name=name: run(name)) for name in MEMORY_FORMATS}
+        best = {name: min(times) for name, times in _timed(runs, device, repeats).items()}
+        log.info("memory formats timed: %s", ", ".join(f"{n} {s:.3f} s" for n, s in best.items()))
+        return min(best, key=best.get)
+
+    return cached_choice("memory format", key, device, measure)
 
 
 def choose_memory_format(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unetpipe.affinities import affinities_of_view, dihedral_channels
+from unetpipe.measured import cached_choice
 from unetpipe.model import UNet, probabilities
 from unetpipe.precision import (
     autocast,
@@ -150,7 +151,7 @@ MEASURE_OUTPUT = {2: 388, 3: 44}
 def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precision: str) -> str:
     """The memory format (``contiguous`` or ``channels_last``) in which a forward pass of
     ``batch_size`` tiles of ``tile`` (at most the valid tile of :data:`MEASURE_OUTPUT`) in
-    ``precision`` is faster on the model's device, measured once per process
+    ``precision`` is faster on the model's device, measured once per machine
     (:func:`unetpipe.precision.fastest_memory_format`)."""
     device = next(model.parameters()).device
     geometry = Geometry.of(model)
@@ -172,7 +173,6 @@ def pass_memory_format(model: UNet, tile: Sequence[int], batch_size: int, precis
 # None): from the paper's 388 px (Cicek et al.'s 44 voxels in 3D) up, about 1.4x apart.
 TILE_LADDER = {2: (388, 548, 776, 1096, 1552, 2192, 3104, 4384), 3: (44, 64, 88, 124, 176, 248)}
 WORSE = 1.15  # stop measuring larger tiles once one costs this much more than the best
-MEASURED_TILES: dict[tuple, tuple[int, ...]] = {}  # pass_tile's choices in this process
 
 
 def pass_tile(
@@ -189,14 +189,10 @@ def pass_tile(
     ``batch_size`` tiles is timed (:func:`unetpipe.precision.best_seconds`, one repeat) and the
     region costs passes x seconds; the cheapest wins. Larger tiles are not tried once one costs
     :data:`WORSE` x the best. Throughput per pixel is not monotonic in the tile (caches; on a CPU
-    with AMX bfloat16 runs ~2x faster per pixel at 1108 than at 2236 px), hence measured. Cached
-    per process."""
+    with AMX bfloat16 runs ~2x faster per pixel at 1108 than at 2236 px), hence measured, once per
+    machine (:func:`unetpipe.measured.cached_choice`: in bfloat16 the tile changes the rounding)."""
     geometry = Geometry.of(model)
     device = next(model.parameters()).device
-    key = (str(device), precision, memory_format, json.dumps(model.config, sort_keys=True))
-    key += (tuple(size), tuple(cap), batch_size)
-    if key in MEASURED_TILES:
-        return MEASURED_TILES[key]
     axes = geometry.axes
     covering = tuple(plan_axis(n, c, a).tile for n, c, a in zip(size, cap, axes, strict=True))
     candidates = []
@@ -212,21 +208,25 @@ def pass_tile(
         if tuple(p.tile for p in plans) == covering:
             break
     if len(candidates) == 1:
-        MEASURED_TILES[key] = candidates[0][0]
-        return MEASURED_TILES[key]
-    best, best_cost = candidates[0][0], math.inf
-    for tile, passes in candidates:
-        x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
-        x = x.contiguous(memory_format=torch_memory_format(memory_format, x.dim()))
-        with model_in_format(model, memory_format):
-            seconds = best_seconds(lambda x=x: _network(model, x, precision), device, repeats=1)
-        cost = passes * seconds
-        if cost < best_cost:
-            best, best_cost = tile, cost
-        elif cost > WORSE * best_cost:
-            break
-    MEASURED_TILES[key] = best
-    return best
+        return candidates[0][0]
+
+    def measure() -> tuple[int, ...]:
+        best, best_cost = candidates[0][0], math.inf
+        for tile, passes in candidates:
+            x = torch.zeros(batch_size, model.config["in_channels"], *tile, device=device)
+            x = x.contiguous(memory_format=torch_memory_format(memory_format, x.dim()))
+            with model_in_format(model, memory_format):
+                seconds = best_seconds(lambda x=x: _network(model, x, precision), device, repeats=1)
+            cost = passes * seconds
+            if cost < best_cost:
+                best, best_cost = tile, cost
+            elif cost > WORSE * best_cost:
+                break
+        return best
+
+    key = (str(device), precision, memory_format, json.dumps(model.config, sort_keys=True))
+    key += (tuple(size), tuple(cap), batch_size)
+    return tuple(cached_choice("tile", key, device, measure))
 
 
 # The 8 symmetries of the square: optional transpose of (y, x) after optional flips.
