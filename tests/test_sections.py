@@ -84,6 +84,17 @@ def test_from_mapping_validates_and_fills_in_nested_sections():
         sections.TrainConfig.from_mapping({"lr": -1})
 
 
+def test_to_mapping_keeps_the_order_given():
+    """What is written (metrics.json, array attributes) stays byte for byte as before."""
+    given = {"thinning": False, "thresholds": [0.5]}
+    typed = sections.EvaluateConfig.from_mapping(given)
+    assert list(typed.to_mapping()) == list(config.section_params("evaluate", given))
+    assert list(typed.to_mapping()) == ["thinning", "thresholds", "baseline_sigma"]
+    assert typed == sections.EvaluateConfig([0.5], False, 2.0)
+    tune = sections.SegmentConfig.from_mapping({"tune": {"measure": "seg", "enabled": True}})
+    assert list(tune.to_mapping()["tune"]) == ["measure", "enabled", "silver_truth", "grid"]
+
+
 def test_without_augmentation_switches_every_part_off():
     augment = sections.AugmentConfig.from_mapping({"gray": {"gamma": 0.5}})
     off = augment.without_augmentation()

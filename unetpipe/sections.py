@@ -14,6 +14,7 @@ Lists stay lists (the validated values, written as they are).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import typing
@@ -40,13 +41,22 @@ class Section:
 
     @classmethod
     def _of(cls, values: Mapping[str, Any]) -> Self:
-        """The config of a validated, complete mapping (sub-sections built, not checked again)."""
+        """The config of a validated, complete mapping (sub-sections built, not checked again);
+        it remembers the mapping's key order for :meth:`to_mapping`."""
         nested = _nested(cls)
-        return cls(**{k: nested[k]._of(v) if k in nested else v for k, v in values.items()})
+        config = cls(**{k: nested[k]._of(v) if k in nested else v for k, v in values.items()})
+        object.__setattr__(config, "_order", tuple(values))
+        return config
 
     def to_mapping(self) -> dict[str, Any]:
-        """The section as a plain mapping (a deep copy), as :func:`section_params` returns it."""
-        return dataclasses.asdict(self)
+        """The section as a plain mapping (a deep copy), as :func:`section_params` returned it:
+        its keys in the order they were given (written JSON stays byte for byte the same)."""
+        order = self.__dict__.get("_order") or [f.name for f in dataclasses.fields(self)]
+        return {k: _plain(getattr(self, k)) for k in order}
+
+
+def _plain(value: Any) -> Any:
+    return value.to_mapping() if isinstance(value, Section) else copy.deepcopy(value)
 
 
 @functools.cache
