@@ -25,7 +25,6 @@ import time
 import torch
 from peak import conv_peak, exact_flops
 
-from unetpipe.config import load_config
 from unetpipe.losses import weighted_cross_entropy
 from unetpipe.precision import (
     MEMORY_FORMATS,
@@ -33,6 +32,7 @@ from unetpipe.precision import (
     cpu_has_native_bf16,
     torch_memory_format,
 )
+from unetpipe.sections import ModelConfig, TrainConfig
 from unetpipe.train import _Trainer
 
 NETS = {"demo": (4, 16, 252), "cpu": (5, 16, 572), "paper": (5, 64, 572)}
@@ -44,9 +44,8 @@ def timed_steps(
     """Median seconds of forward, loss + backward, optimiser and the whole step over ``steps``
     steps after one warm-up step, with the trainer of unetpipe.train (``net``: model settings
     over the defaults; ``tile``: one extent per axis)."""
-    config = load_config(None)
-    cfg = {**config["train"], "optimizer": "adam", "lr": 1e-4, "precision": precision}
-    trainer = _Trainer(cfg, {**config["model"], **net}, torch.device(device), 0, 1)
+    cfg = TrainConfig.from_mapping({"optimizer": "adam", "lr": 1e-4, "precision": precision})
+    trainer = _Trainer(cfg, ModelConfig.from_mapping(net), torch.device(device), 0, 1)
     trainer.start(fmt)
     out = trainer.model.output_size(tuple(tile))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)

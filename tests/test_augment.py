@@ -12,13 +12,13 @@ from conftest import config_file, run_rule_script
 from unetpipe.augment import (
     augment_sample,
     open_bank,
-    resolve_params,
     sample_rng,
     write_bank,
 )
 from unetpipe.cli import main
 from unetpipe.config import load_config, rule_params
 from unetpipe.intensity import dataset_statistics, normalize
+from unetpipe.sections import AugmentConfig
 
 PARTS = ("elastic", "rotation", "shift", "flip", "gray")
 
@@ -183,7 +183,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="centred"):
         augment_sample(image, labels, weights, input_size=30, output_size=19, **kw)
     with pytest.raises(ValueError, match="unknown augment"):
-        resolve_params({"elastic": {"alpha": 1}})
+        AugmentConfig.from_mapping({"elastic": {"alpha": 1}})
     with pytest.raises(ValueError, match="non-negative"):
         sample_rng(-1, 0)
 

@@ -6,8 +6,9 @@ import itertools
 import numpy as np
 import pytest
 
-from unetpipe.augment import resolve_params, sample_rng, upsampling_matrix
+from unetpipe.augment import sample_rng, upsampling_matrix
 from unetpipe.augment3d import augment_volume, interpolate, sampling_map
+from unetpipe.sections import AugmentConfig
 
 OFF = {name: {"enabled": False} for name in ("elastic", "rotation", "flip", "shift", "gray")}
 
@@ -77,7 +78,9 @@ def test_labels_follow_the_image_and_the_sample_is_a_function_of_its_seed():
 
 @pytest.mark.parametrize("grid", [3, 5])
 def test_the_elastic_field_is_the_coarse_lattice_upsampled_in_physical_units(grid):
-    params = resolve_params({**OFF, "elastic": {"enabled": True, "grid": grid, "sigma": 6.0}})
+    params = AugmentConfig.from_mapping(
+        {**OFF, "elastic": {"enabled": True, "grid": grid, "sigma": 6.0}}
+    )
     tile, spacing = (9, 17, 21), (4.0, 1.0, 1.0)  # sections 4x the pixel size
     coords = sampling_map(tile, (0, 0, 0), params, np.random.default_rng(1), spacing)
     displacement = coords - np.stack(np.meshgrid(*map(np.arange, tile), indexing="ij"))

@@ -18,6 +18,7 @@ from unetpipe import (
     datasets,
     precision,
     predict,
+    sections,
     segment,
     synthetic,
     tiling,
@@ -56,7 +57,7 @@ def test_typos_and_bad_values_are_refused_with_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"unknown model parameters \['depht'\]; known: \['depth'"):
         config.section_params("model", {"depht": 3})
     with pytest.raises(ValueError, match=r"unknown augment.elastic parameters \['alpha'\]"):
-        augment.resolve_params({"elastic": {"alpha": 1}})
+        sections.AugmentConfig.from_mapping({"elastic": {"alpha": 1}})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": {"depht": 3}}))
     with pytest.raises(ValueError, match=rf"{path}: unknown model parameters"):

@@ -3,7 +3,7 @@ import pytest
 import zarr
 from conftest import run_rule_script
 
-from unetpipe import segment
+from unetpipe import sections, segment
 from unetpipe.affinities import OFFSETS_2D, OFFSETS_3D, affinity_targets
 from unetpipe.cli import main
 from unetpipe.config import load_config
@@ -12,6 +12,7 @@ from unetpipe.ngff import open_image, open_labels
 from unetpipe.segment import (
     score,
     segment_slice,
+    segment_stage,
     segment_volume,
     segment_zarr,
     tune_on_slices,
@@ -83,8 +84,8 @@ def test_segment_zarr_multi_chunk_slices(tmp_path):
 
 def test_segment_zarr_checks_its_settings_once_not_per_slice(tmp_path, monkeypatch):
     calls = []
-    validated = segment.section_params
-    monkeypatch.setattr(segment, "section_params", lambda *a: calls.append(a) or validated(*a))
+    validated = sections.section_params
+    monkeypatch.setattr(sections, "section_params", lambda *a: calls.append(a) or validated(*a))
     pred = zarr.create_array(
         str(tmp_path / "pred.zarr"), shape=(2, 6, 8, 8), chunks=(2, 1, 8, 8), dtype=np.float32
     )
@@ -92,6 +93,10 @@ def test_segment_zarr_checks_its_settings_once_not_per_slice(tmp_path, monkeypat
     segment_zarr(pred.store.root, tmp_path / "seg.zarr", {"min_size": 0})
     assert calls == [("segment", {"min_size": 0})]
     assert (open_image(tmp_path / "seg.zarr")[:] == np.arange(1, 7)[:, None, None]).all()
+    calls.clear()  # the stage converts its section once, segment_zarr takes it as it is
+    segment_stage(pred.store.root, tmp_path / "stage.zarr", {"min_size": 0})
+    assert calls == [("segment", {"min_size": 0})]
+    assert (open_image(tmp_path / "stage.zarr")[:] == open_image(tmp_path / "seg.zarr")[:]).all()
 
 
 def test_segment_zarr_rejects_bad_input(tmp_path):

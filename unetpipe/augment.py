@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from unetpipe.config import defaults, section_params
+from unetpipe.config import defaults
 from unetpipe.intensity import dataset_statistics, normalize
 from unetpipe.io import atomic_path, create_array, open_data, read_splits, writes_output
 from unetpipe.model import network_output_size
+from unetpipe.sections import AugmentConfig, GrayConfig, ModelConfig
 from unetpipe.weights import training_labels
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,6 @@ DEFAULT_PARAMS: dict[str, Any] = defaults("augment")
 
 _TAPS = {"nearest": 1, "linear": 2, "cubic": 4}
 _BLOCK_ROWS = 32  # rows interpolated at a time (temporaries of 32 x 572 stay in cache)
-
-
-def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``params`` (the ``augment`` config section, possibly partial) over the defaults, checked
-    against the schema (unknown keys and out-of-range values are a ValueError)."""
-    return section_params("augment", params)
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -198,7 +193,7 @@ def _interpolate(image: np.ndarray, y: Separable, x: Separable, order: str) -> n
 def _sampling_map(
     tile: tuple[int, int],
     origin: tuple[int, int],
-    params: Mapping[str, Any],
+    params: AugmentConfig,
     rng: np.random.Generator,
 ) -> tuple[Separable, Separable]:
     """Source coordinates (y, x) of every input-tile pixel, as separable maps.
@@ -209,15 +204,15 @@ def _sampling_map(
     (the affine part has rank 2, the bicubic upsampling ``R_y C R_x^T`` rank ``grid``).
     """
     matrix = np.eye(2)
-    if params["flip"]["enabled"]:
+    if params.flip.enabled:
         matrix = matrix * rng.choice([-1.0, 1.0], size=2)
-    if params["rotation"]["enabled"]:
-        angle = math.radians(rng.uniform(-1, 1) * params["rotation"]["max_degrees"])
+    if params.rotation.enabled:
+        angle = math.radians(rng.uniform(-1, 1) * params.rotation.max_degrees)
         cos, sin = math.cos(angle), math.sin(angle)
         matrix = np.array([[cos, -sin], [sin, cos]]) @ matrix
     shift = np.zeros(2)
-    if params["shift"]["enabled"]:
-        shift = rng.uniform(-1, 1, size=2) * params["shift"]["max_px"]
+    if params.shift.enabled:
+        shift = rng.uniform(-1, 1, size=2) * params.shift.max_px
     centre = [(t - 1) / 2 for t in tile]
     py, px = (np.arange(t) - c for t, c in zip(tile, centre, strict=True))
     ones_y, ones_x = np.ones(tile[0]), np.ones(tile[1])
@@ -227,8 +222,8 @@ def _sampling_map(
         rows = [offset + matrix[axis, 0] * py, ones_y]
         cols = [ones_x, matrix[axis, 1] * px]
         fields.append((rows, cols))
-    if params["elastic"]["enabled"]:
-        grid, sigma = params["elastic"]["grid"], params["elastic"]["sigma"]
+    if params.elastic.enabled:
+        grid, sigma = params.elastic.grid, params.elastic.sigma
         coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
         up_y, up_x = upsampling_matrix(tile[0], grid), upsampling_matrix(tile[1], grid)
         for axis in range(2):
@@ -252,16 +247,14 @@ def random_origin(
     return tuple(origin)
 
 
-def gray_variation(
-    image: np.ndarray, gray: Mapping[str, float], rng: np.random.Generator
-) -> np.ndarray:
+def gray_variation(image: np.ndarray, gray: GrayConfig, rng: np.random.Generator) -> np.ndarray:
     """Gray-value variation: a gamma curve over the tile's range, then contrast and brightness."""
-    gamma = math.exp(rng.uniform(-1, 1) * math.log1p(gray["gamma"]))
+    gamma = math.exp(rng.uniform(-1, 1) * math.log1p(gray.gamma))
     low, high = float(image.min()), float(image.max())
     if high > low and gamma != 1.0:
         image = low + (high - low) * ((image - low) / (high - low)) ** gamma
-    contrast = rng.uniform(1 - gray["contrast"], 1 + gray["contrast"])
-    brightness = rng.uniform(-gray["brightness"], gray["brightness"])
+    contrast = rng.uniform(1 - gray.contrast, 1 + gray.contrast)
+    brightness = rng.uniform(-gray.brightness, gray.brightness)
     return (contrast * image + brightness).astype(np.float32)
 
 
@@ -272,14 +265,15 @@ def augment_sample(
     *,
     input_size: Size,
     output_size: Size,
-    params: Mapping[str, Any] | None,
+    params: AugmentConfig | Mapping[str, Any] | None,
     rng: np.random.Generator,
     origin: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One augmented training sample (Section 3.1) from a 2D image with its labels and weight map.
 
     ``image`` is normalised float32 (gray-value parameters are in its units); ``params`` is the
-    ``augment`` config section (missing keys take DEFAULT_PARAMS). ``origin`` is the (y, x) of the
+    ``augment`` config section (:class:`~unetpipe.sections.AugmentConfig`, or a mapping whose
+    missing keys take DEFAULT_PARAMS). ``origin`` is the (y, x) of the
     input tile's top-left corner in the image (may be negative: mirrored context); by default a
     random one whose output crop lies in the image. The tile's sampling grid is flipped, rotated
     about the tile centre, shifted and elastically displaced; the image is interpolated on the whole
@@ -289,7 +283,7 @@ def augment_sample(
     depend on the worker. Returns ``(image_tile, label_tile, weight_tile)``: float32 of
     ``input_size``, labels' dtype and float32 of ``output_size``.
     """
-    params = resolve_params(params)
+    params = AugmentConfig.from_mapping(params)
     tile, out, image, labels, weights = checked_sample(
         image, labels, weights, input_size, output_size, 2
     )
@@ -300,11 +294,11 @@ def augment_sample(
     inner = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
     y_out = (y[0][inner[0]], y[1][inner[1]])
     x_out = (x[0][inner[0]], x[1][inner[1]])
-    image_tile = _interpolate(image, y, x, params["interpolation"])
+    image_tile = _interpolate(image, y, x, params.interpolation)
     label_tile = _interpolate(labels, y_out, x_out, "nearest")
     weight_tile = _interpolate(weights, y_out, x_out, "linear")
-    if params["gray"]["enabled"]:
-        image_tile = gray_variation(image_tile, params["gray"], rng)
+    if params.gray.enabled:
+        image_tile = gray_variation(image_tile, params.gray, rng)
     return image_tile, label_tile, weight_tile
 
 
@@ -324,21 +318,21 @@ def write_bank(
     *,
     shard: int,
     n_shards: int,
-    params: Mapping[str, Any] | None,
+    params: AugmentConfig | Mapping[str, Any] | None,
     input_size: Size,
     output_size: Size,
     overwrite: bool = True,
 ) -> None:
-    """Write shard ``shard`` of ``n_shards`` of the bank of ``params["bank_size"]`` samples.
+    """Write shard ``shard`` of ``n_shards`` of the bank of ``params.bank_size`` samples.
 
     Sample ``i`` draws a slice of the group's ``splits["train"]`` and its augmentation from
-    ``sample_rng(params["seed"], i)``, so the bank does not depend on the sharding. Images are
+    ``sample_rng(params.seed, i)``, so the bank does not depend on the sharding. Images are
     normalised with ``dataset_statistics`` of the training slices (recorded in the attrs as
     ``normalization``). The shard is a Zarr group with arrays ``image`` (n, y, x) float32,
     ``labels`` and ``weights`` (n, y', x') and ``slice`` (n,), written to a temporary name and
     renamed when complete.
     """
-    params = resolve_params(params)
+    params = AugmentConfig.from_mapping(params)
     group = open_data(data_zarr_path)
     missing = [name for name in ("raw", "labels", "weights") if name not in group]
     if missing:
@@ -346,14 +340,14 @@ def write_bank(
     train = read_splits(group)["train"]
     if not train:
         raise ValueError(f"{data_zarr_path} has no training slices (attrs['splits']['train'])")
-    indices = _shard_range(params["bank_size"], shard, n_shards)
+    indices = _shard_range(params.bank_size, shard, n_shards)
     tile, out = sizes(input_size, 2, "input_size"), sizes(output_size, 2, "output_size")
     stats = dataset_statistics(group["raw"], train)
-    rngs = {i: sample_rng(params["seed"], i) for i in indices}
+    rngs = {i: sample_rng(params.seed, i) for i in indices}
     source = {i: train[int(rngs[i].integers(len(train)))] for i in indices}
     attrs = {
         "normalization": stats,
-        "params": params,
+        "params": params.to_mapping(),
         "input_size": list(tile),
         "output_size": list(out),
         "shard": shard,
@@ -393,23 +387,23 @@ def augment_stage(
     data: str | Path,
     output: str | Path,
     shard: int,
-    cfg: Mapping[str, Any] | None,
-    model: Mapping[str, Any] | None,
+    cfg: AugmentConfig | Mapping[str, Any] | None,
+    model: ModelConfig | Mapping[str, Any] | None,
     overwrite: bool = True,
 ) -> None:
     """The augment stage, as rule ``augment`` and ``unetpipe augment`` run it: shard ``shard`` of
     the bank (:func:`write_bank`) of the augment section ``cfg`` (``shards`` shards, input tiles
     of ``tile`` px), its label and weight tiles the output of the network of the model section
     ``model`` (its tile geometry)."""
-    params = resolve_params(cfg)
-    out = network_output_size(section_params("model", model), params["tile"])
+    params = AugmentConfig.from_mapping(cfg)
+    out = network_output_size(ModelConfig.from_mapping(model).to_mapping(), params.tile)
     write_bank(
         data,
         output,
         shard=shard,
-        n_shards=params["shards"],
+        n_shards=params.shards,
         params=params,
-        input_size=params["tile"],
+        input_size=params.tile,
         output_size=out,
         overwrite=overwrite,
     )

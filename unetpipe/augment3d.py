@@ -29,9 +29,9 @@ from unetpipe.augment import (
     checked_sizes,
     gray_variation,
     random_origin,
-    resolve_params,
     upsampling_matrix,
 )
+from unetpipe.sections import AugmentConfig
 from unetpipe.tiling import read_mirrored
 
 _ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
@@ -41,7 +41,7 @@ _MARGIN = 8  # voxels of context around the points: the cubic prefilter's reach,
 def sampling_map(
     tile: tuple[int, ...],
     origin: Sequence[int],
-    params: Mapping[str, Any],
+    params: AugmentConfig,
     rng: np.random.Generator,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
@@ -54,25 +54,25 @@ def sampling_map(
     """
     scale = np.array([spacing[1] / spacing[0], 1.0, 1.0])  # in-plane pixels -> voxels per axis
     matrix = np.eye(3)
-    if params["flip"]["enabled"]:
+    if params.flip.enabled:
         matrix = matrix * rng.choice([-1.0, 1.0], size=3)
-    if params["rotation"]["enabled"] and params["rotation"]["swap_axes"]:
+    if params.rotation.enabled and params.rotation.swap_axes:
         check_swap_axes(tile, spacing)
         matrix = np.eye(3)[rng.permutation(3)] @ matrix
-    if params["rotation"]["enabled"]:
-        angle = math.radians(rng.uniform(-1, 1) * params["rotation"]["max_degrees"])
+    if params.rotation.enabled:
+        angle = math.radians(rng.uniform(-1, 1) * params.rotation.max_degrees)
         turn = np.eye(3)
         turn[1:, 1:] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
         matrix = turn @ matrix
     shift = np.zeros(3)
-    if params["shift"]["enabled"]:
-        shift = rng.uniform(-1, 1, size=3) * params["shift"]["max_px"] * scale
+    if params.shift.enabled:
+        shift = rng.uniform(-1, 1, size=3) * params.shift.max_px * scale
     centre = np.array([(t - 1) / 2 for t in tile])
     grid = np.stack(np.meshgrid(*(np.arange(t) for t in tile), indexing="ij")).reshape(3, -1)
     coords = matrix @ (grid - centre[:, None]) + (np.asarray(origin) + centre + shift)[:, None]
     coords = coords.reshape(3, *tile)
-    if params["elastic"]["enabled"]:
-        points, sigma = params["elastic"]["grid"], params["elastic"]["sigma"]
+    if params.elastic.enabled:
+        points, sigma = params.elastic.grid, params.elastic.sigma
         coarse = (
             rng.normal(0.0, 1.0, size=(3, points, points, points))
             * (sigma * scale)[:, None, None, None]
@@ -115,7 +115,7 @@ def augment_volume(
     *,
     input_size: int | Sequence[int],
     output_size: int | Sequence[int],
-    params: Mapping[str, Any] | None,
+    params: AugmentConfig | Mapping[str, Any] | None,
     rng: np.random.Generator,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     origin: Sequence[int] | None = None,
@@ -129,16 +129,16 @@ def augment_volume(
     Returns ``(image_tile, label_tile, weight_tile)``: float32 of ``input_size``, the labels'
     dtype and float32 of ``output_size``; all randomness from ``rng``.
     """
-    params = resolve_params(params)
+    params = AugmentConfig.from_mapping(params)
     tile, out = checked_sizes(image, labels, weights, input_size, output_size, 3)
     if origin is None:
         origin = random_origin(rng, image.shape, tile, out)
     coords = sampling_map(tile, origin, params, rng, spacing)
     crop = [slice((t - o) // 2, (t - o) // 2 + o) for t, o in zip(tile, out, strict=True)]
     inner = (slice(None), *crop)
-    image_tile = interpolate(image, coords, params["interpolation"]).astype(np.float32)
+    image_tile = interpolate(image, coords, params.interpolation).astype(np.float32)
     label_tile = interpolate(labels, coords[inner], "nearest")
     weight_tile = interpolate(weights, coords[inner], "linear")
-    if params["gray"]["enabled"]:
-        image_tile = gray_variation(image_tile, params["gray"], rng)
+    if params.gray.enabled:
+        image_tile = gray_variation(image_tile, params.gray, rng)
     return image_tile, label_tile, weight_tile

@@ -37,6 +37,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,14 @@ from PIL import Image
 
 import unetpipe
 from unetpipe import model as model_module
-from unetpipe.config import defaults, section_params
+from unetpipe.config import defaults
 from unetpipe.datasets import REGISTRY
 from unetpipe.evaluate import format_table
 from unetpipe.intensity import normalize
 from unetpipe.io import atomic_path, open_data, sha256sum, writes_output
 from unetpipe.model import UNet, UNetProbabilities, load_model, same_on_every_axis
 from unetpipe.precision import torch_threads
+from unetpipe.sections import ExportConfig
 from unetpipe.tiling import Geometry, read_mirrored
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def package_geometry(net: UNetProbabilities) -> tuple[int, int, int]:
 def export_bioimageio(
     run_dir: str | Path,
     output: str | Path,
-    cfg: dict[str, Any] | None = None,
+    cfg: ExportConfig | Mapping[str, Any] | None = None,
     *,
     data: str | Path | None = None,
     threads: int | None = None,
@@ -127,7 +129,7 @@ def export_bioimageio(
     ``bioimageio.core``'s model test passed. Returns the test's status and checks
     (:func:`model_test`).
     """
-    params = section_params("export", cfg)
+    params = ExportConfig.from_mapping(cfg)
     run_dir, output = Path(run_dir), Path(output)
     if output.suffix != ".zip":
         raise ValueError(f"{output}: a bioimage.io package is a .zip file; name it <name>.zip")
@@ -142,7 +144,7 @@ def export_bioimageio(
         raise ValueError(f"{model_path} has no normalization metadata (mean/std); re-export it")
     if model.config["in_channels"] != 1:
         raise ValueError(f"{model_path}: only grey-value (1 input channel) networks are exported")
-    if not params["authors"]:
+    if not params.authors:
         raise ValueError(
             f"{output}: a bioimage.io package names its authors: set export.authors (e.g. "
             "[{name: Jane Doe}]) or pass --author NAME"
@@ -215,7 +217,7 @@ def _describe(
     model: UNet,
     metadata: dict[str, Any],
     group: zarr.Group | None,
-    params: dict[str, Any],
+    params: ExportConfig,
 ) -> Any:
     """Write the package's files into ``folder``; return their model description (spec 0.5)."""
     from bioimageio.spec.model import v0_5
@@ -225,7 +227,7 @@ def _describe(
     minimum, step, halo = package_geometry(net)
     attrs = dict(group.attrs) if group is not None else {}
     dataset = str(attrs.get("dataset", run_dir.parent.name))
-    name = params["name"] or package_name(dataset, run_dir.name)
+    name = params.name or package_name(dataset, run_dir.name)
     space = ["z", "y", "x"][3 - config["dims"] :]
 
     tile = _test_tile(metadata, minimum, step)
@@ -241,10 +243,10 @@ def _describe(
     stamp = datetime.datetime.fromtimestamp(model_path.stat().st_mtime, datetime.timezone.utc)
     return v0_5.ModelDescr(
         name=name,
-        description=params["description"] or _description(dataset, minimum, step, halo),
-        authors=[v0_5.Author(**author) for author in params["authors"]],
+        description=params.description or _description(dataset, minimum, step, halo),
+        authors=[v0_5.Author(**author) for author in params.authors],
         cite=[v0_5.CiteEntry(text=CITATION, doi=v0_5.Doi(PAPER_DOI))],
-        license=v0_5.LicenseId(params["license"]),
+        license=v0_5.LicenseId(params.license),
         tags=_tags(config, attrs, dataset, params),
         documentation=v0_5.FileDescr(source=folder / "README.md"),
         covers=[v0_5.FileDescr(source=folder / "cover.png")],
@@ -306,12 +308,12 @@ def _description(dataset: str, minimum: int, step: int, halo: int) -> str:
 
 
 def _tags(
-    config: dict[str, Any], attrs: dict[str, Any], dataset: str, params: dict[str, Any]
+    config: dict[str, Any], attrs: dict[str, Any], dataset: str, params: ExportConfig
 ) -> list[str]:
     """unetpipe's tags, the registry dataset's and ``export.tags``, each once, in that order."""
     tags = ["unet", f"{config['dims']}d", "pytorch", "semantic-segmentation", "unetpipe"]
     registered = REGISTRY.get(_registry_name(attrs, dataset))
-    tags += [*(registered.tags if registered else ()), *params["tags"]]
+    tags += [*(registered.tags if registered else ()), *params.tags]
     return list(dict.fromkeys(tags))
 
 
@@ -473,7 +475,7 @@ def _readme(
     net: UNetProbabilities,
     metadata: dict[str, Any],
     group: zarr.Group | None,
-    params: dict[str, Any],
+    params: ExportConfig,
     dataset: str,
     tile: int,
 ) -> str:
@@ -588,12 +590,12 @@ def _how_to_run(net: UNetProbabilities) -> list[str]:
     ]
 
 
-def _provenance(params: dict[str, Any], model_path: Path) -> list[str]:
+def _provenance(params: ExportConfig, model_path: Path) -> list[str]:
     """The README's authors, license, tags and the model file the package was made from."""
     return [
-        f"- authors: {', '.join(a['name'] for a in params['authors'])}",
-        f"- license: {params['license']}",
-        f"- tags: {', '.join(params['tags']) or '(automatic)'}",
+        f"- authors: {', '.join(a['name'] for a in params.authors)}",
+        f"- license: {params.license}",
+        f"- tags: {', '.join(params.tags) or '(automatic)'}",
         f"- made from `{model_path.name}`, sha256 `{sha256sum(model_path)}`",
     ]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,9 @@ import zarr
 from scipy import ndimage
 
 from unetpipe import metrics
-from unetpipe.config import section_params
 from unetpipe.io import CheckedArray, atomic_path, check_disjoint, open_data, stored_digest
 from unetpipe.ngff import ImageArray, cell_probability, open_image, open_labels, require_grid
+from unetpipe.sections import EvaluateConfig
 from unetpipe.splits import Split, consecutive_runs, gold, resolve
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def evaluate_run(
     predictions: dict[str, str | Path],
     segmentations: dict[str, str | Path],
     output: str | Path,
-    cfg: dict[str, Any] | None = None,
+    cfg: EvaluateConfig | Mapping[str, Any] | None = None,
     split: Split | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``: the validation slices of ``raw`` against ``labels``, and ``test``
@@ -294,9 +294,9 @@ def evaluate_run(
     Thresholds are also fixed on the (gold-truth) training slices of ``raw``
     (:func:`choose_thresholds`) and every set scored at them. ``cfg`` = the evaluate section;
     ``split`` = the run's training and validation slices (default: the group's ``splits``)."""
-    params = section_params("evaluate", cfg)
+    params = EvaluateConfig.from_mapping(cfg)
     check_disjoint(output, data, *predictions.values(), *segmentations.values())
-    thresholds = [float(t) for t in params["thresholds"]]
+    thresholds = [float(t) for t in params.thresholds]
     group = open_data(data)
     raw_pred = open_image(predictions["raw"], "czyx")
     _check_input(raw_pred, group, "raw")  # before anything is computed
@@ -304,10 +304,10 @@ def evaluate_run(
     fit = gold(group.attrs, split["train"])
     known = _known(group, fit)
     train_truth = np.where(known, _stack(group["labels"], fit), 0)
-    baseline = fit_baseline(_stack(group["raw"], fit), train_truth, float(params["baseline_sigma"]))
+    baseline = fit_baseline(_stack(group["raw"], fit), train_truth, float(params.baseline_sigma))
     train_prob = np.stack([cell_probability(raw_pred, z) for z in fit])
     chosen = choose_thresholds(
-        np.where(known, train_prob, 0), train_truth, thresholds, params["thinning"]
+        np.where(known, train_prob, 0), train_truth, thresholds, params.thinning
     )
     log.info("thresholds fixed on the training slices: %s", chosen)
     sets = [("val", "raw", "labels", split["val"])]
@@ -331,14 +331,14 @@ def evaluate_run(
             "labels": label_array,
             "slices": [int(z) for z in slices],
             "unet": {
-                **score_probability(prob, truth, thresholds, params["thinning"], chosen),
-                **score_instances(instances, truth, params["thinning"], known),
+                **score_probability(prob, truth, thresholds, params.thinning, chosen),
+                **score_instances(instances, truth, params.thinning, known),
             },
             "baseline": {
                 **_at_own_threshold(
-                    score_probability(base_prob, truth, [baseline["threshold"]], params["thinning"])
+                    score_probability(base_prob, truth, [baseline["threshold"]], params.thinning)
                 ),
-                **score_instances(base_instances, truth, params["thinning"], known),
+                **score_instances(base_instances, truth, params.thinning, known),
             },
         }
         if segmentation.attrs.get("segment", {}).get("mode") == "3d":
@@ -356,7 +356,7 @@ def evaluate_run(
     report = {
         "dataset": group.attrs.get("dataset", Path(data).parent.name),
         "split": split,
-        "evaluate": params,
+        "evaluate": params.to_mapping(),
         "baseline": baseline,
         "thresholds_from_training": chosen,
         "results": results,

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from unetpipe.config import section_params
 from unetpipe.evaluate import PAPER, format_table, format_value, rows
 from unetpipe.io import atomic_path, check_disjoint, open_data, read_log
 from unetpipe.ngff import cell_probability, open_image, open_labels
+from unetpipe.sections import ReportConfig
 from unetpipe.splits import Split, resolve
 
 log = logging.getLogger(__name__)
@@ -174,24 +174,24 @@ def write_report(
     segmentation: str | Path,
     train_log: str | Path,
     output: str | Path,
-    cfg: dict[str, Any] | None = None,
+    cfg: ReportConfig | Mapping[str, Any] | None = None,
     split: Split | None = None,
 ) -> None:
     """The report folder: ``metrics.png``, ``curves.png``, ``overlay_<z>.png`` for the first
     validation slices (of ``split``, default the group's), and ``summary.txt`` (the table of
     :func:`unetpipe.evaluate.format_table`)."""
-    params = section_params("report", cfg)
+    params = ReportConfig.from_mapping(cfg)
     check_disjoint(output, metrics_json, data, predictions, segmentation, train_log)
     report = json.loads(Path(metrics_json).read_text())
     group = open_data(data)
     pred = open_image(predictions, "czyx")
     seg = open_labels(segmentation)
-    dpi = int(params["dpi"])
+    dpi = int(params.dpi)
     with atomic_path(output) as tmp:
         tmp.mkdir()
         metrics_figure(report, tmp / "metrics.png", dpi)
         curves_figure(read_log(train_log), tmp / "curves.png", dpi)
-        for z in (split or resolve(group))["val"][: params["overlays"]]:
+        for z in (split or resolve(group))["val"][: params.overlays]:
             overlay_figure(
                 group,
                 cell_probability(pred, z),

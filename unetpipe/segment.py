@@ -20,6 +20,7 @@ stack.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -37,7 +38,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
-from unetpipe.config import check_segment, choices, defaults, section_params
+from unetpipe.config import check_segment, choices, defaults
 from unetpipe.io import STORE_EVERY_CHUNK, open_data, relative_to_output, writes_output
 from unetpipe.mutex import (
     MAX_3D_VOXELS,
@@ -60,6 +61,7 @@ from unetpipe.ngff import (
     require_grid,
     scaled_probability,
 )
+from unetpipe.sections import SegmentConfig, TuneConfig
 from unetpipe.splits import Split, resolve, tuning
 
 log = logging.getLogger(__name__)
@@ -93,49 +95,49 @@ _AFTER = ("merge_threshold", "min_size", "small_objects")  # applied after the (
 _RUN = ("block", "tune")  # not parameters of the labels
 
 
-def _settings(params: Mapping[str, Any]) -> agg.Settings:
+def _settings(params: SegmentConfig) -> agg.Settings:
     return agg.Settings(
-        mode=params["mode"],
-        relief=params["relief"],
-        sigma=float(params["sigma"]),
-        max_distance=int(params["max_distance"]),
-        threshold=float(params["threshold"]),
-        mask=bool(params["mask"]),
+        mode=params.mode,
+        relief=params.relief,
+        sigma=float(params.sigma),
+        max_distance=int(params.max_distance),
+        threshold=float(params.threshold),
+        mask=bool(params.mask),
     )
 
 
-def _check(params: Mapping[str, Any]) -> None:
-    if params["method"] not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {params['method']!r}")
-    if params["relief"] not in RELIEFS:
-        raise ValueError(f"relief must be one of {RELIEFS}, got {params['relief']!r}")
-    if params["mode"] not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {params['mode']!r}")
-    if int(params["stride"]) < 1:
-        raise ValueError(f"segment.stride must be at least 1, got {params['stride']}")
-    if params["small_objects"] not in SMALL:
-        raise ValueError(f"small_objects must be one of {SMALL}, got {params['small_objects']!r}")
-    check_segment(params)
-    if params["method"] == "agglomerate":
+def _check(params: SegmentConfig) -> None:
+    if params.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {params.method!r}")
+    if params.relief not in RELIEFS:
+        raise ValueError(f"relief must be one of {RELIEFS}, got {params.relief!r}")
+    if params.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {params.mode!r}")
+    if int(params.stride) < 1:
+        raise ValueError(f"segment.stride must be at least 1, got {params.stride}")
+    if params.small_objects not in SMALL:
+        raise ValueError(f"small_objects must be one of {SMALL}, got {params.small_objects!r}")
+    check_segment(params.to_mapping())
+    if params.method == "agglomerate":
         _settings(params)  # checks mode, sigma, max_distance
 
 
-def _slice_labels(probability: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def _slice_labels(probability: np.ndarray, params: SegmentConfig) -> np.ndarray:
     """Components, or components split by a watershed, of one slice (no size filter)."""
-    mask = probability > params["threshold"]
+    mask = probability > params.threshold
     labels = metrics.components(mask)[0]
-    if params["method"] == "watershed" and labels.any():
+    if params.method == "watershed" and labels.any():
         distance = ndimage.distance_transform_edt(mask)
         peaks = peak_local_max(
             distance,
-            min_distance=max(1, int(params["min_distance"])),
+            min_distance=max(1, int(params.min_distance)),
             labels=labels,
             exclude_border=False,
         )
         seeds = np.zeros(mask.shape, bool)
         seeds[tuple(peaks.T)] = True
         markers = ndimage.label(seeds, structure=np.ones((3, 3)))[0]  # touching peaks: one seed
-        height = -distance if params["relief"] == "distance" else 1.0 - probability
+        height = -distance if params.relief == "distance" else 1.0 - probability
         labels = watershed(height, markers, mask=mask)
     return labels
 
@@ -147,7 +149,7 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _hierarchy(
-    probability: np.ndarray, params: Mapping[str, Any], stop: float
+    probability: np.ndarray, params: SegmentConfig, stop: float
 ) -> tuple[agg.Hierarchy, np.ndarray]:
     """The agglomeration hierarchy of an in-memory (z, y, x) volume, in one block, and its
     supervoxel image."""
@@ -163,8 +165,8 @@ def _hierarchy(
     return hierarchy, store
 
 
-def _table(hierarchy: agg.Hierarchy, params: Mapping[str, Any], stop: float) -> np.ndarray:
-    return hierarchy.table(stop, int(params["min_size"]), params["small_objects"])
+def _table(hierarchy: agg.Hierarchy, params: SegmentConfig, stop: float) -> np.ndarray:
+    return hierarchy.table(stop, int(params.min_size), params.small_objects)
 
 
 def segment_volume(
@@ -186,30 +188,30 @@ def segment_volume(
     ``agglomerate`` with ``small_objects`` merge joined to their neighbour of lowest mean boundary
     probability (:meth:`unetpipe.agglomerate.Hierarchy.table`).
     """
-    params = section_params("segment", params)
-    _check(params)
-    return _segment(probability, offsets, params)
+    config = SegmentConfig.from_mapping(params)
+    _check(config)
+    return _segment(probability, offsets, config)
 
 
 def _segment(
-    probability: np.ndarray, offsets: Sequence[Sequence[int]] | None, params: Mapping[str, Any]
+    probability: np.ndarray, offsets: Sequence[Sequence[int]] | None, params: SegmentConfig
 ) -> np.ndarray:
     """:func:`segment_volume` with ``params`` a validated and checked segment section."""
     prob = np.asarray(probability, dtype=np.float32)
-    if params["method"] == "mutex_watershed":
-        volume = _affinity_volume(prob, offsets, params["mode"])
+    if params.method == "mutex_watershed":
+        volume = _affinity_volume(prob, offsets, params.mode)
         labels = _mutex_labels(volume, offsets, params).astype(np.uint32)
         return labels[0] if prob.ndim == 3 else labels
     if prob.ndim not in (2, 3):
         raise ValueError(f"expected a (y, x) slice or (z, y, x) stack, got shape {prob.shape}")
     volume = prob[None] if prob.ndim == 2 else prob
-    if params["method"] == "agglomerate":
-        stop = float(params["merge_threshold"])
+    if params.method == "agglomerate":
+        stop = float(params.merge_threshold)
         hierarchy, supervoxels = _hierarchy(volume, params, stop)
         labels = _table(hierarchy, params, stop)[supervoxels]
     else:
         labels = _stack_labels(volume, params)
-        labels = relabel_sequential(_drop_small(labels, int(params["min_size"])))[0]
+        labels = relabel_sequential(_drop_small(labels, int(params.min_size)))[0]
     labels = labels.astype(np.uint32)
     return labels[0] if prob.ndim == 2 else labels
 
@@ -235,21 +237,21 @@ def _affinity_volume(
     return affinities[:, None] if affinities.ndim == 3 else affinities
 
 
-def _mask_threshold(params: Mapping[str, Any]) -> float | None:
-    return float(params["threshold"]) if params["mask"] else None
+def _mask_threshold(params: SegmentConfig) -> float | None:
+    return float(params.threshold) if params.mask else None
 
 
 def _mutex_labels(
-    volume: np.ndarray, offsets: Sequence[Sequence[int]], params: Mapping[str, Any]
+    volume: np.ndarray, offsets: Sequence[Sequence[int]], params: SegmentConfig
 ) -> np.ndarray:
     """The Mutex Watershed (:mod:`unetpipe.mutex`) of a (K, z, y, x) affinity map: of each slice
     (mode 2d), of the volume (3d) or of the volume by overlapping blocks (3d, ``mutex_block``);
     objects under ``min_size`` dropped; without ``mask`` every pixel labelled
     (:func:`unetpipe.mutex.fill_unlabelled`). Labels 1..n over the stack."""
-    bias, stride, threshold = float(params["bias"]), int(params["stride"]), _mask_threshold(params)
-    min_size = int(params["min_size"])
-    if params["mode"] == "3d" and params["mutex_block"]:
-        block = params["mutex_block"]
+    bias, stride, threshold = float(params.bias), int(params.stride), _mask_threshold(params)
+    min_size = int(params.min_size)
+    if params.mode == "3d" and params.mutex_block:
+        block = params.mutex_block
         return mutex_watershed_blocks(volume, offsets, block, bias, stride, threshold, min_size)
 
     def one(affinities: np.ndarray) -> np.ndarray:
@@ -258,15 +260,15 @@ def _mutex_labels(
         labels = relabel_sequential(_drop_small(labels, min_size))[0]
         return labels if threshold is not None else fill_unlabelled(labels, affinities, offsets)
 
-    if params["mode"] == "3d":
+    if params.mode == "3d":
         return one(volume)
     return _per_slice(volume.shape[1:], (one(volume[:, z]) for z in range(volume.shape[1])))
 
 
-def _stack_labels(volume: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+def _stack_labels(volume: np.ndarray, params: SegmentConfig) -> np.ndarray:
     """:func:`_slice_labels` of every slice, labels distinct over the stack."""
-    if params["method"] == "components":
-        return metrics.components(volume > params["threshold"])
+    if params.method == "components":
+        return metrics.components(volume > params.threshold)
     return _per_slice(volume.shape, (_slice_labels(plane, params) for plane in volume))
 
 
@@ -357,7 +359,7 @@ class _Scorer:
 def tune_segmentation(
     probability: np.ndarray,
     truth: np.ndarray,
-    cfg: Mapping[str, Any] | None = None,
+    cfg: SegmentConfig | Mapping[str, Any] | None = None,
     grid: Mapping[str, Sequence[Any]] | None = None,
     measure: str = "v_rand",
     known: np.ndarray | None = None,
@@ -374,9 +376,10 @@ def tune_segmentation(
     Costly steps run once per combination of the other parameters: ``min_size`` (and for
     ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after.
     """
-    base = {k: v for k, v in section_params("segment", cfg).items() if k not in _RUN}
-    _check(base)
-    method = base["method"]
+    config = SegmentConfig.from_mapping(cfg)
+    _check(config)
+    base = {k: v for k, v in config.to_mapping().items() if k not in _RUN}
+    method = config.method
     grid = dict(grid or GRIDS[method])
     unknown = set(grid) - set(base)
     if unknown:
@@ -388,7 +391,7 @@ def tune_segmentation(
     prob = np.asarray(probability, dtype=np.float32)
     truth = np.asarray(truth)
     if method == "mutex_watershed":
-        prob = _affinity_volume(prob, offsets, base["mode"])
+        prob = _affinity_volume(prob, offsets, config.mode)
     spatial = prob.shape[1:] if method == "mutex_watershed" else prob.shape
     if len(spatial) != 3 or spatial != truth.shape:
         raise ValueError(f"probability {prob.shape} and truth {truth.shape}: need equal (z, y, x)")
@@ -397,12 +400,12 @@ def tune_segmentation(
     before = [k for k in grid if k not in late]
     after = [k for k in late if k in grid]
     rows = []
-    scorer = _Scorer(truth, measure, base["mode"], known)
+    scorer = _Scorer(truth, measure, config.mode, known)
     for values in itertools.product(*(grid[k] for k in before)):
-        params = {**base, **dict(zip(before, values, strict=True))}
+        params = dataclasses.replace(config, **dict(zip(before, values, strict=True)))
         _check(params)
         if method == "agglomerate":
-            stop = float(max(grid.get("merge_threshold", [params["merge_threshold"]])))
+            stop = float(max(grid.get("merge_threshold", [params.merge_threshold])))
             hierarchy, labels = _hierarchy(prob, params, stop)
         else:
             mutex = method == "mutex_watershed"
@@ -410,14 +413,14 @@ def tune_segmentation(
             sizes = np.bincount(labels.ravel())
         scores = scorer.entries(labels)
         for late in itertools.product(*(grid[k] for k in after)):
-            chosen = {**params, **dict(zip(after, late, strict=True))}
+            chosen = dataclasses.replace(params, **dict(zip(after, late, strict=True)))
             _check(chosen)
             if method == "agglomerate":
-                table = _table(hierarchy, chosen, float(chosen["merge_threshold"]))
+                table = _table(hierarchy, chosen, float(chosen.merge_threshold))
             else:
-                table = np.where(sizes >= int(chosen["min_size"]), np.arange(sizes.size), 0)
+                table = np.where(sizes >= int(chosen.min_size), np.arange(sizes.size), 0)
                 table[0] = 0
-            row = {k: chosen[k] for k in grid}
+            row = {k: getattr(chosen, k) for k in grid}
             rows.append(row | {measure: scores(table)})
     best = max(range(len(rows)), key=lambda i: (rows[i][measure], -i))
     return base | {k: rows[best][k] for k in grid}, rows
@@ -435,26 +438,27 @@ def tune_on_slices(
     predictions: Any,
     truth: Any,
     slices: Sequence[int],
-    params: Mapping[str, Any],
-    tune: Mapping[str, Any],
+    params: SegmentConfig | Mapping[str, Any],
+    tune: TuneConfig | Mapping[str, Any],
     known: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`tune_segmentation` on slices ``slices`` of a (classes, z, y, x) prediction array and
     a (z, y, x) labels array, scored where the (z, y, x) array ``known`` is nonzero (None:
     everywhere; a dataset group's ``mask``); nothing else of them is read. In 3d mode the slices
     must be consecutive (one sub-volume)."""
+    params, tune = SegmentConfig.from_mapping(params), TuneConfig.from_mapping(tune)
     slices = [int(z) for z in slices]
     if not slices:
         raise ValueError("segment.tune needs training slices: give at least one")
-    if params["mode"] == "3d" and slices != list(range(slices[0], slices[0] + len(slices))):
+    if params.mode == "3d" and slices != list(range(slices[0], slices[0] + len(slices))):
         raise ValueError(
             f"mode 3d tunes on one sub-volume: the slices {slices} are not consecutive"
         )
     offsets = None
-    if params["method"] == "mutex_watershed":
+    if params.method == "mutex_watershed":
         offsets = affinity_offsets(predictions)
     prob, labels, mask = stack_slices(predictions, truth, slices, known, offsets is not None)
-    return tune_segmentation(prob, labels, params, tune["grid"], tune["measure"], mask, offsets)
+    return tune_segmentation(prob, labels, params, tune.grid, tune.measure, mask, offsets)
 
 
 def stack_slices(
@@ -484,7 +488,7 @@ def _dask_runner(threads: int) -> agg.Runner:
 def segment_zarr(
     predictions: str | Path,
     output: str | Path,
-    cfg: dict[str, Any] | None = None,
+    cfg: SegmentConfig | Mapping[str, Any] | None = None,
     threads: int = 1,
     truth: Any = None,
     tune_slices: Sequence[int] | None = None,
@@ -506,27 +510,28 @@ def segment_zarr(
     dataset's ``mask``, None: everywhere) says the truth is known; the choice and its table of
     scores are logged and kept in the output's ``tuning`` attribute.
     """
-    params = section_params("segment", cfg)
-    tune = params["tune"]
+    params = SegmentConfig.from_mapping(cfg)
+    tune = params.tune
     _check(params)
     source = _open_predictions(predictions)
-    if params["method"] == "mutex_watershed":
-        _check_mutex_source(source, params["mode"], params["mutex_block"], predictions)
+    if params.method == "mutex_watershed":
+        _check_mutex_source(source, params.mode, params.mutex_block, predictions)
     attributes: dict[str, Any] = {"predictions": relative_to_output(predictions, output)}
-    if tune["enabled"]:
+    if tune.enabled:
         if truth is None or tune_slices is None:
             raise ValueError("segment.tune.enabled needs the labels and the training slices")
         start = time.perf_counter()
         tuning_source = _open_predictions(tune_predictions) if tune_predictions else source
         require_grid(tuning_source, truth.shape, "the labels")
         chosen, table = tune_on_slices(tuning_source, truth, tune_slices, params, tune, known)
-        params = section_params("segment", params | chosen)  # the grid's values, validated
-        best = max(row[tune["measure"]] for row in table)
+        # the grid's values, validated
+        params = SegmentConfig.from_mapping(params.to_mapping() | chosen)
+        best = max(row[tune.measure] for row in table)
         attributes["tuning"] = {
-            "measure": tune["measure"],
+            "measure": tune.measure,
             "slices": [int(z) for z in tune_slices],
             "predictions": relative_to_output(tune_predictions or predictions, output),
-            "chosen": {k: chosen[k] for k in table[0] if k != tune["measure"]},
+            "chosen": {k: chosen[k] for k in table[0] if k != tune.measure},
             "score": best,
             "table": table,
             "seconds": round(time.perf_counter() - start, 2),
@@ -535,15 +540,15 @@ def segment_zarr(
             "segment parameters fixed on slices %s: %s (%s %.4f; %d combinations in %.1f s)",
             attributes["tuning"]["slices"],
             attributes["tuning"]["chosen"],
-            tune["measure"],
+            tune.measure,
             best,
             len(table),
             attributes["tuning"]["seconds"],
         )
-    attributes["segment"] = params
-    if params["method"] == "agglomerate" or params["mutex_block"]:
-        name = "block" if params["method"] == "agglomerate" else "mutex_block"
-        block = tuple(params[name] or source.chunks[1:])
+    attributes["segment"] = params.to_mapping()
+    if params.method == "agglomerate" or params.mutex_block:
+        name = "block" if params.method == "agglomerate" else "mutex_block"
+        block = tuple(getattr(params, name) or source.chunks[1:])
         if len(block) != 3 or min(block) < 1:
             raise ValueError(f"segment.{name} must be 3 positive sizes (z, y, x), got {block}")
         chunks = tuple(min(b, n) for b, n in zip(block, source.shape[1:], strict=True))
@@ -566,10 +571,10 @@ def segment_zarr(
             attributes=attributes,
             config=STORE_EVERY_CHUNK,
         )
-        if params["method"] == "agglomerate":
+        if params.method == "agglomerate":
             count = _agglomerate_zarr(source, target, params, threads)
-        elif params["method"] == "mutex_watershed" and params["mode"] == "3d":
-            if params["mutex_block"]:
+        elif params.method == "mutex_watershed" and params.mode == "3d":
+            if params.mutex_block:
                 count = _mutex_blocks_zarr(source, target, level0.parent, params, threads)
             else:
                 labels = _segment(scaled_probability(source[:]), affinity_offsets(source), params)
@@ -583,7 +588,7 @@ def segment_zarr(
 def segment_stage(
     predictions: str | Path,
     output: str | Path,
-    cfg: Mapping[str, Any] | None = None,
+    cfg: SegmentConfig | Mapping[str, Any] | None = None,
     threads: int = 1,
     data: str | Path | None = None,
     split: Split | None = None,
@@ -597,15 +602,15 @@ def segment_stage(
     group ``data`` (scored where its ``mask`` says the truth is known) on ``tune_slices``, else on
     the tuning slices (:func:`unetpipe.splits.tuning`, by ``tune.silver_truth``) among the
     training slices of ``split`` (None: the group's own)."""
-    params = section_params("segment", cfg)
+    params = SegmentConfig.from_mapping(cfg)
     truth = known = None
-    if params["tune"]["enabled"] and data is not None:
+    if params.tune.enabled and data is not None:
         group = open_data(data)
         truth = group["labels"]
         known = group["mask"] if "mask" in group else None
         if tune_slices is None:
             train = (split or resolve(group))["train"]
-            tune_slices = tuning(group.attrs, train, params["tune"]["silver_truth"])
+            tune_slices = tuning(group.attrs, train, params.tune.silver_truth)
     segment_zarr(
         predictions,
         output,
@@ -642,12 +647,12 @@ def _check_mutex_source(
 
 
 def _mutex_blocks_zarr(
-    source: ImageArray, target: zarr.Array, folder: Path, params: Mapping[str, Any], threads: int
+    source: ImageArray, target: zarr.Array, folder: Path, params: SegmentConfig, threads: int
 ) -> int:
     """:func:`unetpipe.mutex.blockwise` of a (K, z, y, x) affinity array into ``target``, the
     grown blocks' labels in a scratch Zarr in ``folder`` (removed afterwards)."""
     offsets = affinity_offsets(source)
-    plan = plan_blocks(source.shape[1:], params["mutex_block"], offsets)
+    plan = plan_blocks(source.shape[1:], params.mutex_block, offsets)
     scratch = zarr.create_array(
         str(folder / ".mutex-blocks"),
         shape=plan.scratch_shape,
@@ -661,24 +666,22 @@ def _mutex_blocks_zarr(
         plan,
         offsets,
         scratch,
-        float(params["bias"]),
-        int(params["stride"]),
+        float(params.bias),
+        int(params.stride),
         _mask_threshold(params),
-        int(params["min_size"]),
+        int(params.min_size),
         _dask_runner(threads),
     )
     write(target)
     shutil.rmtree(folder / ".mutex-blocks")
-    log.info(
-        "mutex watershed by %d overlapping blocks of %s", len(plan.cores), params["mutex_block"]
-    )
+    log.info("mutex watershed by %d overlapping blocks of %s", len(plan.cores), params.mutex_block)
     return count
 
 
 def _agglomerate_zarr(
-    source: ImageArray, target: zarr.Array, params: Mapping[str, Any], threads: int
+    source: ImageArray, target: zarr.Array, params: SegmentConfig, threads: int
 ) -> int:
-    stop = float(params["merge_threshold"])
+    stop = float(params.merge_threshold)
     hierarchy, write = agg.build(
         lambda lo, hi: cell_region(source, lo, hi),
         target,
@@ -693,12 +696,12 @@ def _agglomerate_zarr(
 
 
 def _slices_zarr(
-    source: ImageArray, target: zarr.Array, params: Mapping[str, Any], threads: int
+    source: ImageArray, target: zarr.Array, params: SegmentConfig, threads: int
 ) -> int:
     offsets = affinity_offsets(source)
 
     def label(z: int) -> int:
-        if params["method"] == "mutex_watershed":
+        if params.method == "mutex_watershed":
             labels = _segment(affinity_slice(source, z), offsets, params)
         else:
             labels = _segment(cell_probability(source, z), None, params)

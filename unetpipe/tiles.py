@@ -17,7 +17,7 @@ sees the same tiles. Iteration ``t`` takes samples ``t * batch .. (t + 1) * batc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from unetpipe.affinities import affinity_targets, check_offsets
-from unetpipe.augment import (
-    DEFAULT_PARAMS,
-    augment_sample,
-    open_bank,
-    resolve_params,
-    sample_rng,
-)
+from unetpipe.augment import augment_sample, open_bank, sample_rng
 from unetpipe.augment import sizes as tile_sizes
 from unetpipe.augment3d import augment_volume
 from unetpipe.config import choices
 from unetpipe.intensity import normalize
 from unetpipe.io import open_data
+from unetpipe.sections import AugmentConfig
 from unetpipe.splits import consecutive_runs
 from unetpipe.weights import training_labels, training_labels_box
 
@@ -59,7 +54,7 @@ class TileDataset(Dataset):
         stats: dict[str, float],
         input_size: int | Sequence[int],
         output_size: int | Sequence[int],
-        augment: dict[str, Any],
+        augment: AugmentConfig | Mapping[str, Any] | None,
         seed: int,
         mode: str = "on_the_fly",
         bank: Sequence[str | Path] = (),
@@ -85,13 +80,9 @@ class TileDataset(Dataset):
             )
         if mode == "bank":
             _check_bank(bank, stats, input_size, output_size)
-        if mode == "none":  # every augmentation of augment's defaults switched off
-            off = {
-                k: {"enabled": False}
-                for k, v in DEFAULT_PARAMS.items()
-                if isinstance(v, dict) and "enabled" in v
-            }
-            augment = resolve_params({**augment, **off})
+        augment = AugmentConfig.from_mapping(augment)
+        if mode == "none":
+            augment = augment.without_augmentation()
         self.data, self.slices, self.stats = str(data), list(slices), stats
         self.input_size, self.output_size = input_size, output_size
         self.augment, self.seed, self.mode = augment, seed, mode

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from unetpipe.affinities import cell_map, network_config
-from unetpipe.augment import resolve_params, sizes
+from unetpipe.augment import sizes
 from unetpipe.augment3d import check_swap_axes
 from unetpipe.config import defaults, result_settings
 from unetpipe.intensity import dataset_statistics, normalize
@@ -56,6 +57,7 @@ from unetpipe.precision import (
     torch_threads,
 )
 from unetpipe.predict import predict_image
+from unetpipe.sections import AugmentConfig, ModelConfig, TrainConfig
 from unetpipe.splits import Split, consecutive_runs, resolve
 from unetpipe.tiles import IterationSampler, TileDataset
 
@@ -121,9 +123,9 @@ def validate(
 def train(
     data: str | Path,
     run_dir: str | Path,
-    train_cfg: dict[str, Any],
-    model_cfg: dict[str, Any],
-    augment_cfg: dict[str, Any],
+    train_cfg: TrainConfig | Mapping[str, Any],
+    model_cfg: ModelConfig | Mapping[str, Any],
+    augment_cfg: AugmentConfig | Mapping[str, Any],
     bank: Sequence[str | Path] = (),
     threads: int | None = None,
     split: Split | None = None,
@@ -137,10 +139,13 @@ def train(
     trained with DistributedDataParallel; on a machine without GPUs they are CPU processes
     (gloo backend).
     """
+    train_cfg = TrainConfig.from_mapping(train_cfg)
+    model_cfg = ModelConfig.from_mapping(model_cfg)
+    augment_cfg = AugmentConfig.from_mapping(augment_cfg)
     args = (str(data), str(run_dir), train_cfg, model_cfg, augment_cfg, [str(p) for p in bank])
     check_disjoint(run_dir, data, *bank)
     claim_folder(run_dir)
-    gpus = int(train_cfg["gpus"])
+    gpus = train_cfg.gpus
     if gpus > 1 and "WORLD_SIZE" not in os.environ:
         from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -241,31 +246,31 @@ class _Trainer:
 
     def __init__(
         self,
-        cfg: dict[str, Any],
-        model_cfg: dict[str, Any],
+        cfg: TrainConfig,
+        model_cfg: ModelConfig,
         device: torch.device,
         rank: int,
         world: int,
     ) -> None:
-        self.device, self.world, self.batch = device, world, int(cfg["batch_size"])
-        self.precision = resolve_precision(cfg["precision"], device)
+        self.device, self.world, self.batch = device, world, cfg.batch_size
+        self.precision = resolve_precision(cfg.precision, device)
         self.memory_format = "contiguous"
-        torch.manual_seed(cfg["seed"])  # the same initial weights in every process
-        self.model = UNet(**network_config(model_cfg)).to(device)
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        self.model = UNet(**network_config(model_cfg.to_mapping())).to(device)
         self.dims = int(self.model.config["dims"])
         self.offsets = self.model.config.get("offsets")
-        self.affinity_loss = AFFINITY_LOSSES[cfg.get("affinity_loss", "dice")]
-        torch.manual_seed(cfg["seed"] + rank)  # each process its own dropout masks
+        self.affinity_loss = AFFINITY_LOSSES[cfg.affinity_loss]
+        torch.manual_seed(cfg.seed + rank)  # each process its own dropout masks
         params = self.model.parameters()
-        if cfg["optimizer"] == "sgd":
-            momentum, decay = cfg["momentum"], cfg["weight_decay"]
-            self.optimizer = torch.optim.SGD(params, cfg["lr"], momentum, weight_decay=decay)
-        elif cfg["optimizer"] == "adam":
-            self.optimizer = torch.optim.Adam(params, cfg["lr"], weight_decay=cfg["weight_decay"])
+        if cfg.optimizer == "sgd":
+            momentum, decay = cfg.momentum, cfg.weight_decay
+            self.optimizer = torch.optim.SGD(params, cfg.lr, momentum, weight_decay=decay)
+        elif cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            raise ValueError(f"train.optimizer must be sgd or adam, got {cfg['optimizer']!r}")
+            raise ValueError(f"train.optimizer must be sgd or adam, got {cfg.optimizer!r}")
         factor = partial(
-            lr_factor, iterations=cfg["iterations"], schedule=cfg["schedule"], warmup=cfg["warmup"]
+            lr_factor, iterations=cfg.iterations, schedule=cfg.schedule, warmup=cfg.warmup
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "float16")
@@ -451,15 +456,15 @@ class _Validation:
 def _train(
     data: str,
     run_dir: str,
-    cfg: dict[str, Any],
-    model_cfg: dict[str, Any],
-    augment_cfg: dict[str, Any],
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    augment_cfg: AugmentConfig,
     bank: list[str],
     threads: int | None,
     split: Split | None,
 ) -> None:
     """One process of a training run: data, network, resume, the loop; rank 0 writes the outputs."""
-    device, rank, world = _devices(cfg["device"])
+    device, rank, world = _devices(cfg.device)
     with _process_settings(threads, device.type == "cuda"):
         run = Path(run_dir)
         ckpt_dir = run / "checkpoints"
@@ -468,14 +473,13 @@ def _train(
         split = split or resolve(group)
         stats = _training_data(group, split)
         trainer = _Trainer(cfg, model_cfg, device, rank, world)
-        augment_cfg = resolve_params(augment_cfg)
-        tile = _tile(augment_cfg["tile"], trainer.model)
+        tile = _tile(augment_cfg.tile, trainer.model)
         voxel_size = group.attrs.get("voxel_size", (1.0, 1.0, 1.0))
-        if augment_cfg["rotation"]["swap_axes"]:  # before any work: the tile and voxels allow it
+        if augment_cfg.rotation.swap_axes:  # before any work: the tile and voxels allow it
             check_swap_axes(sizes(tile, trainer.dims, "augment.tile"), voxel_size)
         meta = _run_meta(group, split, stats, trainer, cfg, augment_cfg, tile)
-        ckpt = _resume(ckpt_dir, meta, cfg["export"], device, rank)
-        state = _start(trainer, ckpt, cfg["memory_format"], tile, meta, rank)
+        ckpt = _resume(ckpt_dir, meta, cfg.export, device, rank)
+        state = _start(trainer, ckpt, cfg.memory_format, tile, meta, rank)
         validation = _Validation(group, split["val"], stats, trainer.precision, trainer.dims)
         if rank == 0 and validation.labels:
             meta["baseline_vrand"] = validation.baseline()
@@ -487,8 +491,8 @@ def _train(
             tile,
             meta["output_size"],
             augment_cfg,
-            cfg["seed"],
-            cfg["data"],
+            cfg.seed,
+            cfg.data,
             bank,
             trainer.offsets,
             trainer.dims,
@@ -497,8 +501,8 @@ def _train(
         loader = DataLoader(
             dataset,
             batch_size=trainer.batch // world,
-            sampler=IterationSampler(state["start"], cfg["iterations"], trainer.batch, rank, world),
-            num_workers=cfg["workers"],
+            sampler=IterationSampler(state["start"], cfg.iterations, trainer.batch, rank, world),
+            num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator(),  # leaves the global RNG (dropout) alone
         )
@@ -516,11 +520,11 @@ def _train(
             world,
             device,
             state["start"],
-            cfg["iterations"],
+            cfg.iterations,
         )
         rows = _fit(trainer, loader, validation, cfg, state, meta, ckpt_dir, rank, world)
         if rank == 0:
-            _finish(run, cfg["export"], rows, meta.get("baseline_vrand"))
+            _finish(run, cfg.export, rows, meta.get("baseline_vrand"))
         if world > 1:
             dist.barrier()
             dist.destroy_process_group()
@@ -531,8 +535,8 @@ def _run_meta(
     split: Split,
     stats: dict[str, float],
     trainer: _Trainer,
-    cfg: dict[str, Any],
-    augment_cfg: dict[str, Any],
+    cfg: TrainConfig,
+    augment_cfg: AugmentConfig,
     tile: int | tuple[int, ...],
 ) -> dict[str, Any]:
     """What every checkpoint records of the run: tile, normalisation, split, fingerprint."""
@@ -541,12 +545,12 @@ def _run_meta(
         "output_size": trainer.model.output_size(tile),
         "normalization": stats,
         "split": split,
-        "val_every": cfg["val_every"],
+        "val_every": cfg.val_every,
         "precision": trainer.precision,
         "fingerprint": _fingerprint(
             group,
             split,
-            {**cfg, "precision": trainer.precision},
+            dataclasses.replace(cfg, precision=trainer.precision),
             trainer.model.config,
             augment_cfg,
         ),
@@ -603,24 +607,22 @@ def _tile(value: int | Sequence[int], model: UNet) -> int | tuple[int, ...]:
     return tile
 
 
-def _warn_gpu_recipe(
-    model: torch.nn.Module, model_cfg: dict[str, Any], cfg: dict[str, Any]
-) -> None:
+def _warn_gpu_recipe(model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
     """One line when a CPU is to train the paper's GPU-sized network (model.depth and
     base_channels at their defaults, 31 M parameters) for the default 10,000 steps."""
     model_defaults, train_defaults = defaults("model"), defaults("train")
-    sized = all(model_cfg[k] == model_defaults[k] for k in ("depth", "base_channels"))
-    if sized and cfg["iterations"] >= train_defaults["iterations"]:
+    sized = all(getattr(model_cfg, k) == model_defaults[k] for k in ("depth", "base_channels"))
+    if sized and cfg.iterations >= train_defaults["iterations"]:
         log.warning(
             "training on a CPU with the paper's GPU defaults: a %d-parameter U-Net for %d steps "
             "(model.depth %d, model.base_channels %d, train.iterations %d); on a CPU this takes "
             "days: set smaller model and train sections (config/demo.yaml, "
             "config/isbi2012-cpu.yaml) or train on a GPU",
             sum(p.numel() for p in model.parameters()),
-            cfg["iterations"],
-            model_cfg["depth"],
-            model_cfg["base_channels"],
-            cfg["iterations"],
+            cfg.iterations,
+            model_cfg.depth,
+            model_cfg.base_channels,
+            cfg.iterations,
         )
 
 
@@ -628,7 +630,7 @@ def _fit(
     trainer: _Trainer,
     loader: DataLoader,
     validation: _Validation,
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     state: dict[str, Any],
     meta: dict[str, Any],
     ckpt_dir: Path,
@@ -642,7 +644,7 @@ def _fit(
     A non-finite loss stops the run with an error naming the iteration, before anything of it is
     saved: the last checkpoint stays the last finite state and nothing is exported."""
     iterations, start, best, scores = (
-        cfg["iterations"],
+        cfg.iterations,
         state["start"],
         state["best"],
         state["scores"],
@@ -673,7 +675,7 @@ def _fit(
                 "lr": f"{lr:.6g}",
                 "tiles_per_s": f"{trainer.batch / (time.perf_counter() - tic):.4g}",
             }
-            if validation.labels and (iteration % cfg["val_every"] == 0 or iteration == iterations):
+            if validation.labels and (iteration % cfg.val_every == 0 or iteration == iterations):
                 if rank == 0:
                     scores = validation(trainer.model)
                     row.update({k: f"{v:.6g}" for k, v in scores.items()})
@@ -692,7 +694,7 @@ def _fit(
                     best, scores = shared
                 if best["iteration"] == iteration:
                     _checkpoint(trainer, ckpt_dir / "best.pt", rank, iteration, best, scores, meta)
-            if iteration % cfg["checkpoint_every"] == 0 or iteration == iterations:
+            if iteration % cfg.checkpoint_every == 0 or iteration == iterations:
                 _checkpoint(trainer, ckpt_dir / "last.pt", rank, iteration, best, scores, meta)
             if writer is not None:
                 row["seconds"] = f"{time.perf_counter() - began:.1f}"
@@ -709,19 +711,19 @@ def _fit(
 def _fingerprint(
     group: Any,
     split: Split,
-    cfg: dict[str, Any],
+    cfg: TrainConfig,
     model_cfg: dict[str, Any],
-    augment_cfg: dict[str, Any],
+    augment_cfg: AugmentConfig,
 ) -> str:
     """What a run's weights depend on: its result settings (not ``export`` and ``val_every``, which
     only pick the state exported; ``precision`` as resolved on the device), the split, and the
     content of the arrays it reads (their stored bytes: any change of a pixel, a label or a weight
     changes it). A checkpoint resumes only a run with the same fingerprint; run settings (device,
     processes, workers, cadence) and the memory format are not in it."""
-    settings = result_settings("train", cfg)
+    settings = result_settings("train", cfg.to_mapping())
     del settings["export"]
-    augment = result_settings("augment", augment_cfg)
-    if cfg["data"] != "bank":  # the bank's size and sharding matter only when it is read
+    augment = result_settings("augment", augment_cfg.to_mapping())
+    if cfg.data != "bank":  # the bank's size and sharding matter only when it is read
         augment = {k: v for k, v in augment.items() if k not in ("bank_size", "shards")}
     arrays = [name for name in ("raw", "labels", "weights", "mask") if name in group]
     recipe = {

@@ -6,13 +6,16 @@ from pathlib import Path
 
 from unetpipe.config import run_settings
 from unetpipe.log import logged
+from unetpipe.sections import SegmentConfig
 from unetpipe.segment import segment_stage
 from unetpipe.splits import rule_split
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule segment"):
-    cfg = {**snakemake.params.cfg, **run_settings("segment", snakemake.config["segment"])}
-    data, tune = Path(snakemake.input.group).parent, cfg["tune"]["enabled"]
+    cfg = SegmentConfig.from_mapping(
+        {**snakemake.params.cfg, **run_settings("segment", snakemake.config["segment"])}
+    )
+    data, tune = Path(snakemake.input.group).parent, cfg.tune.enabled
     segment_stage(
         snakemake.input.predictions,
         snakemake.output[0],
