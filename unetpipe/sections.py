@@ -20,9 +20,11 @@ import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 from unetpipe.config import section_params
+
+S = TypeVar("S", bound="Section")  # typing.Self needs Python 3.11; unetpipe supports 3.10
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Section:
     SECTION: ClassVar[str]
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | Self | None = None) -> Self:
+    def from_mapping(cls: type[S], values: Mapping[str, Any] | S | None = None) -> S:
         """``values`` (the section, possibly partial; None: every default) validated against
         the schema with defaults filled in; an instance of this class is returned as it is."""
         if isinstance(values, cls):
@@ -40,7 +42,7 @@ class Section:
         return cls._of(section_params(cls.SECTION, values))
 
     @classmethod
-    def _of(cls, values: Mapping[str, Any]) -> Self:
+    def _of(cls: type[S], values: Mapping[str, Any]) -> S:
         """The config of a validated, complete mapping (sub-sections built, not checked again);
         it remembers the mapping's key order for :meth:`to_mapping`."""
         nested = _nested(cls)
