@@ -614,7 +614,7 @@ def test_command_line(model_file: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["predict", str(tmp_path / "none.pt"), *args[2:]]) == 1
     before = tree(tmp_path / "p.zarr")
     assert main([*args, "--memory-gb", "0", "--overwrite", "--no-progress"]) == 1
-    assert "memory_gb must be a positive number of GiB" in capsys.readouterr().err
+    assert "predict.memory_gb: 0.0 is less than or equal to the minimum" in capsys.readouterr().err
     assert tree(tmp_path / "p.zarr") == before
 
 

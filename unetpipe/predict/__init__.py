@@ -26,7 +26,6 @@ from typing import Any
 import zarr
 
 from unetpipe.affinities import channel_names
-from unetpipe.config import defaults
 from unetpipe.io import check_disjoint, location, relative_to_output, sha256sum, writes_output
 from unetpipe.model import UNet
 from unetpipe.ngff import ImageArray, open_image, write_image
@@ -59,6 +58,7 @@ from unetpipe.predict.tiles import (
     pass_tile,
     predict_image,
 )
+from unetpipe.sections import PredictConfig
 from unetpipe.tiling import Geometry, plan_axis
 
 __all__ = [
@@ -226,17 +226,18 @@ def predict_stage(
     model_path: str | Path,
     image: Any,
     output: str | Path,
-    cfg: Mapping[str, Any],
+    cfg: PredictConfig | Mapping[str, Any],
     threads: int | None = None,
     overwrite: bool = True,
 ) -> dict[str, Any]:
     """The predict stage, as rule ``predict`` and ``unetpipe predict`` run it: :func:`predict_zarr`
     of ``image`` with the predict section ``cfg`` (possibly partial; ``arrays``, the workflow's
-    inputs, aside); the threads scheduler's tasks run on ``threads`` torch threads unless
-    ``threads_per_worker`` is set (None: torch's choice)."""
-    options = {**defaults("predict"), **cfg}
+    inputs, aside; validated here, once); the threads scheduler's tasks run on ``threads`` torch
+    threads unless ``threads_per_worker`` is set (None: torch's choice)."""
+    settings = PredictConfig.from_mapping(cfg)
+    options = settings.to_mapping()
     del options["arrays"]
-    if options["scheduler"] == "threads" and options["threads_per_worker"] is None:
+    if settings.scheduler == "threads" and settings.threads_per_worker is None:
         options["threads_per_worker"] = threads
     return predict_zarr(model_path, image, output, **options, overwrite=overwrite)
 
