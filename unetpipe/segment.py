@@ -35,6 +35,7 @@ import zarr
 from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import relabel_sequential, watershed
+from tqdm import tqdm
 
 from unetpipe import agglomerate as agg
 from unetpipe import metrics
@@ -401,7 +402,12 @@ def tune_segmentation(
     after = [k for k in late if k in grid]
     rows = []
     scorer = _Scorer(truth, measure, config.mode, known)
-    for values in itertools.product(*(grid[k] for k in before)):
+    combinations = tqdm(
+        list(itertools.product(*(grid[k] for k in before))),
+        desc=f"tuning {', '.join(before) or 'segment parameters'}",
+        unit="combination",
+    )
+    for values in combinations:
         params = dataclasses.replace(config, **dict(zip(before, values, strict=True)))
         _check(params)
         if method == "agglomerate":
