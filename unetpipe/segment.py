@@ -375,7 +375,8 @@ def tune_segmentation(
     training slices, never the scored ones.
 
     Costly steps run once per combination of the other parameters: ``min_size`` (and for
-    ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after.
+    ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after
+    (``mutex_watershed``: with a mask only; without, dropped pixels are flooded by the others).
     """
     config = SegmentConfig.from_mapping(cfg)
     _check(config)
@@ -396,8 +397,9 @@ def tune_segmentation(
     spatial = prob.shape[1:] if method == "mutex_watershed" else prob.shape
     if len(spatial) != 3 or spatial != truth.shape:
         raise ValueError(f"probability {prob.shape} and truth {truth.shape}: need equal (z, y, x)")
-    # The Mutex Watershed fills the pixels of dropped objects: its min_size decides the labelling.
-    late = _AFTER if method != "mutex_watershed" else ()
+    late = _AFTER
+    if method == "mutex_watershed" and not _drops_only(config, grid):
+        late = ()  # it fills the pixels of dropped objects: min_size decides the labelling
     before = [k for k in grid if k not in late]
     after = [k for k in late if k in grid]
     rows = []
@@ -414,12 +416,16 @@ def tune_segmentation(
             stop = float(max(grid.get("merge_threshold", [params.merge_threshold])))
             hierarchy, labels = _hierarchy(prob, params, stop)
         else:
-            mutex = method == "mutex_watershed"
-            labels = _mutex_labels(prob, offsets, params) if mutex else _stack_labels(prob, params)
+            if method == "mutex_watershed":
+                late_size = "min_size" in after
+                unsized = dataclasses.replace(params, min_size=0) if late_size else params
+                labels = _mutex_labels(prob, offsets, unsized)
+            else:
+                labels = _stack_labels(prob, params)
             sizes = np.bincount(labels.ravel())
         scores = scorer.entries(labels)
-        for late in itertools.product(*(grid[k] for k in after)):
-            chosen = dataclasses.replace(params, **dict(zip(after, late, strict=True)))
+        for applied in itertools.product(*(grid[k] for k in after)):
+            chosen = dataclasses.replace(params, **dict(zip(after, applied, strict=True)))
             _check(chosen)
             if method == "agglomerate":
                 table = _table(hierarchy, chosen, float(chosen.merge_threshold))
@@ -430,6 +436,15 @@ def tune_segmentation(
             rows.append(row | {measure: scores(table)})
     best = max(range(len(rows)), key=lambda i: (rows[i][measure], -i))
     return base | {k: rows[best][k] for k in grid}, rows
+
+
+def _drops_only(config: SegmentConfig, grid: Mapping[str, Sequence[Any]]) -> bool:
+    """Whether the Mutex Watershed's ``min_size`` only drops objects to background, so that the
+    tuner can apply it after one labelling: with a mask, on the whole slice or volume (not by
+    ``mutex_block``), for every combination of ``grid``."""
+    masks = grid.get("mask", [config.mask])
+    blocks = grid.get("mutex_block", [config.mutex_block])
+    return all(masks) and not any(blocks)
 
 
 def _open_predictions(path: str | Path) -> ImageArray:
