@@ -51,7 +51,10 @@ def test_an_unreadable_cache_is_measured_again_and_an_unwritable_one_only_warned
     (measured_cache / "measured.json").write_text("{not json")
     assert cached_choice("tile", (1,), "cpu", lambda: [540, 540]) == [540, 540]
     assert "unreadable cache" in caplog.text
-    assert json.loads((measured_cache / "measured.json").read_text())  # rewritten, valid
+    entries = json.loads((measured_cache / "measured.json").read_text())  # rewritten, valid
+    (measured_cache / "measured.json").write_text(json.dumps(dict.fromkeys(entries, "edited")))
+    later_process(monkeypatch)
+    assert cached_choice("tile", (1,), "cpu", lambda: [548, 548]) == [548, 548]  # not an entry
     later_process(monkeypatch)
     blocked = measured_cache / "a file"
     blocked.write_text("x")

@@ -109,7 +109,7 @@ def cached_choice(
     path = folder / "measured.json"
     with lock, _exclusive(lock):
         entry = _read(path).get(full)
-        if entry is not None:
+        if isinstance(entry, dict) and {"value", "date"} <= entry.keys():
             value = entry["value"]
             log.info(
                 "%s %s: measured on this machine on %s (%s; delete it to measure again)",
@@ -126,8 +126,9 @@ def cached_choice(
             try:
                 temp.write_text(json.dumps(entries, indent=1))
                 os.replace(temp, path)
+                log.info("%s %s: measured now, kept in %s", what, value, path)
             except OSError as err:
+                temp.unlink(missing_ok=True)
                 log.warning("cannot write %s (%s): %s not kept for later runs", path, err, what)
-            log.info("%s %s: measured now, kept in %s", what, value, path)
     _CHOSEN[full] = value
     return value
