@@ -45,13 +45,17 @@ def test_a_choice_is_measured_once_per_machine_and_kept(
     ]
 
 
-def test_an_unreadable_cache_is_measured_again_and_an_unwritable_one_only_warned(
+def test_a_foreign_cache_file_is_left_alone_and_an_unwritable_folder_only_warned(
     measured_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     (measured_cache / "measured.json").write_text("{not json")
     assert cached_choice("tile", (1,), "cpu", lambda: [540, 540]) == [540, 540]
-    assert "unreadable cache" in caplog.text
-    entries = json.loads((measured_cache / "measured.json").read_text())  # rewritten, valid
+    assert "is not unetpipe's cache" in caplog.text
+    assert (measured_cache / "measured.json").read_text() == "{not json"  # not overwritten
+    (measured_cache / "measured.json").unlink()
+    later_process(monkeypatch)
+    assert cached_choice("tile", (1,), "cpu", lambda: [540, 540]) == [540, 540]
+    entries = json.loads((measured_cache / "measured.json").read_text())
     (measured_cache / "measured.json").write_text(json.dumps(dict.fromkeys(entries, "edited")))
     later_process(monkeypatch)
     assert cached_choice("tile", (1,), "cpu", lambda: [548, 548]) == [548, 548]  # not an entry
@@ -62,6 +66,7 @@ def test_an_unreadable_cache_is_measured_again_and_an_unwritable_one_only_warned
     assert cached_choice("tile", (1,), "cpu", lambda: [700, 700]) == [700, 700]
     assert "cannot use the cache folder" in caplog.text
     assert blocked.read_text() == "x"
+    assert not list(measured_cache.glob("*.tmp"))
 
 
 def test_processes_measuring_at_once_take_turns_and_agree(measured_cache: Path) -> None:

@@ -6,9 +6,10 @@ configuration on one machine could then differ (a trained network more than roun
 measured choice is kept in a cache file, ``measured.json`` in ``$UNETPIPE_CACHE_DIR`` (else
 ``$XDG_CACHE_HOME/unetpipe``, else ``~/.cache/unetpipe``), under a key of the machine (CPU model,
 GPU name, torch version, torch's thread count) and of what was timed; later runs on the same kind
-of machine read it instead of timing again. Processes that measure at once take turns (a lock
-file), so two folds started together choose alike. Deleting the file measures again; a setting
-other than ``auto`` measures nothing. Not part of the paper.
+of machine read it instead of timing again. The file is written whole (by rename); one that is
+not unetpipe's (not JSON of entries) is never overwritten. Processes that measure at once take
+turns (a lock file), so two folds started together choose alike. Deleting the file measures
+again; a setting other than ``auto`` measures nothing. Not part of the paper.
 """
 
 from __future__ import annotations
@@ -75,16 +76,20 @@ def _exclusive(lock: IO[str]) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """The cache file's entries; an unreadable file (unetpipe's own) counts as empty."""
+def _read(path: Path) -> dict[str, Any] | None:
+    """The cache file's entries ({} when there is none yet); None for a file that is not JSON of
+    entries (unetpipe writes it whole, by rename, so such a file is not its own: left alone)."""
     try:
         entries = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
-        log.warning("ignoring the unreadable cache %s (%s): measuring again", path, err)
-        return {}
-    return entries if isinstance(entries, dict) else {}
+        log.warning("%s is not unetpipe's cache (%s): left as it is, nothing kept", path, err)
+        return None
+    if not isinstance(entries, dict):
+        log.warning("%s is not unetpipe's cache: left as it is, nothing kept", path)
+        return None
+    return entries
 
 
 def cached_choice(
@@ -108,7 +113,8 @@ def cached_choice(
         return _CHOSEN[full]
     path = folder / "measured.json"
     with lock, _exclusive(lock):
-        entry = _read(path).get(full)
+        entries = _read(path)
+        entry = (entries or {}).get(full)
         if isinstance(entry, dict) and {"value", "date"} <= entry.keys():
             value = entry["value"]
             log.info(
@@ -120,7 +126,9 @@ def cached_choice(
             )
         else:
             value = measure()
-            entries = _read(path)
+            if entries is None:  # not unetpipe's file: measured for this run only
+                _CHOSEN[full] = value
+                return value
             entries[full] = {"value": value, "date": datetime.date.today().isoformat()}
             temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             try:
