@@ -31,7 +31,7 @@ from unetpipe.io import open_data
 from unetpipe.model import load_model
 from unetpipe.predict import predict_image
 from unetpipe.train import CELL_THRESHOLD, train
-from unetpipe.weights import write_weights
+from unetpipe.weightmaps import write_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 1.0, 0.05)]

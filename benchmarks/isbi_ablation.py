@@ -51,7 +51,7 @@ from unetpipe.evaluate import evaluate_run
 from unetpipe.io import open_data, read_splits
 from unetpipe.predict import predict_zarr
 from unetpipe.segment import segment_zarr
-from unetpipe.weights import write_weights
+from unetpipe.weightmaps import write_weights
 
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {  # arm: (its data group, config overrides)
     "full": ("eq2", {}),

@@ -1,6 +1,11 @@
 """The U-Net's architecture facts from the paper (Section 2, Fig. 1) and its size arithmetic."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +245,24 @@ def test_affinity_net_has_sigmoid_probabilities():
         UNet(offsets=[[-1, 0]])
     with pytest.raises(ValueError, match="number of 2D offsets"):
         UNet(n_classes=1, offsets=[[-1, 0, 0]])
+
+
+PURE_CORE = ["model", "losses", "weights", "tiling", "metrics", "agglomerate", "intensity"]
+
+
+def test_the_pure_core_imports_no_zarr_dask_matplotlib_or_config():
+    """The paper's math (issue 32's pure core) runs on arrays alone: Zarr, Dask, plotting and the
+    configuration come in at the edges (the stages)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    imports = "; ".join(f"import unetpipe.{name}" for name in PURE_CORE)
+    code = f"import json, sys; {imports}; print(json.dumps(sorted(sys.modules)))"
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    loaded = set(json.loads(child.stdout))
+    assert {f"unetpipe.{name}" for name in PURE_CORE} <= loaded
+    edges = {"zarr", "dask", "matplotlib", "unetpipe.config", "unetpipe.sections", "unetpipe.io"}
+    assert not {name for name in loaded if name.split(".")[0] in edges or name in edges}

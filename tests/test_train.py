@@ -26,7 +26,7 @@ from unetpipe.precision import MEMORY_FORMATS
 from unetpipe.synthetic import write_synthetic
 from unetpipe.tiles import IterationSampler, TileDataset
 from unetpipe.train import lr_factor, train
-from unetpipe.weights import write_weights
+from unetpipe.weightmaps import write_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 44  # depth 2: 44 -> 28 px output

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from unetpipe.cli import main
 from unetpipe.config import load_config
+from unetpipe.weightmaps import write_weights
 from unetpipe.weights import (
     border_margin,
     class_weight_map,
@@ -21,7 +22,6 @@ from unetpipe.weights import (
     training_labels_box,
     training_volume_labels,
     weight_map,
-    write_weights,
 )
 
 

@@ -10,7 +10,7 @@ from unetpipe.config import choices, defaults, load_config
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from unetpipe.weights import write_weights
+    from unetpipe.weightmaps import write_weights
 
     class_weights = None if args.class_weights == "none" else args.class_weights
     params = {

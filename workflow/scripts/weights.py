@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from unetpipe.log import logged
-from unetpipe.weights import write_weights
+from unetpipe.weightmaps import write_weights
 
 snakemake = globals()["snakemake"]
 with logged(snakemake.log[0], "rule weights"):
