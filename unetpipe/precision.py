@@ -118,7 +118,7 @@ def choose_memory_format(
         return configured, "configured"
     if recorded:
         return recorded, "recorded"
-    return measure(), "measured"
+    return measure(), "measured on this machine"
 
 
 @contextlib.contextmanager

@@ -185,7 +185,7 @@ def predict_zarr(
         measured = precision != "float32"
         max_tile = pass_tile(model, region, cap, batch_size, precision, fmt) if measured else cap
         plan, attrs, fingerprint = settings(max_tile)
-        how_tile = "measured" if measured else "memory budget"
+        how_tile = "measured on this machine" if measured else "memory budget"
     job = Job(
         model_path=model_path,
         source=source,
