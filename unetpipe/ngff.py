@@ -467,8 +467,8 @@ def class_names(n_classes: int) -> list[str]:
 def downsample_mean(block: np.ndarray) -> np.ndarray:
     """2x2 means over the last two axes, in float32 (a last odd row or column is averaged with
     itself); integers are rounded back to their dtype. Summed from strided views into a
-    quarter-sized float32 array: no float32 copy of the whole block (fresh memory is slow to
-    fault in: 2x faster on 2 x 2048^2 float16)."""
+    quarter-sized float32 array, without a float32 copy of the whole block (on 2 x 2048^2
+    float16: 2x faster alone, 5x inside predict_zarr)."""
     data = block
     if any(n % 2 for n in block.shape[-2:]):
         pad = [(0, 0)] * (block.ndim - 2) + [(0, n % 2) for n in block.shape[-2:]]
