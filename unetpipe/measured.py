@@ -126,17 +126,21 @@ def cached_choice(
             )
         else:
             value = measure()
-            if entries is None:  # not unetpipe's file: measured for this run only
-                _CHOSEN[full] = value
-                return value
-            entries[full] = {"value": value, "date": datetime.date.today().isoformat()}
-            temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            try:
-                temp.write_text(json.dumps(entries, indent=1))
-                os.replace(temp, path)
-                log.info("%s %s: measured now, kept in %s", what, value, path)
-            except OSError as err:
-                temp.unlink(missing_ok=True)
-                log.warning("cannot write %s (%s): %s not kept for later runs", path, err, what)
+            if entries is not None:  # None: not unetpipe's file, left alone (this run only)
+                _keep(path, entries, full, value, what)
     _CHOSEN[full] = value
     return value
+
+
+def _keep(path: Path, entries: dict[str, Any], full: str, value: Any, what: str) -> None:
+    """Write ``entries`` with ``value`` measured today under ``full`` to the cache file whole, by
+    rename; a failed write only warns and leaves no temporary file."""
+    entries[full] = {"value": value, "date": datetime.date.today().isoformat()}
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(json.dumps(entries, indent=1))
+        os.replace(temp, path)
+        log.info("%s %s: measured now, kept in %s", what, value, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        log.warning("cannot write %s (%s): %s not kept for later runs", path, err, what)
