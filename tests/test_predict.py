@@ -244,9 +244,11 @@ def per_slice_reference(model: UNet, raw: np.ndarray, tile: int) -> np.ndarray:
 def test_predict_zarr_equals_predict_image_per_slice(model_file: Path, tmp_path: Path) -> None:
     raw = make_volume(tmp_path / "raw.zarr", (2, 90, 130))
     output = tmp_path / "pred.zarr"
-    result = predict_zarr(model_file, raw, output, tile=76, precision="float32", progress=False)
+    block = (1, 32, 36)  # 90 = 3 blocks of 30 -> 32 (4 px pooling grid), 130 = 4 x 36
+    result = predict_zarr(
+        model_file, raw, output, tile=76, block=block, precision="float32", progress=False
+    )
     probs = open_image(output, "czyx")
-    # Tile 76 predicts 36 px: 90 = 3 blocks of 30 -> 32 (4 px pooling grid), 130 = 4 x 36.
     assert result["block"] == (1, 32, 36) and result["blocks"] == 2 * 3 * 4
     assert probs.shape == (2, 2, 90, 130) and probs.chunks == (2, 1, 32, 36)
     assert probs.dtype == np.float16
@@ -296,10 +298,14 @@ def test_local_cluster_gives_the_same_output(model_file: Path, tmp_path: Path) -
     assert np.array_equal(a, b)
 
 
-RUN = """
+# Blocks of one 60 px tile's output (20 px): many blocks in a small volume.
+BLOCK_20 = (1, 20, 20)
+RUN = f"""
 import sys
 from unetpipe.predict import predict_zarr
-predict_zarr(sys.argv[1], sys.argv[2], sys.argv[3], tile=60, batch_size=1, progress=False)
+predict_zarr(
+    sys.argv[1], sys.argv[2], sys.argv[3], tile=60, block={BLOCK_20}, batch_size=1, progress=False
+)
 """
 
 
@@ -330,11 +336,18 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(
     finished = finished_blocks(partial)
     assert 5 <= finished < 24 * 9 and not output.exists()
 
-    result = predict_zarr(model_file, tmp_path / "raw.zarr", output, tile=60, progress=False)
+    result = predict_zarr(
+        model_file, tmp_path / "raw.zarr", output, tile=60, block=BLOCK_20, progress=False
+    )
     assert result["computed"] == 24 * 9 - finished and result["reused"] == finished
     assert result["stale"] == 0
     predict_zarr(
-        model_file, tmp_path / "raw.zarr", tmp_path / "again.zarr", tile=60, progress=False
+        model_file,
+        tmp_path / "raw.zarr",
+        tmp_path / "again.zarr",
+        tile=60,
+        block=BLOCK_20,
+        progress=False,
     )
     resumed = open_image(output, "czyx")[:]
     assert np.array_equal(resumed, open_image(tmp_path / "again.zarr", "czyx")[:])
@@ -348,20 +361,22 @@ def test_resume_recomputes_the_blocks_whose_input_changed(
     raw[3] = np.nan  # the run stops at slice 3: the 4 x 3 blocks of slices 0-2 are finished
     output = tmp_path / "pred.zarr"
     with pytest.raises(ValueError, match="NaN"):
-        predict_zarr(model_file, raw, output, tile=60, progress=False)
+        predict_zarr(model_file, raw, output, tile=60, block=BLOCK_20, progress=False)
     assert finished_blocks(tmp_path / "pred.zarr.partial") == 12 and not output.exists()
 
     raw[0] = raw[0] + 1  # same path, shape and attributes; new pixels in slice 0
     raw[3] = 7
     with caplog.at_level(logging.INFO, logger="unetpipe.predict"):
-        result = predict_zarr(model_file, raw, output, tile=60, progress=False)
+        result = predict_zarr(model_file, raw, output, tile=60, block=BLOCK_20, progress=False)
     assert (result["reused"], result["stale"], result["computed"]) == (8, 4, 8)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resume:")]
     assert lines == [
         "resume: 8 finished blocks kept (input unchanged), 4 recomputed because their input "
         "changed since they were written, 4 not written before"
     ]
-    fresh = predict_zarr(model_file, raw, tmp_path / "fresh.zarr", tile=60, progress=False)
+    fresh = predict_zarr(
+        model_file, raw, tmp_path / "fresh.zarr", tile=60, block=BLOCK_20, progress=False
+    )
     assert fresh["computed"] == 16
     assert np.array_equal(
         open_image(output, "czyx")[:],
@@ -373,11 +388,19 @@ def test_blocks_batched_into_tasks_give_the_same_output(
     model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw = make_volume(tmp_path / "raw.zarr", (3, 90, 130))
-    one = predict_zarr(model_file, raw, tmp_path / "one.zarr", tile=76, progress=False)
+    one = predict_zarr(
+        model_file, raw, tmp_path / "one.zarr", tile=76, block=(1, 32, 36), progress=False
+    )
     assert one["batch"] == (1, 1, 1) and one["blocks"] == 36
     monkeypatch.setattr(plan, "MIN_TASKS", 4)  # 36 blocks: 9 per task, filled along x first
     batched = predict_zarr(
-        model_file, raw, tmp_path / "batched.zarr", tile=76, n_workers=2, progress=False
+        model_file,
+        raw,
+        tmp_path / "batched.zarr",
+        tile=76,
+        block=(1, 32, 36),
+        n_workers=2,
+        progress=False,
     )
     assert batched["batch"] == (1, 2, 4) and batched["computed"] == 36
     assert sum(batched["workers"].values()) == 36
@@ -385,6 +408,22 @@ def test_blocks_batched_into_tasks_give_the_same_output(
         open_image(tmp_path / "one.zarr", "czyx")[:],
         open_image(tmp_path / "batched.zarr", "czyx")[:],
     )
+
+
+def test_2d_blocks_span_whole_tiles_of_at_least_min_block() -> None:
+    """The CPU recipe net (depth 5: 16 px pooling grid): a 700 px tile predicts 516 px, 512 on
+    the grid, so 2D blocks take 2 x 2 of them (1024 = MIN_BLOCK_2D), split evenly; a tile larger
+    than that keeps one tile per block; a 3D net keeps one tile per block."""
+    geometry = Geometry.of(UNet(base_channels=4, depth=5))
+    assert plan.MIN_BLOCK_2D == 1024
+    assert plan.block_shape((1, 2048, 2048), 2, (700, 700), geometry) == (1, 1024, 1024)
+    assert plan.block_shape((1, 1500, 1500), 2, (700, 700), geometry) == (1, 752, 752)
+    assert plan.block_shape((3, 300, 5000), 2, (700, 700), geometry) == (1, 304, 1008)
+    assert plan.block_shape((1, 2048, 2048), 2, (2236, 2236), geometry) == (1, 2048, 2048)
+    geometry = Geometry.of(make_net(2, dims=3))
+    tile = geometry.smallest_tile((12, 12, 12))
+    output = geometry.axes[0].tile_output(tile[0])
+    assert plan.block_shape((100, 100, 100), 3, tile, geometry) == (output,) * 3
 
 
 def test_batch_shape_scales_to_a_teravoxel_grid() -> None:
@@ -401,16 +440,32 @@ def test_changed_parameters_start_afresh(model_file: Path, tmp_path: Path) -> No
     raw[3] = np.nan  # the run stops at slice 3: the 4 x 3 blocks of slices 0-2 are finished
     for mirror, kept in (("reflect", 12), ("symmetric", 0)):
         with pytest.raises(ValueError, match="NaN"):
-            predict_zarr(model_file, raw, tmp_path / "p.zarr", tile=60, progress=False)
+            predict_zarr(
+                model_file, raw, tmp_path / "p.zarr", tile=60, block=BLOCK_20, progress=False
+            )
         assert finished_blocks(tmp_path / "p.zarr.partial") == 12
         raw[3] = 7
         result = predict_zarr(
-            model_file, raw, tmp_path / "p.zarr", tile=60, mirror=mirror, progress=False
+            model_file,
+            raw,
+            tmp_path / "p.zarr",
+            tile=60,
+            block=BLOCK_20,
+            mirror=mirror,
+            progress=False,
         )
         assert (result["reused"], result["computed"]) == (kept, 16 - kept), mirror
         raw[3] = np.nan
     raw[3] = 7
-    predict_zarr(model_file, raw, tmp_path / "f.zarr", tile=60, mirror="symmetric", progress=False)
+    predict_zarr(
+        model_file,
+        raw,
+        tmp_path / "f.zarr",
+        tile=60,
+        block=BLOCK_20,
+        mirror="symmetric",
+        progress=False,
+    )
     assert np.array_equal(
         open_image(tmp_path / "p.zarr", "czyx")[:], open_image(tmp_path / "f.zarr", "czyx")[:]
     )
@@ -425,7 +480,7 @@ def test_precision_and_memory_format_are_recorded_and_kept_on_resume(
     raw = make_volume(tmp_path / "raw.zarr", (4, 40, 40), dtype="float32")
     raw[3] = np.nan  # the run stops at slice 3: the blocks of slices 0-2 are finished
     output, partial = tmp_path / "p.zarr", tmp_path / "p.zarr.partial"
-    bf16 = {"tile": 60, "precision": "bfloat16", "progress": False}
+    bf16 = {"tile": 60, "block": BLOCK_20, "precision": "bfloat16", "progress": False}
     with pytest.raises(ValueError, match="NaN"):
         predict_zarr(model_file, raw, output, **bf16)
     attrs = zarr.open_array(partial).attrs

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs=3,
         metavar=("Z", "Y", "X"),
         help="output block = Zarr chunk, multiples of 2^(depth-1), Z = 1 for a 2D net "
-        "(default: one tile per block)",
+        "(default: whole tiles spanning at least 1024 px per axis in 2D, one tile in 3D)",
     )
     parser.add_argument(
         "--batch-size",
