@@ -70,9 +70,16 @@ def test_slurm_workers_survive_a_cancelled_job(slurm_cluster, tmp_path):
     save_model(model, UNet(base_channels=4, depth=3).eval(), normalization={"mean": 128, "std": 50})
     raw = zarr.create_array(str(tmp_path / "raw.zarr"), shape=(40, 60, 60), dtype="uint8")
     raw[:] = np.random.default_rng(0).integers(0, 256, size=raw.shape, dtype=np.uint8)
-    blocks = 40 * 3 * 3  # tile 60 predicts 20 px: 360 blocks, one per task
+    blocks = 40 * 3 * 3  # tile 60 predicts 20 px, a block each: 360 blocks, one per task
+    block = (1, 20, 20)
     predict_zarr(
-        model, raw, tmp_path / "threads.zarr", tile=60, threads_per_worker=1, progress=False
+        model,
+        raw,
+        tmp_path / "threads.zarr",
+        tile=60,
+        block=block,
+        threads_per_worker=1,
+        progress=False,
     )
 
     logs, output = tmp_path / "dask-logs", tmp_path / "slurm.zarr"
@@ -98,6 +105,7 @@ def test_slurm_workers_survive_a_cancelled_job(slurm_cluster, tmp_path):
         raw,
         output,
         tile=60,
+        block=block,
         scheduler="slurm",
         n_workers=2,
         slurm=worker_options(logs),
