@@ -30,7 +30,7 @@ from unetpipe.precision import autocast
 from unetpipe.predict import plan, predict_image, predict_zarr, slurm_cluster_options, tiles
 from unetpipe.predict.executors import resolve_device
 from unetpipe.predict.plan import batch_shape
-from unetpipe.tiling import Geometry
+from unetpipe.tiling import Geometry, plan_axis
 
 
 def whole_image_pass(
@@ -412,18 +412,39 @@ def test_blocks_batched_into_tasks_give_the_same_output(
 
 def test_2d_blocks_span_whole_tiles_of_at_least_min_block() -> None:
     """The CPU recipe net (depth 5: 16 px pooling grid): a 700 px tile predicts 516 px, 512 on
-    the grid, so 2D blocks take 2 x 2 of them (1024 = MIN_BLOCK_2D), split evenly; a tile larger
-    than that keeps one tile per block; a 3D net keeps one tile per block."""
+    the grid, so 2D blocks take 2 x 2 of them (1024 = MIN_BLOCK_2D); a tile larger than that
+    keeps one tile per block; a 3D net keeps one tile per block."""
     geometry = Geometry.of(UNet(base_channels=4, depth=5))
     assert plan.MIN_BLOCK_2D == 1024
     assert plan.block_shape((1, 2048, 2048), 2, (700, 700), geometry) == (1, 1024, 1024)
-    assert plan.block_shape((1, 1500, 1500), 2, (700, 700), geometry) == (1, 752, 752)
-    assert plan.block_shape((3, 300, 5000), 2, (700, 700), geometry) == (1, 304, 1008)
+    assert plan.block_shape((1, 1500, 1500), 2, (700, 700), geometry) == (1, 1024, 1024)
+    assert plan.block_shape((3, 300, 5000), 2, (700, 700), geometry) == (1, 304, 1024)
     assert plan.block_shape((1, 2048, 2048), 2, (2236, 2236), geometry) == (1, 2048, 2048)
+    # 876 px predicts 692: three tiles of 688 on the grid cover 2048, two of them a block
+    assert plan.block_shape((1, 2048, 2048), 2, (876, 876), geometry) == (1, 1376, 1376)
     geometry = Geometry.of(make_net(2, dims=3))
     tile = geometry.smallest_tile((12, 12, 12))
     output = geometry.axes[0].tile_output(tile[0])
     assert plan.block_shape((100, 100, 100), 3, tile, geometry) == (output,) * 3
+
+
+@pytest.mark.parametrize("tile", [284, 572, 700, 876, 1116])
+def test_blocks_run_no_more_tiles_than_the_whole_axis(tile: int) -> None:
+    """Over sizes from 16 to 6000 px, the tiles of the blocks of an axis (each block planned on
+    its own, as predict_zarr does) are no more than tiles of output on the pooling grid need,
+    and as many as the plan of the whole axis (the plan pass_tile measured the tile for), or one
+    more where that plan's last tile reaches past the grid by the few px of a tile's output that
+    are off it."""
+    geometry = Geometry.of(UNet(base_channels=4, depth=5))
+    axis = geometry.axes[1]
+    on_grid = axis.tile_output(tile) // axis.align * axis.align
+    for size in range(16, 6000, 37):
+        block = plan.block_shape((1, size, size), 2, (tile, tile), geometry)[1]
+        tiles = sum(
+            len(plan_axis(min(block, size - o), tile, axis).starts) for o in range(0, size, block)
+        )
+        assert tiles <= -(-size // on_grid), (size, block)
+        assert tiles - len(plan_axis(size, tile, axis).starts) in (0, 1), (size, block)
 
 
 def test_batch_shape_scales_to_a_teravoxel_grid() -> None:

@@ -51,15 +51,19 @@ MIN_BLOCK_2D = 1024
 def block_shape(
     shape: Sequence[int], dims: int, max_tile: Sequence[int], geometry: Geometry
 ) -> tuple[int, int, int]:
-    """Output blocks, split evenly on the pooling grid: one tile each where the volume allows,
-    in 2D as many whole tiles as span :data:`MIN_BLOCK_2D` px per axis."""
+    """Output blocks made of whole tiles of the plan of the whole axis: the fewest tiles of at
+    most ``max_tile`` cover it, split evenly on the pooling grid (the plan the tile was measured
+    for, :func:`unetpipe.predict.tiles.pass_tile`); a block takes one of them, in 2D as many as
+    span :data:`MIN_BLOCK_2D` px. So the blocks together run as many tiles as the whole axis
+    would, never more: splitting the blocks themselves evenly cut 1500 px into two blocks of 752,
+    each two tiles, 4 tiles where 3 cover it."""
     block = [1] if dims == 2 else []
     for size, tile, axis in zip(shape[3 - dims :], max_tile, geometry.axes, strict=True):
         largest = axis.tile_output(tile) // axis.align * axis.align
-        if dims == 2:
-            largest *= math.ceil(MIN_BLOCK_2D / largest)
         count = math.ceil(size / largest)
-        block.append(min(largest, math.ceil(size / count / axis.align) * axis.align))
+        step = math.ceil(size / count / axis.align) * axis.align
+        per_block = math.ceil(MIN_BLOCK_2D / step) if dims == 2 else 1
+        block.append(min(per_block, count) * step)
     return tuple(block)  # type: ignore[return-value]
 
 
