@@ -51,12 +51,12 @@ MIN_BLOCK_2D = 1024
 def block_shape(
     shape: Sequence[int], dims: int, max_tile: Sequence[int], geometry: Geometry
 ) -> tuple[int, int, int]:
-    """Output blocks made of whole tiles of the plan of the whole axis: the fewest tiles of at
-    most ``max_tile`` cover it, split evenly on the pooling grid (the plan the tile was measured
-    for, :func:`unetpipe.predict.tiles.pass_tile`); a block takes one of them, in 2D as many as
-    span :data:`MIN_BLOCK_2D` px. So the blocks together run as many tiles as the whole axis
-    would, never more: splitting the blocks themselves evenly cut 1500 px into two blocks of 752,
-    each two tiles, 4 tiles where 3 cover it."""
+    """Output blocks made of whole tiles of the plan of the whole axis (the plan
+    :func:`unetpipe.predict.tiles.pass_tile` timed the tile for): the fewest tiles of at most
+    ``max_tile`` whose outputs step on the pooling grid, split evenly; a block takes one of them,
+    in 2D as many as span :data:`MIN_BLOCK_2D` px. The blocks then run no more tiles than that
+    plan; splitting the blocks evenly instead cut 1500 px at a 700 px tile into two blocks of 752
+    px of two tiles each, 4 tiles where 3 cover it."""
     block = [1] if dims == 2 else []
     for size, tile, axis in zip(shape[3 - dims :], max_tile, geometry.axes, strict=True):
         largest = axis.tile_output(tile) // axis.align * axis.align
