@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from unetpipe import measured
 from unetpipe.measured import cached_choice
@@ -31,7 +32,19 @@ def test_a_choice_is_measured_once_per_machine_and_kept(
     # Under load the other format would win now: the machine's first measurement stands.
     assert cached_choice("format", ("net", 572), "cpu", measure("contiguous")) == "channels_last"
     assert calls == ["channels_last"]
-    # Another key, another thread count, another CPU: measured on their own.
+    # Nor under another thread count (a run setting: it must not change the choice, and with it
+    # the rounding).
+    later_process(monkeypatch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert (
+            cached_choice("format", ("net", 572), "cpu", measure("contiguous")) == "channels_last"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == ["channels_last"]
+    # Another key, another CPU: measured on their own.
     assert cached_choice("format", ("net", 700), "cpu", measure("contiguous")) == "contiguous"
     later_process(monkeypatch)
     monkeypatch.setattr(measured, "cpu_model", lambda: "another CPU")

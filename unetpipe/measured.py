@@ -5,11 +5,13 @@ the slower format can win, and since formats round differently, two fresh runs o
 configuration on one machine could then differ (a trained network more than rounding). So a
 measured choice is kept in a cache file, ``measured.json`` in ``$UNETPIPE_CACHE_DIR`` (else
 ``$XDG_CACHE_HOME/unetpipe``, else ``~/.cache/unetpipe``), under a key of the machine (CPU model,
-GPU name, torch version, torch's thread count) and of what was timed; later runs on the same kind
-of machine read it instead of timing again. The file is written whole (by rename); one that is
-not unetpipe's (not JSON of entries) is never overwritten. Processes that measure at once take
-turns (a lock file), so two folds started together choose alike. Deleting the file measures
-again; a setting other than ``auto`` measures nothing. Not part of the paper.
+GPU name, torch version) and of what was timed; later runs on the same kind of machine read it
+instead of timing again. Not under the thread count: threads are a run setting, and a choice
+remade per thread count would let them change a result (the first run's count measures for all).
+The file is written whole (by rename); one that is not unetpipe's (not JSON of entries) is never
+overwritten. Processes that measure at once take turns (a lock file), so two folds started
+together choose alike. Deleting the file measures again; a setting other than ``auto`` measures
+nothing. Not part of the paper.
 """
 
 from __future__ import annotations
@@ -49,15 +51,14 @@ def cpu_model() -> str:
 
 
 def machine(device: str | torch.device) -> dict[str, Any]:
-    """What a timing depends on besides the work timed: the CPU, the GPU of ``device``, torch's
-    version and its intra-op thread count."""
+    """What a measured choice is kept for besides the work timed: the CPU, the GPU of ``device``
+    and torch's version (not the thread count, a run setting: see the module's docstring)."""
     device = torch.device(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "cpu": cpu_model(),
         "gpu": gpu,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
     }
 
 
