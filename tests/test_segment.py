@@ -165,6 +165,22 @@ def test_tuner_picks_the_known_best_and_reads_only_training_slices():
     assert [r["seg"] for r in table][2] == 0.0  # nothing above 0.95
 
 
+def test_tuning_on_threads_gives_the_same_table():
+    """The costly combinations (threshold x sigma) run on threads, a run setting: the same rows
+    in the same order, the same choice."""
+    prob, truth = ridge_slices()
+    cfg = {"method": "agglomerate", "relief": "probability"}
+    grid = {
+        "threshold": [0.2, 0.5],
+        "sigma": [0.0, 1.0],
+        "merge_threshold": [0.5, 0.7],
+        "min_size": [0, 50],
+    }
+    serial = tune_segmentation(prob, truth, cfg, grid, "op_csb")
+    assert len(serial[1]) == 16
+    assert tune_segmentation(prob, truth, cfg, grid, "op_csb", threads=3) == serial
+
+
 def test_tuning_by_op_csb_drops_the_fragments_seg_ignores():
     truth = np.zeros((1, 30, 30), np.uint32)
     truth[0, 2:12, 2:12], truth[0, 16:26, 16:26] = 1, 2
