@@ -380,7 +380,9 @@ def tune_segmentation(
     ``agglomerate`` ``merge_threshold``, from one hierarchy up to the largest) are applied after
     (``mutex_watershed``: with a mask only; without, dropped pixels are flooded by the others).
     The combinations of the costly parameters run on ``threads`` threads (numpy and scipy release
-    the GIL: 1.9x on 2 threads on DIC-HeLa's 84 tuning frames); the table is the same.
+    the GIL: DIC-HeLa's 84 tuning frames 77 s on 1 thread, 42 s on 2), in order, so that the table
+    is the same; a thread pool rather than :func:`_dask_runner`, for a progress bar per
+    combination.
     """
     config = SegmentConfig.from_mapping(cfg)
     _check(config)
