@@ -13,6 +13,13 @@ the 3x3 convolutions so that the output has the input's size (not the paper's ch
 With ``offsets`` (``model.target: affinities``, :mod:`unetpipe.affinities`) the network has one
 output channel per offset, the affinity of each pixel to the pixel at that offset, and its
 probabilities are sigmoids (:func:`probabilities`); without, the paper's soft-max over classes.
+
+With ``float32_levels`` n (not the paper's: it trained in float32) the double convolutions of the
+n outermost levels, on both paths, and the 1x1 head run in float32 when the network runs under
+bfloat16 or float16 autocast (:mod:`unetpipe.precision`); the levels between, the poolings and
+up-convolutions stay in the reduced precision. Full resolution is where the image's small
+intensity differences enter and the borders are drawn: on DIC-HeLa bfloat16 training lost SEG
+there and n = 1 brought it back (docs/results.md). In float32 the setting changes nothing.
 This module imports torch alone: it is the architecture source of the bioimage.io package.
 """
 
@@ -245,6 +252,7 @@ class UNet(nn.Module):
         offsets: list[list[int]] | None = None,
         pool: list[list[int]] | None = None,
         kernel: list[list[int]] | None = None,
+        float32_levels: int | None = None,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
@@ -259,6 +267,10 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be at least 1, got {depth}")
         _check_padding(padding)
         _check_layout(kernel, pool, depth, dims)
+        if float32_levels is not None and not 1 <= float32_levels <= depth:
+            raise ValueError(
+                f"float32_levels must be null or 1 .. depth ({depth}), got {float32_levels}"
+            )
         self.config: dict[str, Any] = dict(
             in_channels=in_channels,
             n_classes=n_classes,
@@ -274,6 +286,9 @@ class UNet(nn.Module):
         for name, value in (("pool", pool), ("kernel", kernel)):
             if value is not None:
                 self.config[name] = [[int(v) for v in level] for level in value]
+        self.float32_levels = int(float32_levels or 0)
+        if self.float32_levels:
+            self.config["float32_levels"] = self.float32_levels
         axes = layout(self.config)
         kernels = [tuple(k[level] for k, _ in axes) for level in range(depth)]
         factors = [tuple(p[level] for _, p in axes) for level in range(depth - 1)]
@@ -334,13 +349,23 @@ class UNet(nn.Module):
         for level, block in enumerate(self.down):
             if level:
                 x = self.pools[level - 1](x)
-            x = block(x)
+            x = self._at_level(level, block, x)
             skips.append(x)
         x = self.dropout(skips.pop())
-        for upconv, block in zip(self.upconv, self.up, strict=True):
+        levels = reversed(range(len(self.up)))
+        for level, upconv, block in zip(levels, self.upconv, self.up, strict=True):
             x = upconv(x)
-            x = block(torch.cat([_center_crop(skips.pop(), x.shape[2:]), x], dim=1))
-        return self.head(x)
+            x = torch.cat([_center_crop(skips.pop(), x.shape[2:]), x], dim=1)
+            x = self._at_level(level, block, x)
+        return self._at_level(0, self.head, x)
+
+    def _at_level(self, level: int, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module`` of ``level`` on ``x``: in float32, autocast off, at a level of
+        ``float32_levels`` under autocast; else as the context says."""
+        if level >= self.float32_levels or not torch.is_autocast_enabled(x.device.type):
+            return module(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return module(x.float())
 
 
 class UNetProbabilities(UNet):

@@ -158,6 +158,7 @@ class ModelConfig(Section):
     dims: int
     pool: list[list[int]] | None
     kernel: list[list[int]] | None
+    float32_levels: int | None
     target: str
     offsets: list[list[int]] | None
 
