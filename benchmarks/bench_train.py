@@ -7,12 +7,15 @@ backward, Adam; random tiles) timed in parts (forward, loss + backward, optimise
 * the CPU recipe net (depth 5, base 16, 572 px tiles; config/isbi2012-cpu.yaml),
 * the paper's net (depth 5, base 64, 572 px tiles; only ``--paper-steps`` steps: it is slow),
 
-each in float32 and bfloat16 (and float16 on CUDA) x NCHW (contiguous) and channels_last; the
-ratio is to float32 NCHW, today's CPU training. The measured 3x3-convolution peak of each
-precision (benchmarks/peak.py) gives the fraction of it a step reaches (3x the forward FLOPs).
+each in float32 and bfloat16 (and float16 on CUDA) x NCHW (contiguous) and channels_last, the
+reduced precisions also with their outermost levels in float32 (``model.float32_levels``, column
+``f32 lv``; ``--float32-levels``, default 1); the ratio is to float32 NCHW, today's CPU
+training. The measured 3x3-convolution peak of each precision (benchmarks/peak.py) gives the
+fraction of it a step reaches (3x the forward FLOPs).
 
     python benchmarks/bench_train.py                   # ~3 minutes on 2 idle cores
     python benchmarks/bench_train.py --nets demo cpu --steps 5
+    python benchmarks/bench_train.py --nets cpu --float32-levels 1 2
     python benchmarks/bench_train.py --device cuda
 """
 
@@ -83,6 +86,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps (demo and cpu nets)")
     parser.add_argument("--paper-steps", type=int, default=1, help="timed steps, paper net")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--float32-levels",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="model.float32_levels of the extra reduced-precision rows (none: no such rows)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,7 +108,8 @@ def main() -> None:
         + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
     )
     header = (
-        f"{'net':6s} {'tile':>4s} {'precision':9s} {'format':13s} {'fwd s':>7s} {'bwd s':>7s} "
+        f"{'net':6s} {'tile':>4s} {'precision':9s} {'f32 lv':>6s} {'format':13s} {'fwd s':>7s} "
+        f"{'bwd s':>7s} "
         f"{'opt s':>7s} {'step s':>7s} {'steps/s':>7s} {'ratio':>6s} {'% peak':>6s}"
     )
     print(header)
@@ -107,14 +118,18 @@ def main() -> None:
         steps = args.paper_steps if net == "paper" else args.steps
         flops = 3 * exact_flops({"depth": depth, "base_channels": base}, (tile, tile))
         baseline = None
-        for precision in precisions:
+        rows = [(p, None) for p in precisions] + [
+            (p, n) for p in precisions if p != "float32" for n in args.float32_levels
+        ]
+        for precision, levels in rows:
             for fmt in MEMORY_FORMATS:
-                net_cfg = {"depth": depth, "base_channels": base}
+                net_cfg = {"depth": depth, "base_channels": base, "float32_levels": levels}
                 t = timed_steps(args.device, net_cfg, (tile, tile), precision, fmt, steps)
                 baseline = baseline or t["step"]
                 achieved = flops / t["step"] / 1e9
                 print(
-                    f"{net:6s} {tile:4d} {precision:9s} {fmt:13s} {t['forward']:7.3f} "
+                    f"{net:6s} {tile:4d} {precision:9s} {levels or '-':>6} {fmt:13s} "
+                    f"{t['forward']:7.3f} "
                     f"{t['backward']:7.3f} {t['optimizer']:7.3f} {t['step']:7.3f} "
                     f"{1 / t['step']:7.2f} {baseline / t['step']:5.2f}x "
                     f"{achieved / peaks[precision]:6.1%}",

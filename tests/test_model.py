@@ -202,6 +202,71 @@ def test_save_and_load_round_trip(tmp_path):
     assert "state_dict" in torch.load(path, weights_only=True)
 
 
+def _output_dtypes(model: UNet, x: torch.Tensor, precision: torch.dtype) -> dict:
+    """The dtype each double convolution and the head (by name) computed in, in a pass of ``x``
+    under autocast to ``precision``."""
+    seen = {}
+    names = {"head": model.head}
+    names.update({f"down{i}": b for i, b in enumerate(model.down)})
+    names.update({f"up{len(model.up) - 1 - k}": b for k, b in enumerate(model.up)})  # by level
+    hooks = [
+        module.register_forward_hook(lambda m, args, out, name=name: seen.update({name: out.dtype}))
+        for name, module in names.items()
+    ]
+    with torch.no_grad(), torch.autocast("cpu", dtype=precision):
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_float32_levels_run_the_outer_levels_and_the_head_in_float32(levels):
+    torch.manual_seed(0)
+    model = UNet(depth=3, base_channels=4, float32_levels=levels).eval()
+    seen = _output_dtypes(model, torch.randn(1, 1, 92, 92), torch.bfloat16)
+    wanted = {"head": torch.float32}
+    for level in range(3):
+        dtype = torch.float32 if level < levels else torch.bfloat16
+        wanted[f"down{level}"] = dtype
+        if level < 2:  # the deepest level has no block on the expanding path
+            wanted[f"up{level}"] = dtype
+    assert seen == wanted
+    # Without the setting, every level runs in bfloat16, the head too.
+    plain = UNet(depth=3, base_channels=4).eval()
+    assert set(_output_dtypes(plain, torch.randn(1, 1, 92, 92), torch.bfloat16).values()) == {
+        torch.bfloat16
+    }
+
+
+def test_float32_levels_change_reduced_precision_only_and_are_kept_in_the_model_file(tmp_path):
+    torch.manual_seed(0)
+    plain = UNet(depth=3, base_channels=4).eval()
+    model = UNet(depth=3, base_channels=4, float32_levels=1).eval()
+    model.load_state_dict(plain.state_dict())
+    assert "float32_levels" not in plain.config and model.config["float32_levels"] == 1
+    x = torch.randn(1, 1, 92, 92)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))  # float32: the same network
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ends, reduced = model(x), plain(x)
+        exact = plain(x)
+    assert ends.dtype == torch.float32 and reduced.dtype == torch.bfloat16
+    # Full resolution in float32 is nearer the float32 pass than all-bfloat16, on average.
+    assert (ends - exact).abs().mean() < (reduced.float() - exact).abs().mean()
+    save_model(tmp_path / "model.pt", model)
+    loaded, _ = load_model(tmp_path / "model.pt")
+    assert loaded.float32_levels == 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(loaded(x), ends)
+
+
+@pytest.mark.parametrize("levels", [0, 4])
+def test_float32_levels_outside_1_to_depth_are_refused(levels):
+    with pytest.raises(ValueError, match=r"float32_levels must be null or 1 \.\. depth \(3\)"):
+        UNet(depth=3, float32_levels=levels)
+
+
 def test_load_missing_model_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_model(tmp_path / "nope.pt")

@@ -140,6 +140,17 @@ def test_bfloat16_training_keeps_a_float32_model_and_precision_enters_the_finger
     assert not torch.equal(model.head.weight, load_model(trained / "model.pt")[0].head.weight)
 
 
+def test_float32_levels_train_in_bfloat16_and_are_recorded_in_the_model_file(data, tmp_path):
+    """model.float32_levels reaches the network that trains and the model file that predict
+    loads; under bfloat16 it trains other weights than the all-bfloat16 net from the same seed."""
+    train_cfg, model_cfg, augment_cfg = sections(iterations=2, precision="bfloat16")
+    train(data, tmp_path / "plain", train_cfg, model_cfg, augment_cfg)
+    train(data, tmp_path / "ends", train_cfg, {**model_cfg, "float32_levels": 1}, augment_cfg)
+    plain, ends = (load_model(tmp_path / r / "model.pt")[0] for r in ("plain", "ends"))
+    assert ends.config == {**plain.config, "float32_levels": 1} and ends.float32_levels == 1
+    assert not torch.equal(ends.head.weight, plain.head.weight)
+
+
 def test_a_resumed_run_keeps_the_recorded_memory_format(data, tmp_path, caplog):
     settings = sections(iterations=4, val_every=4, checkpoint_every=2)
     run = tmp_path / "run"
