@@ -3,7 +3,8 @@
 1. Throughput per precision (the column): end-to-end ``predict_zarr`` (read, tile, forward,
    write) against the bare forward passes of the very same tiles, on a SIZE^2 image with the
    CPU demo net (base 16, depth 4; ``--depth 5``: the CPU recipe net): today's float32
-   channels_last, float32 and bfloat16 in the memory format ``predict_zarr`` measures.
+   channels_last, float32 and bfloat16 in the memory format ``predict_zarr`` measures, and
+   bfloat16 with the full-resolution level in float32 (``model.float32_levels: 1``).
 2. FLOP efficiency: achieved GFLOP/s over the measured peak of two 3x3 convolutions
    (64 -> 64 channels on 256^2, channels_last) in the row's precision (benchmarks/peak.py),
    for the net in 1 and the paper's width in 3.
@@ -134,6 +135,7 @@ def predicted(
     precision: str = "float32",
     memory_format: str = "channels_last",
     tile: str = "budget",
+    float32_levels: int | None = None,
 ) -> tuple[UNet, zarr.Array, list[tuple[int, int]], dict]:
     """A seeded U-Net saved in ``folder``, and ``predict_zarr`` of a size^2 image with it after a
     warm-up on the tiles of that run: (model, image, tiles, predict_zarr's result; its
@@ -142,10 +144,11 @@ def predicted(
     before it (cached per process), not in ``seconds``; timed are runs 2 to REPEATS + 1 of the
     process, the best of them, so that one-time costs (the worker's model, thread pools, first
     use of each kernel) are not in it). ``tile``: budget = the largest tile of
-    ``memory_gb`` (the former default), measured = chosen by ``predict_zarr``."""
+    ``memory_gb`` (the former default), measured = chosen by ``predict_zarr``;
+    ``float32_levels``: the network's ``model.float32_levels``."""
     folder.mkdir()
     torch.manual_seed(0)
-    model = UNet(base_channels=base, depth=depth).eval()
+    model = UNet(base_channels=base, depth=depth, float32_levels=float32_levels).eval()
     save_model(folder / "model.pt", model, normalization=STATS)
     array = make_input(folder / "in.zarr", 1, size)
     cap = largest_tile(model, None, 1, memory_gb, (size, size))
@@ -182,13 +185,14 @@ def predicted(
     return model, array, tiles, result
 
 
-# (precision, memory format, tile) rows of [1]: float32 channels_last at the budget's tile first
-# (the baseline: the pipeline before issue 33).
+# (precision, memory format, tile, model.float32_levels) rows of [1]: float32 channels_last at
+# the budget's tile first (the baseline: the pipeline before issue 33).
 ROWS = [
-    ("float32", "channels_last", "budget"),
-    ("float32", "auto", "budget"),  # predict_zarr measures the tile in reduced precision only
-    ("bfloat16", "auto", "budget"),
-    ("bfloat16", "auto", "measured"),
+    ("float32", "channels_last", "budget", None),
+    ("float32", "auto", "budget", None),  # predict_zarr measures the tile in reduced precision only
+    ("bfloat16", "auto", "budget", None),
+    ("bfloat16", "auto", "measured", None),
+    ("bfloat16", "auto", "measured", 1),
 ]
 
 
@@ -198,15 +202,15 @@ def throughput(
     pixels = size * size / 1e6
     print(f"[1] throughput, {size}^2, base {base} depth {depth}; ratio to the first row:")
     print(
-        f"    {'precision':9s} {'format':22s} {'tile':>14s} {'e2e MPix/s':>10s} "
+        f"    {'precision':9s} {'f32 lv':>6s} {'format':22s} {'tile':>14s} {'e2e MPix/s':>10s} "
         f"{'bare MPix/s':>11s} {'bare/e2e':>8s} {'ratio':>6s} {'GFLOP/s':>7s} {'% peak':>6s} "
         f"{'measure s':>9s}"
     )
     baseline = None
-    for precision, memory_format, tile in ROWS:
-        name = f"{precision}-{memory_format}-{tile}"
+    for precision, memory_format, tile, levels in ROWS:
+        name = f"{precision}-{memory_format}-{tile}-{levels}"
         model, _, tiles, result = predicted(
-            folder / name, base, depth, size, memory_gb, precision, memory_format, tile
+            folder / name, base, depth, size, memory_gb, precision, memory_format, tile, levels
         )
         fmt = result["memory_format"]
         bare, flops = bare_forward(model, tiles, precision, fmt)
@@ -216,8 +220,8 @@ def throughput(
         chosen = f"{fmt} ({'measured' if memory_format == 'auto' else 'fixed'})"
         shown = f"{result['tile'][0]} ({tile})"
         print(
-            f"    {precision:9s} {chosen:22s} {shown:>14s} {pixels / seconds:10.2f} "
-            f"{pixels / bare:11.2f} "
+            f"    {precision:9s} {levels or '-':>6} {chosen:22s} {shown:>14s} "
+            f"{pixels / seconds:10.2f} {pixels / bare:11.2f} "
             f"{bare / seconds:8.2f} {baseline / seconds:5.2f}x {achieved:7.0f} "
             f"{achieved / peaks[precision]:6.1%} {result['measure_seconds']:9.1f}",
             flush=True,

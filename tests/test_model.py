@@ -261,6 +261,12 @@ def test_float32_levels_change_reduced_precision_only_and_are_kept_in_the_model_
         assert torch.equal(loaded(x), ends)
 
 
+def test_float32_levels_run_on_a_device_without_autocast():
+    """The meta device (shapes only: FLOP counts, benchmarks/peak.py) has no autocast."""
+    model = UNet(depth=3, base_channels=4, float32_levels=1).to("meta")
+    assert model(torch.zeros(1, 1, 92, 92, device="meta")).shape == (1, 2, 52, 52)
+
+
 @pytest.mark.parametrize("levels", [0, 4])
 def test_float32_levels_outside_1_to_depth_are_refused(levels):
     with pytest.raises(ValueError, match=r"float32_levels must be null or 1 \.\. depth \(3\)"):

@@ -361,10 +361,16 @@ class UNet(nn.Module):
 
     def _at_level(self, level: int, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``module`` of ``level`` on ``x``: in float32, autocast off, at a level of
-        ``float32_levels`` under autocast; else as the context says."""
-        if level >= self.float32_levels or not torch.is_autocast_enabled(x.device.type):
+        ``float32_levels`` under autocast; else as the context says (a device without autocast,
+        such as ``meta`` for counting FLOPs, too)."""
+        device = x.device.type
+        if (
+            level >= self.float32_levels
+            or not torch.amp.is_autocast_available(device)
+            or not torch.is_autocast_enabled(device)
+        ):
             return module(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(device, enabled=False):
             return module(x.float())
 
 
