@@ -109,8 +109,7 @@ def main() -> None:
     )
     header = (
         f"{'net':6s} {'tile':>4s} {'precision':9s} {'f32 lv':>6s} {'format':13s} {'fwd s':>7s} "
-        f"{'bwd s':>7s} "
-        f"{'opt s':>7s} {'step s':>7s} {'steps/s':>7s} {'ratio':>6s} {'% peak':>6s}"
+        f"{'bwd s':>7s} {'opt s':>7s} {'step s':>7s} {'steps/s':>7s} {'ratio':>6s} {'% peak':>6s}"
     )
     print(header)
     for net in args.nets:
@@ -129,8 +128,8 @@ def main() -> None:
                 achieved = flops / t["step"] / 1e9
                 print(
                     f"{net:6s} {tile:4d} {precision:9s} {levels or '-':>6} {fmt:13s} "
-                    f"{t['forward']:7.3f} "
-                    f"{t['backward']:7.3f} {t['optimizer']:7.3f} {t['step']:7.3f} "
+                    f"{t['forward']:7.3f} {t['backward']:7.3f} {t['optimizer']:7.3f} "
+                    f"{t['step']:7.3f} "
                     f"{1 / t['step']:7.2f} {baseline / t['step']:5.2f}x "
                     f"{achieved / peaks[precision]:6.1%}",
                     flush=True,
